@@ -1,0 +1,68 @@
+"""The default search: CIFAR-10 JPEG + the four CIFAR ResNets, sized for a 2-core CPU.
+
+    modulenet search --config configs/cifar10_resnet.py --out runs/cifar10_resnet
+
+Knowledge base: resnet20/32/44/56 (akamaster), from ../shared/weights/cifar-resnet when it
+is there, else downloaded. Data: ../shared/data/cifar10-jpeg when it is there, else TFDS
+`cifar10`. Produces a run folder with the history, the Pareto front (JSON, PNG) and the
+final table (front + sources on the odd test positions, same protocol). On a 2-core CPU it
+uses subsets (see `data` and `protocol`) and a small population; `cifar10_resnet_gpu.py`
+is the full-size variant.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = str(SHARED / "data" / "cifar10-jpeg")
+    c.data.fallback = "cifar10"          # TFDS name used when `source` is not there
+    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data.fit_seed = 0                  # which train images the protocol fits on
+    c.data.val_size = 1000               # of the 5,000 even test positions (class-balanced)
+
+    c.knowledge = ml_collections.ConfigDict()
+    c.knowledge.path = ml_collections.FieldReference(None, field_type=str)  # a saved knowledge base
+    c.knowledge.sources = ("cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56")
+    c.knowledge.weights_dirs = (str(SHARED / "weights" / "cifar-resnet"),)
+
+    c.space = ml_collections.ConfigDict()
+    c.space.granularity = "run"
+    c.space.min_depth = 1
+    c.space.max_depth = ml_collections.FieldReference(None, field_type=int)
+    c.space.sources = ()                 # empty: every source of the knowledge base
+
+    c.protocol = ml_collections.ConfigDict()
+    c.protocol.stitch = True
+    c.protocol.stitch_images = 512
+    c.protocol.stitch_ridge = 1e-3
+    c.protocol.bn = "source"
+    c.protocol.head = "logistic"
+    c.protocol.head_l2 = 1e-3
+    c.protocol.head_ridge = 1e-3
+    c.protocol.head_steps = 100
+    c.protocol.fit_images = 1024
+    c.protocol.batch_size = 500
+    c.protocol.dtype = "float32"
+
+    c.search = ml_collections.ConfigDict()
+    c.search.algorithm = "nsga2"
+    c.search.population = 12
+    c.search.generations = 8
+    c.search.objectives = ("error", "params")
+    c.search.seed_sources = True
+    c.search.crossover_prob = 0.9
+    c.search.mutation_prob = ml_collections.FieldReference(None, field_type=float)
+    c.search.continue_run_prob = 0.5
+
+    c.final = ml_collections.ConfigDict()
+    c.final.split = "final"
+    c.final.size = ml_collections.FieldReference(None, field_type=int)  # None: all 5,000 odd positions
+    return c

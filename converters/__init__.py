@@ -1,0 +1,1 @@
+"""PyTorch checkpoints -> Flax parameter pytrees. The only package that imports torch."""

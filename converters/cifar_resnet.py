@@ -1,0 +1,61 @@
+"""CIFAR ResNet checkpoints (akamaster/pytorch_resnet_cifar10) -> `cifar_resnet{depth}` params.
+
+Renaming rules (after stripping `module.`):
+  conv1.weight                      -> stem/conv/kernel            (OIHW -> HWIO)
+  bn1.{weight,bias,running_*}       -> stem/bn/{scale,bias,mean,var}
+  layer{s}.{i}.conv{j}.weight       -> stage{s}.block{i}/conv{j}/kernel
+  layer{s}.{i}.bn{j}.*              -> stage{s}.block{i}/bn{j}/*
+  linear.{weight,bias}              -> head/fc/{kernel (transposed), bias}
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from converters.common import BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+
+_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$")
+
+
+def _identity(x):
+    return x
+
+
+def rule(key: str):
+    if key == "conv1.weight":
+        return ("stem", "conv", "kernel"), conv_kernel
+    if key.startswith("bn1.") and key[4:] in BN_FIELDS:
+        return ("stem", "bn", BN_FIELDS[key[4:]]), _identity
+    if key == "linear.weight":
+        return ("head", "fc", "kernel"), linear_kernel
+    if key == "linear.bias":
+        return ("head", "fc", "bias"), _identity
+    m = _BLOCK.match(key)
+    if m:
+        stage, index, layer, j, field = m.groups()
+        module = f"stage{stage}.block{index}"
+        if layer == "conv" and field == "weight":
+            return (module, f"conv{j}", "kernel"), conv_kernel
+        if layer == "bn" and field in BN_FIELDS:
+            return (module, f"bn{j}", BN_FIELDS[field]), _identity
+    return None
+
+
+def infer_depth(state_dict: dict[str, np.ndarray]) -> int:
+    """Depth 6n+2 from the number of blocks in `layer1`."""
+    blocks = {int(m.group(2)) for k in state_dict if (m := _BLOCK.match(k)) and m.group(1) == "1"}
+    if not blocks:
+        raise ConversionError("not a CIFAR ResNet state_dict: no layer1.* keys")
+    return 6 * len(blocks) + 2
+
+
+def convert(state_dict: dict[str, np.ndarray], model_name: str | None = None):
+    """Returns `(model_name, params)`; the name is inferred from the block count if omitted."""
+    model_name = model_name or f"cifar_resnet{infer_depth(state_dict)}"
+    return model_name, map_state_dict(state_dict, model_name, rule)
+
+
+def convert_file(path, model_name: str | None = None):
+    return convert(load_state_dict(path), model_name)

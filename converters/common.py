@@ -1,0 +1,106 @@
+"""Reading PyTorch checkpoints safely and mapping their tensors onto a model's param tree."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+import torch
+
+from modulenet_jax.zoo import get_model
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not fit the architecture it was converted to."""
+
+
+def load_state_dict(path) -> dict[str, np.ndarray]:
+    """Loads a `.pth`/`.th` file with `weights_only=True` and returns its tensors as numpy.
+
+    Accepts a bare state_dict or one wrapped as `{"state_dict": ...}` (or `"model"`), and
+    strips a DataParallel `module.` prefix. A file that needs pickled code is refused,
+    never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConversionError(
+            f"{path}: refused to load: the file needs pickled code, which is never executed "
+            f"(torch.load(weights_only=True) said: {str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as e:
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ConversionError(f"{path}: does not hold a state_dict of tensors")
+    out = {}
+    for key, value in obj.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        out[key] = value.detach().cpu().numpy()
+    return out
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """OIHW -> HWIO."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """(out, in) -> (in, out)."""
+    return np.ascontiguousarray(w.T)
+
+
+BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+Rule = Callable[[str], "tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None"]
+
+
+def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rule) -> dict:
+    """Builds `model_name`'s param tree from a state_dict through a renaming `rule`.
+
+    `rule(key)` gives the param path and a transform for a torch key (None for a key that
+    has no place in the model). Missing, unexpected and wrongly shaped tensors are refused
+    with an error that names the first offending key.
+    """
+    model = get_model(model_name)
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    flat_expected = {tuple(str(getattr(k, "key", k)) for k in path): leaf
+                     for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    flat = {}
+    for key in sorted(state_dict):
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        mapped = rule(key)
+        if mapped is None or mapped[0] not in flat_expected:
+            raise ConversionError(f"{model_name}: unexpected key {key!r} in the state_dict")
+        path, transform = mapped
+        value = transform(state_dict[key]).astype(np.float32)
+        want = flat_expected[path].shape
+        if value.shape != tuple(want):
+            raise ConversionError(
+                f"{model_name}: key {key!r} has shape {tuple(state_dict[key].shape)}, which maps to "
+                f"{value.shape} but the model expects {tuple(want)} at {'/'.join(path)}")
+        flat[path] = value
+    missing = [p for p in flat_expected if p not in flat]
+    if missing:
+        raise ConversionError(f"{model_name}: the state_dict has no tensor for {'/'.join(missing[0])} "
+                              f"({len(missing)} params missing)")
+    return _unflatten(flat.items())
+
+
+def _unflatten(items: Iterable) -> dict:
+    tree: dict = {}
+    for path, value in items:
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value
+    return tree

@@ -1,0 +1,74 @@
+"""Saving and loading a converted model: its params (orbax-checkpoint) and a readable spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from modulenet_jax import zoo
+
+SPEC_FILE = "model.json"
+PARAMS_DIR = "params"
+
+
+def save_tree(path, tree) -> None:
+    """Writes a pytree of arrays with orbax (overwriting)."""
+    path = Path(path).absolute()
+    tree = jax.tree_util.tree_map(np.asarray, tree)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, tree, force=True)
+
+
+def load_tree(path):
+    """Reads a pytree written by `save_tree` as numpy arrays."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with ocp.StandardCheckpointer() as ckpt:
+        return jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
+
+
+def check_params(model_name: str, params) -> None:
+    """Raises if `params` does not have exactly the structure and shapes `model_name` expects."""
+    model = zoo.get_model(model_name)
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, leaf in flat_e.items():
+        name = jax.tree_util.keystr(path)
+        if path not in flat_p:
+            raise ValueError(f"{model_name}: params have no {name}")
+        if tuple(np.shape(flat_p[path])) != tuple(leaf.shape):
+            raise ValueError(f"{model_name}: {name} has shape {tuple(np.shape(flat_p[path]))}, "
+                             f"expected {tuple(leaf.shape)}")
+    for path in flat_p:
+        if path not in flat_e:
+            raise ValueError(f"{model_name}: unexpected param {jax.tree_util.keystr(path)}")
+
+
+def save_model(path, model_name: str, params, metadata: dict | None = None) -> Path:
+    """Saves a converted model as `path/model.json` + `path/params/` (orbax)."""
+    check_params(model_name, params)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_tree(path / PARAMS_DIR, params)
+    spec = {"model": model_name, **(metadata or {})}
+    (path / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def load_model(path) -> tuple[str, dict, dict]:
+    """Returns `(model_name, params, metadata)` of a model saved by `save_model`."""
+    path = Path(path)
+    if not (path / SPEC_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a converted model (no {SPEC_FILE}); "
+                                f"make one with `modulenet convert`")
+    meta = json.loads((path / SPEC_FILE).read_text())
+    model_name = meta.pop("model")
+    params = load_tree(path / PARAMS_DIR)
+    check_params(model_name, params)
+    return model_name, params, meta

@@ -1,0 +1,239 @@
+"""The `modulenet` command: a thin layer over the library (every step is importable).
+
+Human-readable output by default, `--json` for scripts. Checkpoint conversion imports
+`converters` (and so torch) only in the commands that read PyTorch files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        table.add_row(*[f"{r[c]:,}" if isinstance(r[c], int) else
+                        (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])) for c in columns])
+    _console().print(table)
+
+
+def _emit(args, payload: dict, human) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    else:
+        human()
+
+
+# -- convert ------------------------------------------------------------------------------
+
+def cmd_convert(args) -> int:
+    from converters.knowledge import convert_checkpoint
+    from modulenet_jax.checkpoints import save_model
+    from modulenet_jax.cost import count_params
+
+    model_name, params = convert_checkpoint(args.weights, args.model)
+    path = save_model(args.out, model_name, params, {"weights": str(Path(args.weights).resolve())})
+    payload = {"model": model_name, "out": str(path), "params": count_params(params)}
+    _emit(args, payload, lambda: print(f"converted {args.weights} -> {path} ({model_name}, "
+                                       f"{payload['params']:,} parameters)"))
+    return 0
+
+
+# -- kb -----------------------------------------------------------------------------------
+
+def cmd_kb_build(args) -> int:
+    from modulenet_jax.checkpoints import load_model
+    from modulenet_jax.knowledge import KnowledgeBase
+
+    if args.pretrained:
+        from converters.knowledge import build_from_pretrained
+
+        kb = build_from_pretrained(args.pretrained, args.weights_dir)
+    elif args.checkpoints:
+        from converters.knowledge import build_from_checkpoints
+
+        kb = build_from_checkpoints(args.checkpoints)
+    else:
+        models = []
+        for d in args.models:
+            name, params, meta = load_model(d)
+            models.append((Path(d).name, name, params, meta.get("weights", str(d))))
+        kb = KnowledgeBase.build(models)
+    kb.save(args.out)
+    payload = {"out": args.out, "sources": list(kb.sources), "modules": len(kb.records)}
+    _emit(args, payload, lambda: print(f"knowledge base with {len(kb.records)} modules of "
+                                       f"{len(kb.sources)} sources written to {args.out}"))
+    return 0
+
+
+def cmd_kb_show(args) -> int:
+    from modulenet_jax.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.load(args.path)
+    rows = kb.table()
+    _emit(args, {"sources": [s.__dict__ for s in kb.sources.values()], "modules": rows},
+          lambda: _print_table(f"{args.path}: {len(rows)} modules of {', '.join(kb.sources)}", rows,
+                               ["id", "kind", "stage", "index", "in", "out", "stride", "resolution",
+                                "params", "flops"]))
+    return 0
+
+
+# -- search -------------------------------------------------------------------------------
+
+def cmd_search(args) -> int:
+    from modulenet_jax.config import load_config
+    from modulenet_jax.search.runner import run_all
+
+    config = load_config(args.config, args.set)
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: _console().print(m))
+    result = run_all(config, out, resume=not args.restart, log=log)
+
+    def human():
+        _print_table(f"final split, same protocol ({out}/final.md)", result["final"],
+                     ["name", "kind", "params", "flops", "junctions", "val_accuracy", "final_accuracy"])
+        print(f"{result['evaluated']} networks evaluated; front: {out}/front.json, plot: {out}/front.png")
+
+    _emit(args, result, human)
+    return 0
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    from modulenet_jax.data import load_dataset, protocol_split
+
+    dataset = load_dataset(args.data)
+    split = protocol_split(dataset, args.split, args.size)
+    if args.config:
+        return _evaluate_protocol(args, dataset, split)
+    if not args.source:
+        raise SystemExit("modulenet evaluate: give --source (with --weights or --kb), or --config")
+    from modulenet_jax.evaluate import evaluate_published
+
+    if args.weights:
+        from converters.knowledge import convert_checkpoint
+        from modulenet_jax.knowledge import KnowledgeBase
+
+        name, params = convert_checkpoint(args.weights, args.source)
+        kb = KnowledgeBase.build([(args.source, name, params, str(args.weights))])
+    elif args.kb:
+        from modulenet_jax.knowledge import KnowledgeBase
+
+        kb = KnowledgeBase.load(args.kb)
+    else:
+        raise SystemExit("modulenet evaluate: --source needs --weights or --kb")
+    correct, total = evaluate_published(kb, args.source, split, args.batch_size)
+    payload = {"source": args.source, "mode": "published", "split": split.description,
+               "correct": correct, "total": total, "accuracy": correct / total}
+    _emit(args, payload, lambda: print(f"{args.source} (as published) on {split.description}: "
+                                       f"{correct}/{total} correct ({100 * correct / total:.2f}%)"))
+    return 0
+
+
+def _evaluate_protocol(args, dataset, split) -> int:
+    import numpy as np
+
+    from modulenet_jax.config import load_config
+    from modulenet_jax.search.runner import Run
+
+    run = Run.from_config(load_config(args.config, args.set), dataset=dataset)
+    if args.genotype:
+        genotype = np.asarray(json.loads(args.genotype), np.int64)
+    elif args.source:
+        genotype = run.space.encode_source(args.source)
+    else:
+        raise SystemExit("modulenet evaluate --config: give --genotype '[...]' or --source NAME")
+    arch = run.space.decode(genotype)
+    ev = run.evaluator.evaluate(arch, split)
+    payload = {"architecture": arch.describe(), "mode": "protocol", "split": split.description,
+               "genotype": genotype.tolist(), **ev.to_json()}
+    _emit(args, payload, lambda: print(f"{arch.describe()}\n  {split.description}: {ev.correct}/{ev.total} "
+                                       f"({100 * ev.accuracy:.2f}%), {ev.params:,} params, "
+                                       f"{ev.flops / 1e6:.1f} MFLOPs, {ev.junctions} junctions"))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, help_, fn):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    c = add("convert", "convert a PyTorch checkpoint into Flax params + model spec (orbax)", cmd_convert)
+    c.add_argument("--weights", required=True, help="a .th/.pth checkpoint (read with weights_only=True)")
+    c.add_argument("--model", help="zoo model name (inferred for CIFAR ResNets)")
+    c.add_argument("--out", required=True, help="output folder")
+
+    kb = sub.add_parser("kb", help="build or show a knowledge base").add_subparsers(dest="kb_command", required=True)
+    b = kb.add_parser("build", help="cut source models into modules and save them",
+                      description="cut source models into modules and save them")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--out", required=True)
+    g = b.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pretrained", nargs="+", help="known pretrained names, e.g. cifar_resnet20 cifar_resnet56")
+    g.add_argument("--checkpoints", nargs="+", help="PyTorch checkpoint files")
+    g.add_argument("--models", nargs="+", help="folders written by `modulenet convert`")
+    b.add_argument("--weights-dir", nargs="*", default=(), help="where to look for --pretrained files first")
+    b.set_defaults(fn=cmd_kb_build)
+    s = kb.add_parser("show", help="list a knowledge base's modules", description="list a knowledge base's modules")
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_kb_show)
+
+    sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
+    sr.add_argument("--config", required=True, help="a config file, e.g. configs/cifar10_resnet.py")
+    sr.add_argument("--out", help="run folder (default runs/<config name>)")
+    sr.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    sr.add_argument("--restart", action="store_true", help="start the run folder over instead of resuming")
+
+    e = add("evaluate", "evaluate a source model as published, or a network under a config's protocol",
+            cmd_evaluate)
+    e.add_argument("--data", required=True, help="a folder with train/ and test/, or a TFDS name")
+    e.add_argument("--split", default="test", choices=["train", "test", "val", "final"],
+                   help="test: the whole test split; val/final: its even/odd positions")
+    e.add_argument("--size", type=int, help="a class-balanced subset of this many images")
+    e.add_argument("--source", help="a source model name (as published with --weights/--kb)")
+    e.add_argument("--weights", help="the source's PyTorch checkpoint")
+    e.add_argument("--kb", help="a knowledge base folder holding the source")
+    e.add_argument("--config", help="evaluate under this config's protocol and space")
+    e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
+    e.add_argument("--batch-size", type=int, default=500)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"modulenet {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Datasets (an ImageFolder tree or a named TFDS dataset) and the search protocol's splits.
+
+Images are kept as uint8 NHWC arrays; preprocessing (scale to [0, 1], normalise) happens on
+the device inside the evaluator. The protocol (../shared/README.md): the train split fits
+stitches, BatchNorm statistics and heads; the even positions of the test split are the
+search's validation set (`val`); the odd positions are the final test set (`final`), never read
+by a search. `test` is the whole test split, as the dataset publishes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+TFDS_NAMES = ("cifar10", "cifar100")
+SPLITS = ("train", "test", "val", "final")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Images (uint8, N x H x W x 3) with integer labels, and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    description: str
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(f"{self.description}: images must be uint8 N x H x W x 3, "
+                             f"got {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{self.description}: {len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, indices, description: str) -> "Split":
+        indices = np.asarray(indices)
+        return Split(self.images[indices], self.labels[indices], self.num_classes, description)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MODULENET_CACHE", Path.home() / ".cache" / "modulenet_jax"))
+
+
+def _list_image_folder(root: Path):
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        names = sorted(f for f in os.listdir(root / name) if f.lower().endswith(IMAGE_SUFFIXES))
+        files += [root / name / f for f in names]
+        labels += [label] * len(names)
+    if not files:
+        raise FileNotFoundError(f"{root}: no images with suffixes {IMAGE_SUFFIXES}")
+    return classes, files, np.asarray(labels, np.int32)
+
+
+def load_image_folder(root, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decodes `root/<class>/<file>` (classes in alphabetical order, files sorted by name).
+
+    The decoded arrays are cached under $MODULENET_CACHE (default ~/.cache/modulenet_jax),
+    keyed by the file list, sizes and modification times, so a changed folder is decoded again.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    classes, files, labels = _list_image_folder(root)
+    key = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:24]}.npz"
+    if use_cache and cache.is_file():
+        with np.load(cache) as z:
+            return z["images"], z["labels"], classes
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{root}: images differ in size ({sorted(shapes)[:3]}...); resize them first")
+    images = np.stack(images)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, labels=labels)
+        tmp.replace(cache)
+    return images, labels, classes
+
+
+def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reads a prepared TFDS dataset with `tfds.data_source` (no TensorFlow needed to read).
+
+    Preparing (downloading) a dataset does need TensorFlow: install the `prepare` extra.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and preparing it needs "
+                f"TensorFlow: pip install 'modulenet-jax[prepare]', or pass --data a folder") from None
+        builder.download_and_prepare()
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    records = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+    labels = np.asarray([int(r["label"]) for r in records], np.int32)
+    return images, labels, builder.info.features["label"].num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset's raw train and test splits."""
+
+    name: str
+    train: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def load_dataset(source: str, data_dir=None) -> Dataset:
+    """`source` is a TFDS name (cifar10, cifar100) or a folder with train/ and test/ ImageFolders."""
+    if source in TFDS_NAMES:
+        splits = {}
+        for split in ("train", "test"):
+            images, labels, n = load_tfds(source, split, data_dir)
+            splits[split] = Split(images, labels, n, f"{source}:{split}")
+        return Dataset(source, splits["train"], splits["test"])
+    root = Path(source)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset {source!r}: not a folder and not a known TFDS name ({', '.join(TFDS_NAMES)})")
+    splits = {}
+    class_lists = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{root}: no {split}/ folder (expected {root}/{split}/<class>/<image>)")
+        images, labels, classes = load_image_folder(root / split)
+        class_lists[split] = classes
+        splits[split] = Split(images, labels, len(classes), f"{root.name}:{split}")
+    if class_lists["train"] != class_lists["test"]:
+        raise ValueError(f"{root}: train and test have different class folders")
+    return Dataset(root.name, splits["train"], splits["test"])
+
+
+def evenly_spaced(n: int, k: int | None) -> np.ndarray:
+    """`k` indices spread evenly over range(n) (all of them if k is None or >= n)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.floor(np.arange(k) * (n / k)).astype(np.int64)
+
+
+def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: int = 0) -> Split:
+    """One of the protocol's splits, optionally a subset of `size` images.
+
+    - `train`: a seeded random subset of the train split (for fitting), in random order, so
+      that every prefix of it is a random subset too;
+    - `test`: the whole test split (a class-balanced evenly spaced subset if `size` is set);
+    - `val`: the even test positions, likewise;
+    - `final`: the odd test positions, likewise.
+    """
+    if split == "train":
+        n = len(dataset.train)
+        if size is None or size >= n:
+            idx = np.arange(n)
+        else:
+            idx = np.random.default_rng(seed).permutation(n)[:size]
+        return dataset.train.take(idx, f"{dataset.name}:train[{len(idx)} of {n}, seed {seed}]")
+    if split in ("test", "val", "final"):
+        start, step = {"test": (0, 1), "val": (0, 2), "final": (1, 2)}[split]
+        positions = np.arange(start, len(dataset.test), step)
+        idx = positions[evenly_spaced(len(positions), size)]
+        which = {"test": "", "val": " even", "final": " odd"}[split]
+        return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")
+    raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")

@@ -1,0 +1,282 @@
+"""Evaluating an architecture without tuning its convolutions, and the search objectives.
+
+The protocol fits only cheap parts on train images, in forward order: a stitch at every
+junction (least squares towards the activations the next module saw in its own source),
+optionally the BatchNorm statistics, and a classifier head on the pooled features. Then it
+counts correct predictions on a held-out split. Conv weights are never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from modulenet_jax.assemble import (FittedNetwork, fit_linear_map, fit_stitch, preprocess, run_module,
+                                    stitch_cost)
+from modulenet_jax.data import Split
+from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.space import Architecture
+
+BN_MODES = ("source", "recalibrate")
+HEADS = ("ridge", "logistic")
+OBJECTIVES = ("error", "params", "flops")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a candidate is scored. Every field is a setting of the config's `protocol` block.
+
+    - `stitch`: fit a 1x1 stitch at every junction (False: modules meet as they are);
+    - `stitch_images`: how many fit images the stitches are solved on (<= `fit_images`);
+    - `stitch_ridge`: relative ridge penalty of the stitch solves;
+    - `bn`: `source` keeps each module's published BatchNorm statistics, `recalibrate`
+      replaces them, module by module, with the statistics of the fit images;
+    - `head`: `ridge` (closed form) or `logistic` (L-BFGS, `head_steps` iterations,
+      L2 penalty `head_l2` on standardised features);
+    - `fit_images`: train images used for BatchNorm and the head;
+    - `batch_size`: images per compiled call when scoring.
+    """
+
+    stitch: bool = True
+    stitch_images: int = 512
+    stitch_ridge: float = 1e-3
+    bn: str = "source"
+    head: str = "logistic"
+    head_l2: float = 1e-3
+    head_ridge: float = 1e-3
+    head_steps: int = 100
+    fit_images: int = 2048
+    batch_size: int = 500
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.bn not in BN_MODES:
+            raise ValueError(f"protocol.bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"protocol.head must be one of {HEADS}, got {self.head!r}")
+        if not 0 < self.stitch_images <= self.fit_images:
+            raise ValueError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
+                             f"got {self.stitch_images}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.batch_size < 1 or self.head_steps < 1:
+            raise ValueError("protocol.batch_size and protocol.head_steps must be positive")
+
+    @property
+    def jnp_dtype(self):
+        return jnp.float32 if self.dtype == "float32" else jnp.bfloat16
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation that produced non-finite values (a NaN fitness is never reported)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A scored architecture: correct predictions of `total`, and its costs."""
+
+    correct: int
+    total: int
+    params: int
+    flops: int
+    junctions: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.accuracy
+
+    def objectives(self, names=("error", "params")) -> np.ndarray:
+        values = {"error": self.error, "params": float(self.params), "flops": float(self.flops)}
+        for n in names:
+            if n not in values:
+                raise ValueError(f"unknown objective {n!r}; choose from {OBJECTIVES}")
+        return np.array([values[n] for n in names], np.float64)
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "accuracy": self.accuracy}
+
+
+def fit_ridge_head(features, labels, num_classes: int, ridge: float):
+    """Least-squares classifier on one-hot targets: `{"kernel": (C, K), "bias": (K,)}`."""
+    return fit_linear_map(features, jax.nn.one_hot(labels, num_classes), ridge)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit_logistic_head(features, labels, num_classes: int, l2: float, steps: int):
+    """Multinomial logistic regression with L-BFGS on standardised features.
+
+    The standardisation is folded back into the returned kernel and bias.
+    """
+    f = features.astype(jnp.float32)
+    mu, sd = jnp.mean(f, axis=0), jnp.std(f, axis=0) + 1e-6
+    z = (f - mu) / sd
+    hi = jax.lax.Precision.HIGHEST
+
+    def loss(p):
+        logits = jnp.dot(z, p["kernel"], precision=hi) + p["bias"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return ce + 0.5 * l2 * jnp.sum(jnp.square(p["kernel"]))
+
+    params = {"kernel": jnp.zeros((f.shape[1], num_classes)), "bias": jnp.zeros((num_classes,))}
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        p, state = carry
+        value, grad = value_and_grad(p, state=state)
+        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+        return (optax.apply_updates(p, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+    kernel = params["kernel"] / sd[:, None]
+    return {"kernel": kernel, "bias": params["bias"] - jnp.dot(mu, kernel, precision=hi)}
+
+
+@jax.jit
+def _count_correct(logits, labels, valid):
+    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & valid)
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree))
+
+
+class Evaluator:
+    """Scores architectures of one knowledge base under one protocol, on one fit split.
+
+    The activations each source model produces on the stitch images (the stitches' targets)
+    are computed once per source and kept on the device.
+    """
+
+    def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split):
+        if len(fit) < protocol.fit_images:
+            raise ValueError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}")
+        self.kb = kb
+        self.protocol = protocol
+        self.num_classes = fit.num_classes
+        self.fit_images = jnp.asarray(fit.images[:protocol.fit_images])
+        self.fit_labels = jnp.asarray(fit.labels[:protocol.fit_images])
+        self._targets: dict[str, dict[str, jax.Array]] = {}
+
+    def _normalisation(self, source: str):
+        model = self.kb.source_model(source)
+        return jnp.asarray(model.mean, jnp.float32), jnp.asarray(model.std, jnp.float32)
+
+    def source_inputs(self, source: str) -> dict[str, jax.Array]:
+        """{module name: the input it receives inside `source`} on the stitch images."""
+        if source not in self._targets:
+            mean, std = self._normalisation(source)
+            x = preprocess(self.fit_images[:self.protocol.stitch_images], mean, std, self.protocol.jnp_dtype)
+            inputs = {}
+            for rec in self.kb.modules_of(source):
+                inputs[rec.spec.name] = x
+                if rec.spec.kind == "head":
+                    break
+                x, _ = run_module(rec.spec, self.kb.module_params(rec.id), x)
+            self._targets[source] = inputs
+        return self._targets[source]
+
+    def cost(self, arch: Architecture) -> tuple[int, int]:
+        """(parameters, FLOPs) of the architecture with its stitches and fitted head."""
+        params = flops = 0
+        recs = [self.kb.record(m) for m in arch.modules]
+        for prev, rec, junction in zip([None] + recs, recs, arch.junctions(self.kb)):
+            params += rec.params_count
+            flops += rec.flops
+            if junction and self.protocol.stitch:
+                p, f = stitch_cost(prev.spec.out_channels, rec.spec.in_channels, rec.input_resolution)
+                params, flops = params + p, flops + f
+        last = self.kb.record(arch.modules[-1])
+        params += last.spec.out_channels * self.num_classes + self.num_classes
+        flops += 2 * last.spec.out_channels * self.num_classes
+        return params, flops
+
+    def fit(self, arch: Architecture) -> FittedNetwork:
+        """Fits stitches, BatchNorm statistics (if the protocol says so) and the head."""
+        p = self.protocol
+        recs = [self.kb.record(m) for m in arch.modules]
+        if recs[0].spec.kind != "stem" or any(r.spec.kind != "block" for r in recs[1:]):
+            raise ValueError(f"an architecture is a stem followed by blocks, got {arch.modules}")
+        mean, std = self._normalisation(recs[0].source)
+        x = preprocess(self.fit_images, mean, std, p.jnp_dtype)
+        params, stitches = [], []
+        for rec, junction in zip(recs, arch.junctions(self.kb)):
+            stitch = None
+            if junction and p.stitch:
+                target = self.source_inputs(rec.source)[rec.spec.name]
+                stitch = fit_stitch(x[:p.stitch_images], target, p.stitch_ridge)
+            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch,
+                                 calibrate=p.bn == "recalibrate")
+            params.append(used)
+            stitches.append(stitch)
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if p.head == "ridge":
+            head = fit_ridge_head(features, self.fit_labels, self.num_classes, p.head_ridge)
+        else:
+            head = fit_logistic_head(features, self.fit_labels, self.num_classes, p.head_l2, p.head_steps)
+        fitted = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), head, mean, std)
+        if not _all_finite((stitches, head)):
+            raise EvaluationError(f"fitting {arch.describe()} produced non-finite values")
+        return fitted
+
+    def score(self, fitted: FittedNetwork, split: Split) -> tuple[int, int]:
+        """(correct, total) of a fitted network on a split, in fixed-size batches."""
+        return count_correct(fitted.logits, split, self.protocol.batch_size, self.protocol.jnp_dtype)
+
+    def evaluate(self, arch: Architecture, split: Split) -> Evaluation:
+        correct, total = self.score(self.fit(arch), split)
+        params, flops = self.cost(arch)
+        return Evaluation(correct, total, params, flops, arch.num_junctions(self.kb))
+
+
+def count_correct(logits_fn, split: Split, batch_size: int, dtype=jnp.float32) -> tuple[int, int]:
+    """Runs `logits_fn(images, dtype)` over a split in batches of one fixed shape (the last one
+    padded and masked), so each module compiles once; returns (correct, total)."""
+    n = len(split)
+    correct = 0
+    for start in range(0, n, batch_size):
+        images = split.images[start:start + batch_size]
+        labels = split.labels[start:start + batch_size]
+        valid = np.ones(batch_size, bool)
+        if len(images) < batch_size:
+            pad = batch_size - len(images)
+            valid[len(images):] = False
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+        logits = logits_fn(jnp.asarray(images), dtype)
+        if not bool(jnp.all(jnp.isfinite(logits))):
+            raise EvaluationError("non-finite logits")
+        correct += int(_count_correct(logits, jnp.asarray(labels), jnp.asarray(valid)))
+    return correct, n
+
+
+def published_logits(kb: KnowledgeBase, source: str):
+    """A source model as published (its own BN statistics and head), as a logits function."""
+    model = kb.source_model(source)
+    params = kb.params[source]
+    mean, std = jnp.asarray(model.mean, jnp.float32), jnp.asarray(model.std, jnp.float32)
+
+    def logits(images, dtype=jnp.float32):
+        x = preprocess(images, mean, std, dtype)
+        for spec in model.modules:
+            x, _ = run_module(spec, params[spec.name], x)
+        return x
+
+    return logits
+
+
+def evaluate_published(kb: KnowledgeBase, source: str, split: Split, batch_size: int = 500,
+                       dtype=jnp.float32) -> tuple[int, int]:
+    """(correct, total) of a source model as published on a split."""
+    return count_correct(published_logits(kb, source), split, batch_size, dtype)
+
+

@@ -1,0 +1,99 @@
+"""The ask/tell interface every search algorithm implements, and Pareto utilities.
+
+An algorithm proposes genotypes (`ask`), is told their objectives (`tell`, all minimised),
+and can be checkpointed (`state_dict` / `load_state_dict`, plain JSON) so that a resumed
+search continues exactly as an uninterrupted one. All randomness comes from one
+`numpy.random.Generator` seeded by the config and saved with the state.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+
+class FitnessError(ValueError):
+    """Objectives that cannot be used (NaN, infinite, or of the wrong shape)."""
+
+
+def check_objectives(F, n: int, m: int | None = None) -> np.ndarray:
+    F = np.asarray(F, np.float64)
+    if F.ndim != 2 or F.shape[0] != n or (m is not None and F.shape[1] != m):
+        raise FitnessError(f"objectives must have shape ({n}, {m or 'm'}), got {F.shape}")
+    bad = ~np.all(np.isfinite(F), axis=1)
+    if bad.any():
+        raise FitnessError(f"non-finite objectives for genotype(s) {np.flatnonzero(bad).tolist()}: "
+                           f"{F[bad].tolist()}")
+    return F
+
+
+def non_dominated_fronts(F) -> list[np.ndarray]:
+    """Indices of each non-domination front, best first (pymoo's fast non-dominated sort)."""
+    F = np.asarray(F, np.float64)
+    if len(F) == 0:
+        return []
+    return [np.sort(f) for f in NonDominatedSorting().do(F)]
+
+
+def crowding_distance(F) -> np.ndarray:
+    """NSGA-II crowding distance of the points of one front (boundary points get inf)."""
+    F = np.asarray(F, np.float64)
+    if len(F) <= 2:
+        return np.full(len(F), np.inf)
+    return calc_crowding_distance(F)
+
+
+def pareto_indices(F) -> np.ndarray:
+    """Indices of the non-dominated points of F."""
+    fronts = non_dominated_fronts(F)
+    return fronts[0] if fronts else np.array([], np.int64)
+
+
+def rank_and_crowding(F) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: its front number (0 = non-dominated) and its crowding distance in that front."""
+    rank = np.zeros(len(F), np.int64)
+    crowd = np.zeros(len(F))
+    for r, front in enumerate(non_dominated_fronts(F)):
+        rank[front] = r
+        crowd[front] = crowding_distance(np.asarray(F)[front])
+    return rank, crowd
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def rng_from_state(state: dict) -> np.random.Generator:
+    bitgen = getattr(np.random, state["bit_generator"])()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+class SearchAlgorithm(abc.ABC):
+    """ask() -> genotypes; tell(genotypes, objectives); resumable through a JSON state."""
+
+    name = "base"
+
+    @abc.abstractmethod
+    def ask(self) -> np.ndarray:
+        """A batch of genotypes (n x genes) to evaluate next."""
+
+    @abc.abstractmethod
+    def tell(self, genotypes, objectives) -> None:
+        """Their objectives (n x m, minimised), in the order `ask` gave them."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where it is (JSON-serialisable)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+    @property
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """How many batches have been told."""

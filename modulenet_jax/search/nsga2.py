@@ -1,0 +1,129 @@
+"""NSGA-II (Deb et al. 2002) over the integer genotypes of a search space.
+
+Non-dominated sorting and crowding distance come from pymoo; selection is a binary
+tournament on (front, crowding), variation is uniform crossover plus random-reset mutation
+(optionally biased towards continuing runs, i.e. fewer junctions), survival keeps the best
+fronts of parents + offspring and cuts the last front by crowding distance. The initial
+population can be seeded with the source models themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, crowding_distance,
+                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state)
+from modulenet_jax.search.operators import binary_tournament, mutate, uniform_crossover
+from modulenet_jax.space import SearchSpace
+
+MAX_DUPLICATE_TRIES = 50
+
+
+def survive(F: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n survivors: whole fronts first, the last front cut by crowding
+    distance (largest first; ties keep the earlier index)."""
+    chosen: list[int] = []
+    for front in non_dominated_fronts(F):
+        if len(chosen) + len(front) <= n:
+            chosen += front.tolist()
+            continue
+        cd = crowding_distance(F[front])
+        order = np.lexsort((front, -cd))
+        chosen += front[order[:n - len(chosen)]].tolist()
+        break
+    return np.array(chosen, np.int64)
+
+
+class NSGA2(SearchAlgorithm):
+    name = "nsga2"
+
+    def __init__(self, space: SearchSpace, population_size: int, seed: int, *,
+                 initial: tuple[np.ndarray, ...] = (), crossover_prob: float = 0.9,
+                 mutation_prob: float | None = None, continue_run_prob: float = 0.0):
+        if population_size < 2:
+            raise ValueError("population_size must be at least 2")
+        if len(initial) > population_size:
+            raise ValueError(f"{len(initial)} seeds do not fit a population of {population_size}")
+        self.space = space
+        self.population_size = population_size
+        self.crossover_prob = crossover_prob
+        self.mutation_prob = mutation_prob if mutation_prob is not None else 1.0 / space.num_genes
+        self.continue_run_prob = continue_run_prob
+        self.initial = [space.repair(g) for g in initial]
+        self.rng = np.random.default_rng(seed)
+        self.pop_X: np.ndarray | None = None
+        self.pop_F: np.ndarray | None = None
+        self.pending: np.ndarray | None = None
+        self.seen: set[tuple[int, ...]] = set()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def _unique(self, make) -> np.ndarray:
+        """A genotype from `make()` whose network was not asked before (best effort)."""
+        g = make()
+        for _ in range(MAX_DUPLICATE_TRIES):
+            if self.space.canonical(g) not in self.seen:
+                break
+            g = make()
+        self.seen.add(self.space.canonical(g))
+        return g
+
+    def _initial_population(self) -> np.ndarray:
+        pop = []
+        for g in self.initial:
+            key = self.space.canonical(g)
+            if key not in self.seen:
+                self.seen.add(key)
+                pop.append(g)
+        while len(pop) < self.population_size:
+            pop.append(self._unique(lambda: self.space.sample(self.rng)))
+        return np.stack(pop)
+
+    def _offspring(self) -> np.ndarray:
+        rank, crowd = rank_and_crowding(self.pop_F)
+        children: list[np.ndarray] = []
+        while len(children) < self.population_size:
+            a, b = binary_tournament(rank, crowd, 2, self.rng)
+
+            def make(a=a, b=b):
+                c1, _ = uniform_crossover(self.pop_X[a], self.pop_X[b], self.crossover_prob, self.rng)
+                return mutate(c1, self.space, self.mutation_prob, self.continue_run_prob, self.rng)
+
+            children.append(self._unique(make))
+        return np.stack(children)
+
+    def ask(self) -> np.ndarray:
+        if self.pending is None:
+            self.pending = self._initial_population() if self.pop_X is None else self._offspring()
+        return self.pending.copy()
+
+    def tell(self, genotypes, objectives) -> None:
+        X = np.asarray(genotypes, np.int64)
+        if self.pending is None or X.shape != self.pending.shape or not np.array_equal(X, self.pending):
+            raise ValueError("tell() must get exactly the genotypes of the last ask()")
+        F = check_objectives(objectives, len(X), None if self.pop_F is None else self.pop_F.shape[1])
+        if self.pop_X is not None:
+            X, F = np.concatenate([self.pop_X, X]), np.concatenate([self.pop_F, F])
+        keep = survive(F, self.population_size)
+        self.pop_X, self.pop_F = X[keep], F[keep]
+        self.pending = None
+        self._generation += 1
+
+    def state_dict(self) -> dict:
+        as_list = (lambda a: None if a is None else a.tolist())
+        return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
+                "pop_X": as_list(self.pop_X), "pop_F": as_list(self.pop_F),
+                "pending": as_list(self.pending), "seen": sorted(list(k) for k in self.seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("algorithm") != self.name:
+            raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
+        self._generation = state["generation"]
+        self.rng = rng_from_state(state["rng"])
+        self.pop_X = None if state["pop_X"] is None else np.asarray(state["pop_X"], np.int64)
+        self.pop_F = None if state["pop_F"] is None else np.asarray(state["pop_F"], np.float64)
+        self.pending = None if state["pending"] is None else np.asarray(state["pending"], np.int64)
+        self.seen = {tuple(k) for k in state["seen"]}

@@ -1,0 +1,47 @@
+"""Variation operators on integer genotypes: tournament selection, crossover, mutation.
+
+Each takes the search's one `numpy.random.Generator`; none keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modulenet_jax.space import SearchSpace
+
+
+def binary_tournament(rank: np.ndarray, crowding: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n winners of random pairwise contests: lower front wins, then larger crowding distance,
+    then a coin flip."""
+    a = rng.integers(0, len(rank), n)
+    b = rng.integers(0, len(rank), n)
+    coin = rng.random(n) < 0.5
+    a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowding[a] > crowding[b])) | (
+        (rank[a] == rank[b]) & (crowding[a] == crowding[b]) & coin)
+    return np.where(a_wins, a, b)
+
+
+def uniform_crossover(p1: np.ndarray, p2: np.ndarray, prob: float, rng: np.random.Generator):
+    """With probability `prob`, each gene is swapped between the two children with chance 1/2."""
+    c1, c2 = p1.copy(), p2.copy()
+    if rng.random() < prob:
+        swap = rng.random(len(p1)) < 0.5
+        c1[swap], c2[swap] = p2[swap], p1[swap]
+    return c1, c2
+
+
+def mutate(genotype: np.ndarray, space: SearchSpace, prob: float, continue_run_prob: float,
+           rng: np.random.Generator) -> np.ndarray:
+    """Random-reset mutation, each gene with probability `prob`, then repair.
+
+    With probability `continue_run_prob`, a mutated block gene is instead set to the block
+    that continues its predecessor's run (fewer junctions), where there is such a block.
+    """
+    g = genotype.copy()
+    lower, upper = space.lower, space.upper
+    for i in np.flatnonzero(rng.random(len(g)) < prob):
+        value = None
+        if continue_run_prob > 0 and rng.random() < continue_run_prob:
+            value = space.continue_run_value(g, i)
+        g[i] = value if value is not None else rng.integers(lower[i], upper[i] + 1)
+    return space.repair(g)

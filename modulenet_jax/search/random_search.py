@@ -1,0 +1,85 @@
+"""Random search: the baseline every search is compared with, behind the same interface."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modulenet_jax.search.base import SearchAlgorithm, check_objectives, pareto_indices, rng_from_state, rng_state
+from modulenet_jax.space import SearchSpace
+
+MAX_DUPLICATE_TRIES = 50
+
+
+class RandomSearch(SearchAlgorithm):
+    """Each batch is `batch_size` distinct, never-asked random networks; the first batch
+    starts with the seeds (the source models) when given, as NSGA-II's does."""
+
+    name = "random"
+
+    def __init__(self, space: SearchSpace, batch_size: int, seed: int, *,
+                 initial: tuple[np.ndarray, ...] = ()):
+        self.space = space
+        self.batch_size = batch_size
+        self.initial = [space.repair(g) for g in initial]
+        self.rng = np.random.default_rng(seed)
+        self.X: list[list[int]] = []
+        self.F: list[list[float]] = []
+        self.pending: np.ndarray | None = None
+        self.seen: set[tuple[int, ...]] = set()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def ask(self) -> np.ndarray:
+        if self.pending is not None:
+            return self.pending.copy()
+        batch = []
+        if self._generation == 0:
+            for g in self.initial[:self.batch_size]:
+                if self.space.canonical(g) not in self.seen:
+                    self.seen.add(self.space.canonical(g))
+                    batch.append(g)
+        while len(batch) < self.batch_size:
+            g = self.space.sample(self.rng)
+            for _ in range(MAX_DUPLICATE_TRIES):
+                if self.space.canonical(g) not in self.seen:
+                    break
+                g = self.space.sample(self.rng)
+            self.seen.add(self.space.canonical(g))
+            batch.append(g)
+        self.pending = np.stack(batch)
+        return self.pending.copy()
+
+    def tell(self, genotypes, objectives) -> None:
+        X = np.asarray(genotypes, np.int64)
+        if self.pending is None or not np.array_equal(X, self.pending):
+            raise ValueError("tell() must get exactly the genotypes of the last ask()")
+        F = check_objectives(objectives, len(X), len(self.F[0]) if self.F else None)
+        self.X += X.tolist()
+        self.F += F.tolist()
+        self.pending = None
+        self._generation += 1
+
+    @property
+    def front(self) -> tuple[np.ndarray, np.ndarray]:
+        """The non-dominated genotypes seen so far and their objectives."""
+        X, F = np.asarray(self.X, np.int64), np.asarray(self.F)
+        idx = pareto_indices(F)
+        return X[idx], F[idx]
+
+    def state_dict(self) -> dict:
+        return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
+                "X": self.X, "F": self.F,
+                "pending": None if self.pending is None else self.pending.tolist(),
+                "seen": sorted(list(k) for k in self.seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("algorithm") != self.name:
+            raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
+        self._generation = state["generation"]
+        self.rng = rng_from_state(state["rng"])
+        self.X, self.F = state["X"], state["F"]
+        self.pending = None if state["pending"] is None else np.asarray(state["pending"], np.int64)
+        self.seen = {tuple(k) for k in state["seen"]}

@@ -1,0 +1,283 @@
+"""A search run: config in, run folder out, resumable at every generation.
+
+The run folder holds `config.json`, `history.jsonl` (every network evaluated, with its
+objectives, written as it is evaluated), `state.json` (the algorithm's state after the last
+finished generation), `front.json` and `front.png` (the Pareto front on the validation
+split) and `final.json` / `final.md` (the front and the source models evaluated under the
+same protocol on the final test split). Re-running on the same folder resumes: the state
+restores the algorithm and its random generator, the history restores every evaluation,
+so the run ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from modulenet_jax.config import to_dict
+from modulenet_jax.data import Dataset, load_dataset, protocol_split
+from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, evaluate_published
+from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
+from modulenet_jax.search.nsga2 import NSGA2
+from modulenet_jax.search.random_search import RandomSearch
+from modulenet_jax.space import Architecture, SearchSpace
+
+ALGORITHMS = ("nsga2", "random")
+TIMING_KEYS = ("seconds",)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The history lines written so far; a torn last line (from a kill mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    records = []
+    for line in lines:
+        if not line.endswith("\n"):
+            break
+        records.append(json.loads(line))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if text != path.read_text():
+        _write_atomic(path, text)
+    return records
+
+
+def make_space(kb: KnowledgeBase, cfg) -> SearchSpace:
+    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
+                       sources=tuple(cfg.sources) if cfg.get("sources") else None)
+
+
+def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
+    initial = tuple(space.encode_source(s) for s in space.sources
+                    if cfg.seed_sources and space.fits_source(s))
+    if cfg.algorithm == "nsga2":
+        return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
+                     mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob)
+    if cfg.algorithm == "random":
+        return RandomSearch(space, cfg.population, seed, initial=initial)
+    raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
+
+
+def load_knowledge(cfg) -> KnowledgeBase:
+    """The configured knowledge base: a saved one, or one built from the source checkpoints."""
+    if cfg.get("path"):
+        return KnowledgeBase.load(cfg.path)
+    from converters.knowledge import build_from_pretrained  # torch lives in converters/
+
+    return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
+
+
+def load_data(cfg) -> Dataset:
+    source = cfg.source
+    if not cfg.get("fallback") or source in ("cifar10", "cifar100") or Path(source).is_dir():
+        return load_dataset(source, cfg.get("data_dir"))
+    return load_dataset(cfg.fallback, cfg.get("data_dir"))
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a search needs, built from a config."""
+
+    config: object
+    kb: KnowledgeBase
+    space: SearchSpace
+    evaluator: Evaluator
+    algorithm: SearchAlgorithm
+    dataset: Dataset
+    val: object
+    objectives: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None) -> "Run":
+        kb = kb or load_knowledge(config.knowledge)
+        dataset = dataset or load_data(config.data)
+        protocol = Protocol(**config.protocol.to_dict())
+        fit = protocol_split(dataset, "train", protocol.fit_images, seed=config.data.fit_seed)
+        val = protocol_split(dataset, "val", config.data.val_size)
+        space = make_space(kb, config.space)
+        algorithm = make_algorithm(space, config.search, config.seed)
+        return cls(config, kb, space, Evaluator(kb, protocol, fit), algorithm, dataset, val,
+                   tuple(config.search.objectives))
+
+
+def _record(generation, genotype, space, ev: Evaluation, seconds) -> dict:
+    arch = space.decode(genotype)
+    return {"generation": generation, "genotype": [int(v) for v in genotype],
+            "canonical": list(space.canonical(genotype)), "architecture": arch.describe(),
+            "modules": list(arch.modules), **ev.to_json(), "error": ev.error, "seconds": round(seconds, 3)}
+
+
+def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Runs (or resumes) the configured number of generations; returns the front on `val`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(to_dict(run.config), indent=2, sort_keys=True) + "\n"
+    cfg_path, state_path, hist_path = out / "config.json", out / "state.json", out / "history.jsonl"
+    if cfg_path.is_file() and resume:
+        if cfg_path.read_text() != config_json:
+            raise ValueError(f"{out} holds a run of a different config; choose a new --out, or "
+                             f"pass --restart to start this folder over")
+    elif not resume:
+        for p in (state_path, hist_path):
+            p.unlink(missing_ok=True)
+    _write_atomic(cfg_path, config_json)
+    history = _read_history(hist_path)
+    cache = {tuple(r["canonical"]): r for r in history}
+    if resume and state_path.is_file():
+        run.algorithm.load_state_dict(json.loads(state_path.read_text()))
+        log(f"resuming {out} after generation {run.algorithm.generation} "
+            f"({len(cache)} networks already evaluated)")
+    generations = run.config.search.generations
+    with open(hist_path, "a") as hist:
+        while run.algorithm.generation < generations:
+            gen = run.algorithm.generation
+            t0 = time.time()
+            X = run.algorithm.ask()
+            F, fresh = [], 0
+            for g in X:
+                key = run.space.canonical(g)
+                if key not in cache:
+                    t = time.time()
+                    ev = run.evaluator.evaluate(run.space.decode(g), run.val)
+                    cache[key] = _record(gen, g, run.space, ev, time.time() - t)
+                    hist.write(json.dumps(cache[key]) + "\n")
+                    hist.flush()
+                    fresh += 1
+                F.append([cache[key][o] for o in run.objectives])
+            run.algorithm.tell(X, np.asarray(F))
+            _write_atomic(state_path, json.dumps(run.algorithm.state_dict()) + "\n")
+            front = front_records(list(cache.values()), run.objectives)
+            best = max(front, key=lambda r: r["accuracy"])
+            log(f"generation {gen + 1}/{generations}: {fresh} evaluated, {len(X) - fresh} cached, "
+                f"front {len(front)}, best val accuracy {best['accuracy']:.4f} "
+                f"at {best['params']:,} params ({time.time() - t0:.1f} s)")
+    records = list(cache.values())
+    front = front_records(records, run.objectives)
+    _write_atomic(out / "front.json", json.dumps(front, indent=1) + "\n")
+    return {"evaluated": len(records), "front": front}
+
+
+def front_records(records: list[dict], objectives) -> list[dict]:
+    """The non-dominated records (on the search's objectives), sorted by parameters."""
+    if not records:
+        return []
+    F = np.array([[r[o] for o in objectives] for r in records])
+    return sorted((records[i] for i in pareto_indices(F)), key=lambda r: (r["params"], r["error"]))
+
+
+def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None] = print) -> list[dict]:
+    """The front's networks and every source model, under the same protocol, on the final split.
+
+    Sources also get their as-published accuracy (own BN statistics and head) for reference.
+    """
+    cfg = run.config.final
+    final = protocol_split(run.dataset, cfg.split, cfg.size)
+    rows = []
+    by_modules = {tuple(r["modules"]): r for r in front}
+    for source in run.space.sources:
+        arch = Architecture.of_source(run.kb, source)
+        rec = by_modules.get(arch.modules)
+        ev = run.evaluator.evaluate(arch, final)
+        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size)
+        val = rec or {"accuracy": run.evaluator.evaluate(arch, run.val).accuracy}
+        rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
+                     "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
+                     "val_accuracy": val["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
+                     "final_accuracy": ev.accuracy, "published_final_accuracy": pub / ev.total,
+                     "on_front": rec is not None})
+        log(f"final: {source}: {ev.correct}/{ev.total}")
+    source_modules = {Architecture.of_source(run.kb, s).modules for s in run.space.sources}
+    for i, rec in enumerate(front):
+        arch = Architecture(tuple(rec["modules"]))
+        if arch.modules in source_modules:
+            continue
+        ev = run.evaluator.evaluate(arch, final)
+        rows.append({"name": f"front{i}", "kind": "found", "architecture": rec["architecture"],
+                     "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
+                     "val_accuracy": rec["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
+                     "final_accuracy": ev.accuracy, "published_final_accuracy": None, "on_front": True})
+        log(f"final: front{i}: {ev.correct}/{ev.total}")
+    rows.sort(key=lambda r: (r["params"], r["name"]))
+    out = Path(out_dir)
+    _write_atomic(out / "final.json", json.dumps({"split": final.description, "rows": rows}, indent=1) + "\n")
+    _write_atomic(out / "final.md", markdown_table(rows, final.description) + "\n")
+    return rows
+
+
+def beats(row: dict, sources: list[dict]) -> list[str]:
+    """The sources this row beats: more accurate on the final split at no more parameters."""
+    return [s["name"] for s in sources
+            if row["final_accuracy"] > s["final_accuracy"] and row["params"] <= s["params"]]
+
+
+def markdown_table(rows: list[dict], split: str) -> str:
+    sources = [r for r in rows if r["kind"] == "source"]
+    lines = [f"Final split: {split}. Protocol accuracy = fitted stitches/BN/head as in the search; "
+             f"published = the source's own BN statistics and head.", "",
+             "| name | params | MFLOPs | junctions | val acc | final acc | published final acc | beats |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        pub = "" if r["published_final_accuracy"] is None else f"{r['published_final_accuracy']:.4f}"
+        won = ", ".join(beats(r, sources)) if r["kind"] == "found" else ""
+        lines.append(f"| {r['name']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['junctions']} | "
+                     f"{r['val_accuracy']:.4f} | {r['final_accuracy']:.4f} ({r['final_correct']}/{r['final_total']}) "
+                     f"| {pub} | {won} |")
+    return "\n".join(lines)
+
+
+def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, objectives) -> None:
+    """Validation error vs parameters of every evaluated network, the front, and the sources."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    ax.scatter([r["params"] for r in history], [100 * r["accuracy"] for r in history], s=8, c="0.7",
+               label=f"evaluated ({len(history)})")
+    ax.step([r["params"] for r in front], [100 * r["accuracy"] for r in front], where="post", c="C3",
+            marker="o", label="Pareto front")
+    src = [r for r in rows if r["kind"] == "source"]
+    ax.scatter([r["params"] for r in src], [100 * r["val_accuracy"] for r in src], marker="*", s=150,
+               c="C0", label="source models", zorder=3)
+    ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"search ({' vs '.join(objectives)})")
+    ax.legend()
+    ax = axes[1]
+    found = [r for r in rows if r["kind"] == "found"]
+    ax.plot([r["params"] for r in found], [100 * r["final_accuracy"] for r in found], "o-", c="C3",
+            label="found (protocol)")
+    ax.scatter([r["params"] for r in src], [100 * r["final_accuracy"] for r in src], marker="*", s=150,
+               c="C0", label="sources (protocol)", zorder=3)
+    ax.scatter([r["params"] for r in src], [100 * r["published_final_accuracy"] for r in src], marker="x",
+               s=60, c="C2", label="sources (published)", zorder=3)
+    for r in src:
+        ax.annotate(r["name"].replace("cifar_", ""), (r["params"], 100 * r["final_accuracy"]), fontsize=8)
+    ax.set(xlabel="parameters", ylabel="final test accuracy (%)", title="final split, same protocol")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Search, then the final table and the plot: the main job."""
+    run = Run.from_config(config)
+    log(f"space: {run.space.describe()}")
+    result = search(run, out_dir, resume, log)
+    rows = final_table(run, result["front"], out_dir, log)
+    history = _read_history(Path(out_dir) / "history.jsonl")
+    plot_front(history, result["front"], rows, Path(out_dir) / "front.png", run.objectives)
+    return {"out": str(out_dir), "evaluated": result["evaluated"], "front": result["front"], "final": rows}

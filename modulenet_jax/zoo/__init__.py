@@ -1,0 +1,11 @@
+"""Architectures as pure functions over parameter pytrees, registered by name.
+
+Importing this package registers every family (one file per family).
+"""
+
+from modulenet_jax.zoo import cifar_resnet  # noqa: F401  (registers the family)
+from modulenet_jax.zoo.registry import (ModelDef, ModuleSpec, apply_module, forward, get_model,
+                                        get_op, list_models, register_model, register_op)
+
+__all__ = ["ModelDef", "ModuleSpec", "apply_module", "forward", "get_model", "get_op",
+           "list_models", "register_model", "register_op"]

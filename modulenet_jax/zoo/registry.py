@@ -1,0 +1,175 @@
+"""Registry of zoo architectures and the metadata each one publishes about its modules.
+
+A model is a chain of modules (stem, blocks, head). Each module is a pure op
+`op(params, x, calibrate=False, **static) -> (y, params_used)` registered by name, and
+`ModuleSpec` says everything the knowledge base and the search space need to know about
+it without running it (timm's `feature_info`, extended to every module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable, Mapping
+
+import jax
+
+Params = Mapping[str, Any]
+Op = Callable[..., Any]
+
+KINDS = ("stem", "block", "head")
+
+_OPS: dict[str, Op] = {}
+_MODELS: dict[str, "ModelDef"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+    """What one module of a model is: where it sits and what it takes and gives.
+
+    `stage` is 0 for the stem, 1..S for the blocks of stage s and S+1 for the head;
+    `index` is the block's position inside its stage. `reduction` is the output stride
+    relative to the image (timm's name). `static` holds the op's static keyword arguments
+    as a sorted tuple of pairs so specs stay hashable.
+    """
+
+    name: str
+    kind: str
+    op: str
+    stage: int
+    index: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    reduction: int
+    static: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"module {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.op not in _OPS:
+            raise ValueError(f"module {self.name!r}: op {self.op!r} is not registered")
+        if self.stride < 1 or self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"module {self.name!r}: channels and stride must be positive")
+
+    @property
+    def downsamples(self) -> bool:
+        return self.stride > 1
+
+    @property
+    def static_kwargs(self) -> dict:
+        return dict(self.static)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """A registered architecture: its module chain, preprocessing and how to init params.
+
+    `init(key)` returns a params dict keyed by module name; `params[spec.name]` are the
+    params of that module, so cutting a model into modules needs no renaming.
+    """
+
+    name: str
+    family: str
+    modules: tuple[ModuleSpec, ...]
+    init: Callable[[jax.Array], dict]
+    input_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self):
+        names = [m.name for m in self.modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: duplicate module names")
+        kinds = [m.kind for m in self.modules]
+        if kinds[0] != "stem" or kinds[-1] != "head" or set(kinds[1:-1]) != {"block"}:
+            raise ValueError(f"model {self.name!r}: modules must be stem, blocks..., head")
+        reduction = 1
+        for prev, mod in zip(self.modules, self.modules[1:]):
+            if mod.in_channels != prev.out_channels:
+                raise ValueError(
+                    f"model {self.name!r}: {mod.name} takes {mod.in_channels} channels but "
+                    f"{prev.name} gives {prev.out_channels}")
+        for mod in self.modules[:-1]:
+            reduction *= mod.stride
+            if mod.reduction != reduction:
+                raise ValueError(f"model {self.name!r}: {mod.name} reduction {mod.reduction} "
+                                 f"!= product of strides {reduction}")
+
+    @property
+    def blocks(self) -> tuple[ModuleSpec, ...]:
+        return tuple(m for m in self.modules if m.kind == "block")
+
+    @property
+    def num_stages(self) -> int:
+        return max(m.stage for m in self.blocks)
+
+    def module(self, name: str) -> ModuleSpec:
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise KeyError(f"model {self.name!r} has no module {name!r}")
+
+    def predecessor(self, name: str) -> str | None:
+        """Name of the module whose output feeds `name` in this model (None for the stem)."""
+        names = [m.name for m in self.modules]
+        i = names.index(name)
+        return names[i - 1] if i > 0 else None
+
+
+def register_op(name: str):
+    """Decorator registering a module op under a unique name."""
+
+    def wrap(fn: Op) -> Op:
+        if name in _OPS:
+            raise ValueError(f"op {name!r} is already registered")
+        _OPS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_op(name: str) -> Op:
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; registered: {sorted(_OPS)}") from None
+
+
+def register_model(model: ModelDef) -> ModelDef:
+    """Registers a model definition; a duplicate name is an error."""
+    if model.name in _MODELS:
+        raise ValueError(f"model {model.name!r} is already registered")
+    _MODELS[model.name] = model
+    return model
+
+
+def get_model(name: str) -> ModelDef:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def apply_module(spec: ModuleSpec, params: Params, x, calibrate: bool = False):
+    """Runs one module; returns `(y, params_used)` (recalibrated BN stats if `calibrate`)."""
+    return get_op(spec.op)(params, x, calibrate=calibrate, **spec.static_kwargs)
+
+
+def forward(model: ModelDef, params: Params, x, return_intermediates: bool = False):
+    """Runs a whole model on preprocessed NHWC input.
+
+    With `return_intermediates`, also returns `{module name: output}` for every module, so
+    any cut point is reachable without hooks (big_vision's habit).
+    """
+    outs = {}
+    for spec in model.modules:
+        x, _ = apply_module(spec, params[spec.name], x)
+        outs[spec.name] = x
+    return (x, outs) if return_intermediates else x
