@@ -17,7 +17,8 @@ EXIT_USAGE = 2
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # a pipe or a file gets full-width rows instead of rich's 80-column default
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -86,10 +87,12 @@ def cmd_kb_show(args) -> int:
 
     kb = KnowledgeBase.load(args.path)
     rows = kb.table()
+    for r in rows:
+        r["MFLOPs"] = round(r["flops"] / 1e6, 2)
     _emit(args, {"sources": [s.__dict__ for s in kb.sources.values()], "modules": rows},
           lambda: _print_table(f"{args.path}: {len(rows)} modules of {', '.join(kb.sources)}", rows,
                                ["id", "kind", "stage", "index", "in", "out", "stride", "resolution",
-                                "params", "flops"]))
+                                "params", "MFLOPs"]))
     return 0
 
 
@@ -105,8 +108,10 @@ def cmd_search(args) -> int:
     result = run_all(config, out, resume=not args.restart, log=log)
 
     def human():
+        for r in result["final"]:
+            r["MFLOPs"] = round(r["flops"] / 1e6, 1)
         _print_table(f"final split, same protocol ({out}/final.md)", result["final"],
-                     ["name", "kind", "params", "flops", "junctions", "val_accuracy", "final_accuracy"])
+                     ["name", "kind", "params", "MFLOPs", "junctions", "val_accuracy", "final_accuracy"])
         print(f"{result['evaluated']} networks evaluated; front: {out}/front.json, plot: {out}/front.png")
 
     _emit(args, result, human)

@@ -106,20 +106,18 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and preparing it needs "
-                f"TensorFlow: pip install 'modulenet-jax[prepare]', or pass --data a folder") from None
-        builder.download_and_prepare()
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+    except ImportError as e:
+        if "tensorflow" not in str(e).lower():
+            raise
+        raise RuntimeError(
+            f"TFDS dataset {name!r} is not prepared and preparing it needs TensorFlow ({e}): "
+            f"pip install 'modulenet-jax[prepare]', or pass a prepared --data folder") from None
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
-    return images, labels, builder.info.features["label"].num_classes
+    return images, labels, source.dataset_info.features["label"].num_classes
 
 
 @dataclasses.dataclass(frozen=True)
