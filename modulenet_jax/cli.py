@@ -174,6 +174,34 @@ def _evaluate_protocol(args, dataset, split) -> int:
     return 0
 
 
+# -- fidelity -----------------------------------------------------------------------------
+
+def cmd_fidelity(args) -> int:
+    from modulenet_jax.config import load_config
+    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
+    from modulenet_jax.finetune import FinetuneConfig
+    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.space import Architecture
+
+    config = load_config(args.config, args.set)
+    kb = load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
+    networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
+    ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.lr, seed=args.seed)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = measure(kb, dataset, Protocol(**config.protocol.to_dict()), {v: VARIANTS[v] for v in args.variants},
+                     networks, ft, args.val_size, config.data.fit_seed, args.out, log)
+    _emit(args, {k: v for k, v in report.items() if k != "rows"},
+          lambda: print((Path(args.out) / "report.md").read_text()))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
     e.add_argument("--batch-size", type=int, default=500)
+
+    f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
+            cmd_fidelity)
+    f.add_argument("--config", required=True, help="knowledge base, data and base protocol")
+    f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
+    f.add_argument("--granularities", nargs="+", default=["run", "block"])
+    f.add_argument("--per-granularity", type=int, default=12, help="random networks per granularity")
+    f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn", "stitch+ridge",
+                                                     "stitch+bn+ridge", "stitch-256", "stitch-2048"])
+    f.add_argument("--val-size", type=int, default=1000)
+    f.add_argument("--finetune-images", type=int, default=5120)
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=0.01)
+    f.add_argument("--seed", type=int, default=0)
     return p
 
 
