@@ -202,6 +202,36 @@ def cmd_fidelity(args) -> int:
     return 0
 
 
+# -- bench --------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    import dataclasses
+
+    from benchmarks import throughput
+    from modulenet_jax.config import load_config
+    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.knowledge import KnowledgeBase
+    from modulenet_jax.search.runner import load_data, load_knowledge
+
+    config = load_config(args.config, args.set)
+    kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
+    protocol = Protocol(**config.protocol.to_dict())
+    if args.batch_size:
+        protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = throughput.run(kb, dataset, protocol, granularity=config.space.granularity,
+                            val_size=args.val_size, fit_seed=config.data.fit_seed,
+                            populations=tuple(args.populations), dtypes=tuple(args.dtypes),
+                            workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
+                            torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
+                            strategy=args.strategy, budget_s=args.budget, seed=args.seed, log=log)
+    stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+    out = throughput.save(report, args.out, stem)
+    _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--lr", type=float, default=0.01)
     f.add_argument("--seed", type=int, default=0)
+
+    bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
+             cmd_bench)
+    bn.add_argument("--config", default="configs/cifar10_resnet.py", help="knowledge base, data, protocol, space")
+    bn.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
+    bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
+    bn.add_argument("--name", help="file stem (default: the device's name)")
+    bn.add_argument("--populations", nargs="+", type=int, default=[1, 8, 64, 256])
+    bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    bn.add_argument("--torch-max-w1", type=int, default=64, help="most networks PyTorch runs per W1 point")
+    bn.add_argument("--torch-max-w2", type=int, default=16, help="most networks PyTorch runs per W2 point")
+    bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
+                    help="JAX path: fused (one vmapped program per chunk) or loop (a call per module)")
+    bn.add_argument("--val-size", type=int, default=5000, help="validation images (of the 5,000 even positions)")
+    bn.add_argument("--batch-size", type=int, help="images per batch (default: the config's protocol)")
+    bn.add_argument("--budget", type=float, help="stop starting new measurements after this many seconds")
+    bn.add_argument("--seed", type=int, default=0)
     return p
 
 

@@ -38,7 +38,8 @@ class Protocol:
       replaces them, module by module, with the statistics of the fit images;
     - `head`: `ridge` (closed form) or `logistic` (L-BFGS, `head_steps` iterations,
       L2 penalty `head_l2` on standardised features);
-    - `fit_images`: train images used for BatchNorm and the head;
+    - `fit_images`: train images used for BatchNorm and the head (the stitches use the first
+      `stitch_images` of them);
     - `batch_size`: images per compiled call when scoring.
     """
 
@@ -207,23 +208,30 @@ class Evaluator:
         if recs[0].spec.kind != "stem" or any(r.spec.kind != "block" for r in recs[1:]):
             raise ValueError(f"an architecture is a stem followed by blocks, got {arch.modules}")
         mean, std = self._normalisation(recs[0].source)
-        x = preprocess(self.fit_images, mean, std, p.jnp_dtype)
+        recalibrate = p.bn == "recalibrate"
+        # Stitches are solved on the first `stitch_images`; BN recalibration needs every fit image
+        # at every module, so only then does the fitting pass hold all of them at once.
+        x = preprocess(self.fit_images if recalibrate else self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype)
         params, stitches = [], []
         for rec, junction in zip(recs, arch.junctions(self.kb)):
             stitch = None
             if junction and p.stitch:
                 target = self.source_inputs(rec.source)[rec.spec.name]
                 stitch = fit_stitch(x[:p.stitch_images], target, p.stitch_ridge)
-            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch,
-                                 calibrate=p.bn == "recalibrate")
+            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch, calibrate=recalibrate)
             params.append(used)
             stitches.append(stitch)
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        net = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), None, mean, std)
+        if recalibrate:
+            features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        else:
+            features = jnp.concatenate([net.features(self.fit_images[i:i + p.batch_size], p.jnp_dtype)
+                                        for i in range(0, len(self.fit_images), p.batch_size)])
         if p.head == "ridge":
             head = fit_ridge_head(features, self.fit_labels, self.num_classes, p.head_ridge)
         else:
             head = fit_logistic_head(features, self.fit_labels, self.num_classes, p.head_l2, p.head_steps)
-        fitted = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), head, mean, std)
+        fitted = dataclasses.replace(net, head=head)
         if not _all_finite((stitches, head)):
             raise EvaluationError(f"fitting {arch.describe()} produced non-finite values")
         return fitted

@@ -38,19 +38,21 @@ VARIANTS = {
 
 
 def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, seed: int):
-    """`per_granularity` distinct random networks from each granularity's space (sources excluded)."""
+    """`per_granularity` distinct random networks from each granularity's space (sources excluded),
+    interleaved across granularities so that any prefix of the list is balanced."""
     rng = np.random.default_rng(seed)
     sources = {Architecture.of_source(kb, s).modules for s in kb.sources}
-    out = []
+    per_kind = []
     for gran in granularities:
         space = SearchSpace(kb, gran)
-        seen = set()
-        while len(seen) < per_granularity:
+        seen, archs = set(), []
+        while len(archs) < per_granularity:
             arch = space.decode(space.sample(rng))
             if arch.modules not in seen and arch.modules not in sources:
                 seen.add(arch.modules)
-                out.append((gran, arch))
-    return out
+                archs.append((gran, arch))
+        per_kind.append(archs)
+    return [a for group in zip(*per_kind) for a in group]
 
 
 def kendall(a, b) -> float:
@@ -59,8 +61,12 @@ def kendall(a, b) -> float:
 
 
 def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune_cfg: FinetuneConfig,
-            val_size: int | None, fit_seed: int, out_dir, log: Callable[[str], None] = print) -> dict:
-    """Scores every network under every variant and after fine-tuning; returns the taus."""
+            val_size: int | None, fit_seed: int, out_dir, log: Callable[[str], None] = print,
+            budget_s: float | None = None) -> dict:
+    """Scores every network under every variant and after fine-tuning; returns the taus.
+
+    With `budget_s`, no new network is started after that many seconds; the report then
+    covers the networks measured so far (and says how many)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -75,10 +81,14 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     evaluators = {name: Evaluator(kb, dataclasses.replace(base, **ov), fit) for name, ov in variants.items()}
     init = Evaluator(kb, dataclasses.replace(base, bn="recalibrate"), fit)
     train = protocol_split(dataset, "train", finetune_cfg.images, seed=finetune_cfg.seed + 1)
+    t_start = time.time()
     with open(results_path, "a") as f:
         for i, (kind, arch) in enumerate(networks):
             if arch.modules in done:
                 continue
+            if budget_s is not None and time.time() - t_start > budget_s:
+                log(f"time budget spent: {len(done)} of {len(networks)} networks measured")
+                break
             t0 = time.time()
             row = {"kind": kind, "architecture": arch.describe(), "modules": list(arch.modules),
                    "junctions": arch.num_junctions(kb), "scores": {}}
@@ -93,7 +103,7 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
             done[arch.modules] = row
             log(f"[{i + 1}/{len(networks)}] {kind}: fine-tuned {row['finetuned']:.3f}, "
                 + ", ".join(f"{k} {v:.3f}" for k, v in row["scores"].items()) + f" ({row['seconds']} s)")
-    rows = [done[a.modules] for _, a in networks]
+    rows = [done[a.modules] for _, a in networks if a.modules in done]
     report = {"variants": variants, "base_protocol": dataclasses.asdict(base),
               "finetune": dataclasses.asdict(finetune_cfg), "val": val.description, "networks": len(rows),
               "tau": {}, "tau_random_only": {}, "tau_by_kind": {}}

@@ -77,49 +77,77 @@ def _labels(tree):
     return jax.tree_util.tree_map_with_path(label, tree)
 
 
-def _blend_running_stats(params, used, momentum):
-    """PyTorch's running-statistics update: new = (1 - m) * old + m * batch."""
-    def blend(path, old, new):
-        if getattr(path[-1], "key", None) in BUFFER_NAMES:
-            return (1 - momentum) * old + momentum * new
-        return old
-    return jax.tree_util.tree_map_with_path(blend, params, used)
+def _optimizer(config: FinetuneConfig, steps: int, params) -> optax.GradientTransformation:
+    """SGD with Nesterov momentum, decoupled weight decay and a cosine schedule; BN buffers frozen."""
+    sgd = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                      optax.sgd(optax.cosine_decay_schedule(config.learning_rate, steps),
+                                momentum=config.momentum, nesterov=True))
+    return optax.multi_transform({"train": sgd, "buffer": optax.set_to_zero()}, _labels(params))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps"))
+def _init(config, steps, params):
+    return _optimizer(config, steps, params).init(params)
+
+
+@jax.jit
+def _squared_norm(tree):
+    return sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree_util.tree_leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps"))
+def _update(config, steps, params, state, grads, scale, used):
+    """One optimizer step of one module's params (compiled once per module shape), then
+    PyTorch's running-statistics update: new = (1 - m) * old + m * batch."""
+    grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
+    updates, state = _optimizer(config, steps, params).update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    if used is not None:
+        m = config.bn_momentum
+
+        def blend(path, old, new):
+            return (1 - m) * old + m * new if getattr(path[-1], "key", None) in BUFFER_NAMES else old
+
+        params = jax.tree_util.tree_map_with_path(blend, params, used)
+    return params, state
 
 
 def finetune(net: FittedNetwork, train: Split, config: FinetuneConfig) -> FittedNetwork:
-    """Fine-tunes every weight of `net` on `train`; returns the tuned network."""
+    """Fine-tunes every weight of `net` on `train`; returns the tuned network.
+
+    Gradients are clipped by their global norm over the whole network; the optimizer then
+    steps module by module (stitches and head included), each step one compiled call.
+    """
     n = min(config.images, len(train))
     steps = config.epochs * (n // config.batch_size)
     if steps < 1:
         raise ValueError(f"fine-tuning needs at least {config.batch_size} train images, got {n}")
-    trainable = {"modules": list(net.params), "stitches": list(net.stitches), "head": net.head}
-    schedule = optax.cosine_decay_schedule(config.learning_rate, steps)
-    sgd = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.add_decayed_weights(config.weight_decay),
-                      optax.sgd(schedule, momentum=config.momentum, nesterov=True))
-    opt = optax.multi_transform({"train": sgd, "buffer": optax.set_to_zero()}, _labels(trainable))
-    state = opt.init(trainable)
+    modules, stitches, head = list(net.params), list(net.stitches), net.head
+    mod_state = [_init(config, steps, p) for p in modules]
+    st_state = [None if st is None else _init(config, steps, st) for st in stitches]
+    head_state = _init(config, steps, head)
     rng = np.random.default_rng(config.seed)
     specs = net.specs
-    for epoch in range(config.epochs):
+    for _ in range(config.epochs):
         order = rng.permutation(len(train))[:n]
         for b in range(n // config.batch_size):
             idx = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
             images, labels = jnp.asarray(train.images[idx]), jnp.asarray(train.labels[idx])
             x = preprocess(images, net.mean, net.std)
             inputs, used = [], []
-            for spec, p, st in zip(specs, trainable["modules"], trainable["stitches"]):
+            for spec, p, st in zip(specs, modules, stitches):
                 inputs.append(x)
                 x, u = _forward(spec.op, spec.static, p, st, x)
                 used.append(u)
-            _, g_head, g = _head_loss(trainable["head"], x, labels)
+            _, g_head, g = _head_loss(head, x, labels)
             g_mods, g_st = [None] * len(specs), [None] * len(specs)
             for i in reversed(range(len(specs))):
-                g_mods[i], g_st[i], g = _backward(specs[i].op, specs[i].static, trainable["modules"][i],
-                                                  trainable["stitches"][i], inputs[i], g)
-            grads = {"modules": g_mods, "stitches": g_st, "head": g_head}
-            updates, state = opt.update(grads, state, trainable)
-            trainable = optax.apply_updates(trainable, updates)
-            trainable["modules"] = [_blend_running_stats(p, u, config.bn_momentum)
-                                    for p, u in zip(trainable["modules"], used)]
-    return dataclasses.replace(net, params=tuple(trainable["modules"]), stitches=tuple(trainable["stitches"]),
-                               head=trainable["head"])
+                g_mods[i], g_st[i], g = _backward(specs[i].op, specs[i].static, modules[i], stitches[i], inputs[i], g)
+            norm = jnp.sqrt(_squared_norm((g_mods, g_st, g_head)))
+            scale = jnp.minimum(1.0, config.clip_norm / (norm + 1e-12))
+            for i in range(len(specs)):
+                modules[i], mod_state[i] = _update(config, steps, modules[i], mod_state[i], g_mods[i], scale, used[i])
+                if stitches[i] is not None:
+                    stitches[i], st_state[i] = _update(config, steps, stitches[i], st_state[i], g_st[i], scale, None)
+            head, head_state = _update(config, steps, head, head_state, g_head, scale, None)
+    return dataclasses.replace(net, params=tuple(modules), stitches=tuple(stitches), head=head)
