@@ -62,6 +62,7 @@ def get_config():
     c.search.generations = 8
     c.search.objectives = ("error", "params")
     c.search.seed_sources = True
+    c.search.crossover = "stage"           # whole stages from one parent ("uniform": gene by gene)
     c.search.crossover_prob = 0.9
     c.search.mutation_prob = ml_collections.FieldReference(None, field_type=float)
     c.search.continue_run_prob = 0.5

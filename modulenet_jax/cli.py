@@ -236,6 +236,8 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host runs; see the README)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, help_, fn):
@@ -326,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
     try:
         return args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, ConnectionError, RuntimeError) as e:

@@ -66,7 +66,8 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
                     if cfg.seed_sources and space.fits_source(s))
     if cfg.algorithm == "nsga2":
         return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
-                     mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob)
+                     mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob,
+                     crossover=cfg.crossover)
     if cfg.algorithm == "random":
         return RandomSearch(space, cfg.population, seed, initial=initial)
     raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
