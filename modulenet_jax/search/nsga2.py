@@ -12,12 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, crowding_distance,
-                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state)
+                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state, unseen)
 from modulenet_jax.search.operators import CROSSOVERS, binary_tournament, mutate, stage_crossover, uniform_crossover
 from modulenet_jax.space import SearchSpace
-
-MAX_DUPLICATE_TRIES = 50
-
 
 def survive(F: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n survivors: whole fronts first, the last front cut by crowding
@@ -66,13 +63,7 @@ class NSGA2(SearchAlgorithm):
 
     def _unique(self, make) -> np.ndarray:
         """A genotype from `make()` whose network was not asked before (best effort)."""
-        g = make()
-        for _ in range(MAX_DUPLICATE_TRIES):
-            if self.space.canonical(g) not in self.seen:
-                break
-            g = make()
-        self.seen.add(self.space.canonical(g))
-        return g
+        return unseen(make, self.space.canonical, self.seen)
 
     def _initial_population(self) -> np.ndarray:
         pop = []
