@@ -27,9 +27,15 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+    def cell(v):
+        if isinstance(v, int):
+            return f"{v:,}"
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.4f}"
+        return str(v)
+
     for r in rows:
-        table.add_row(*[f"{r[c]:,}" if isinstance(r[c], int) else
-                        (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])) for c in columns])
+        table.add_row(*[cell(r[c]) for c in columns])
     _console().print(table)
 
 
