@@ -19,6 +19,7 @@ def get_config():
     c.data.val_size = 5000
     c.protocol.fit_images = 2048
     c.protocol.stitch_images = 512
+    c.protocol.batch_size = 500
     c.search.population = 64
     c.search.generations = 30
     c.final.size = None
