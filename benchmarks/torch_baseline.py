@@ -5,7 +5,8 @@ W1 (forward only) runs each network as one function of its weights; with `torch.
 that function is compiled once and reused for every network (all W1 networks share one
 shape: nine blocks per stage, a stitch before every block, identity where there is no
 junction — exactly the work the JAX program does). W2 (the whole protocol) fits stitches,
-the head (L-BFGS, as the JAX protocol) and scores, module by module; with `torch.compile`
+recalibrates BatchNorm when the protocol does, fits the head (L-BFGS, as the JAX protocol) and
+scores, module by module; with `torch.compile`
 each module kind is compiled once.
 """
 
@@ -147,17 +148,17 @@ class TorchRunner:
         k = torch.linalg.solve(gram + lam * torch.eye(a.shape[1], device=a.device), cross)
         return k.to(self.dtype), (mb - ma @ k).to(self.dtype)
 
-    def _features(self, arch, stitches, images, batch_size):
+    def _features(self, arch, weights, stitches, images, batch_size):
         feats = []
         plan = self._plan(arch)
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
                 x = _preprocess(images[i:i + batch_size], self.mean, self.std, self.device, self.dtype)
-                x = self.stem_fn(x, self.weights(arch.modules[0]))
-                for (stride, pad), st, m in zip(plan, stitches, arch.modules[1:]):
+                x = self.stem_fn(x, weights[0])
+                for (stride, pad), st, w in zip(plan, stitches, weights[1:]):
                     if st is not None:
                         x = stitch_forward(x, *st)
-                    x = self.block_fn(x, self.weights(m), stride, pad)
+                    x = self.block_fn(x, w, stride, pad)
                 feats.append(x.float().mean(dim=(2, 3)))
         return torch.cat(feats)
 
@@ -182,30 +183,69 @@ class TorchRunner:
 
     def protocol_correct(self, arch: Architecture, source_inputs, protocol: Protocol, fit_images, fit_labels,
                          images, labels, num_classes):
-        """The whole protocol for one network (source BN): stitches on the stitch images, head
-        on the fit images' features, correct predictions on the split."""
-        if protocol.bn != "source":
-            raise ValueError("the PyTorch baseline implements the source-BN protocol")
+        """The whole protocol for one network: stitches on the stitch images (and, with BN
+        recalibration, every BN layer's statistics from all fit images, in forward order), the
+        head on the fit images' features, correct predictions on the split."""
+        recalibrate = protocol.bn == "recalibrate"
         junctions = arch.junctions(self.kb)
         plan = self._plan(arch)
         stitches = []
         with torch.no_grad():
-            x = _preprocess(fit_images[:protocol.stitch_images], self.mean, self.std, self.device, self.dtype)
-            x = self.stem_fn(x, self.weights(arch.modules[0]))
+            first = fit_images if recalibrate else fit_images[:protocol.stitch_images]
+            x = _preprocess(first, self.mean, self.std, self.device, self.dtype)
+            stem_w = self.weights(arch.modules[0])
+            if recalibrate:
+                x, stem_w = stem_calibrate(x, stem_w)
+            else:
+                x = self.stem_fn(x, stem_w)
+            weights = [stem_w]
             for (stride, pad), m, j in zip(plan, arch.modules[1:], junctions[1:]):
                 st = None
                 if j and protocol.stitch:
-                    st = self._fit_stitch(x, source_inputs(m), protocol.stitch_ridge)
+                    st = self._fit_stitch(x[:protocol.stitch_images], source_inputs(m), protocol.stitch_ridge)
                     x = stitch_forward(x, *st)
                 stitches.append(st)
-                x = self.block_fn(x, self.weights(m), stride, pad)
-        feats = self._features(arch, stitches, fit_images, protocol.batch_size)
+                if recalibrate:
+                    x, w = block_calibrate(x, self.weights(m), stride, pad)
+                else:
+                    w = self.weights(m)
+                    x = self.block_fn(x, w, stride, pad)
+                weights.append(w)
+        if recalibrate:
+            feats = x.float().mean(dim=(2, 3))
+        else:
+            feats = self._features(arch, weights, stitches, fit_images, protocol.batch_size)
         y_fit = torch.from_numpy(np.asarray(fit_labels)).to(self.device).long()
         with torch.enable_grad():
             k, b = self._logistic_head(feats, y_fit, num_classes, protocol.head_l2, protocol.head_steps)
-        val = self._features(arch, stitches, images, protocol.batch_size)
+        val = self._features(arch, weights, stitches, images, protocol.batch_size)
         y = torch.from_numpy(np.asarray(labels)).to(self.device)
         return int(((val @ k + b).argmax(-1) == y).sum().item())
+
+
+def _calibrated(h, scale, bias):
+    """BN with the batch's own statistics (mean, unbiased variance), as the JAX recalibration."""
+    hf = h.float()
+    mean = hf.mean(dim=(0, 2, 3))
+    var = hf.var(dim=(0, 2, 3), unbiased=True)
+    mean, var = mean.to(h.dtype), var.to(h.dtype)
+    return _bn_apply(h, mean, var, scale, bias), [mean, var, scale, bias]
+
+
+def stem_calibrate(x, w):
+    y, bn = _calibrated(F.conv2d(x, w[0], padding=1), w[3], w[4])
+    return F.relu(y), [w[0], *bn]
+
+
+def block_calibrate(x, w, stride: int, pad: int):
+    h, bn1 = _calibrated(F.conv2d(x, w[0], stride=stride, padding=1), w[3], w[4])
+    h, bn2 = _calibrated(F.conv2d(F.relu(h), w[5], padding=1), w[8], w[9])
+    s = x
+    if stride > 1:
+        s = s[:, :, ::stride, ::stride]
+    if pad:
+        s = F.pad(s, (0, 0, 0, 0, pad, pad))
+    return F.relu(h + s), [w[0], *bn1, w[5], *bn2]
 
 
 def source_inputs_torch(kb: KnowledgeBase, runner: TorchRunner, fit_images, n: int):
