@@ -2,18 +2,20 @@
 small conv-norm-activation units most of those models are built from.
 
 A family describes each module's params as a *layout*: a nested dict whose leaves are layer
-descriptors (`Conv`, `BN`, `Linear`, `LN`, `Scale`). `init_layout` turns a layout into a
-param tree with one explicit PRNG key, so a model's param structure is written down once
-and `ModelDef.init` (and with it every shape check) follows from it.
+descriptors (`Conv`, `BN`, `Linear`, `LN`, `Scale`). `make_model` turns the layouts into
+`ModelDef.init(key)` (one explicit PRNG key), so a model's param structure is written down
+once and every shape check follows from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from modulenet_jax.zoo import layers
 from modulenet_jax.zoo.registry import ModelDef, ModuleSpec
@@ -62,40 +64,69 @@ class Scale:
     c: int
 
 
-def _init_leaf(key, d) -> dict | jax.Array:
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+def _leaves(d) -> dict:
+    """{param name: (shape, distribution, a, b)} of one descriptor: `normal` draws a + b * N(0, 1),
+    `uniform` draws U(a, b)."""
     if isinstance(d, Conv):
         fan_in = d.k * d.k * (d.cin // d.groups)
-        out = {"kernel": (2.0 / fan_in) ** 0.5 * jax.random.normal(k1, (d.k, d.k, d.cin // d.groups, d.cout))}
+        out = {"kernel": ((d.k, d.k, d.cin // d.groups, d.cout), "normal", 0.0, (2.0 / fan_in) ** 0.5)}
         if d.bias:
-            out["bias"] = 0.05 * jax.random.normal(k2, (d.cout,))
+            out["bias"] = ((d.cout,), "normal", 0.0, 0.05)
         return out
     if isinstance(d, Linear):
         bound = 1.0 / d.cin ** 0.5
-        return {"kernel": jax.random.uniform(k1, (d.cin, d.cout), minval=-bound, maxval=bound),
-                "bias": jax.random.uniform(k2, (d.cout,), minval=-bound, maxval=bound)}
+        return {"kernel": ((d.cin, d.cout), "uniform", -bound, bound), "bias": ((d.cout,), "uniform", -bound, bound)}
     if isinstance(d, BN):
-        return {"scale": 1.0 + 0.1 * jax.random.normal(k1, (d.c,)), "bias": 0.1 * jax.random.normal(k2, (d.c,)),
-                "mean": 0.1 * jax.random.normal(k3, (d.c,)),
-                "var": jax.random.uniform(k4, (d.c,), minval=0.5, maxval=1.5)}
+        return {"scale": ((d.c,), "normal", 1.0, 0.1), "bias": ((d.c,), "normal", 0.0, 0.1),
+                "mean": ((d.c,), "normal", 0.0, 0.1), "var": ((d.c,), "uniform", 0.5, 1.5)}
     if isinstance(d, LN):
-        return {"scale": 1.0 + 0.1 * jax.random.normal(k1, (d.c,)), "bias": 0.1 * jax.random.normal(k2, (d.c,))}
+        return {"scale": ((d.c,), "normal", 1.0, 0.1), "bias": ((d.c,), "normal", 0.0, 0.1)}
     if isinstance(d, Scale):
-        return jax.random.uniform(k1, (d.c,), minval=0.5, maxval=1.0)
+        return {"": ((d.c,), "uniform", 0.5, 1.0)}
     raise TypeError(f"not a layer descriptor: {d!r}")
 
 
-def init_layout(key, layout) -> dict:
-    """A param tree for a layout (a dict of descriptors or nested layouts), one key per leaf."""
+def _flatten(layout, prefix=()) -> list:
+    """[(path, (shape, distribution, a, b))] of a layout, in sorted path order."""
     if not isinstance(layout, dict):
-        return _init_leaf(key, layout)
-    keys = jax.random.split(key, max(len(layout), 1))
-    return {name: init_layout(k, sub) for k, (name, sub) in zip(keys, sorted(layout.items()))}
+        return [((prefix + (k,)) if k else prefix, leaf) for k, leaf in sorted(_leaves(layout).items())]
+    return [item for name in sorted(layout) for item in _flatten(layout[name], prefix + (name,))]
+
+
+def unflatten(items) -> dict:
+    """A nested dict from `(path tuple, value)` pairs."""
+    tree: dict = {}
+    for path, value in items:
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value
+    return tree
 
 
 def _init_model(layouts: tuple, key) -> dict:
-    keys = jax.random.split(key, len(layouts))
-    return {name: init_layout(k, layout) for k, (name, layout) in zip(keys, layouts)}
+    """Params of `{module: layout}`: one normal and one uniform draw for the whole model, cut
+    into the leaves. With a concrete key the cutting is done in numpy: an op (or an RNG call)
+    per leaf would compile one XLA program per shape, which takes minutes for a deep model on
+    a CPU. Traced (under `eval_shape` or `jit`) the same cuts are jax ops."""
+    leaves = _flatten(dict(layouts))
+    sizes = {"normal": 0, "uniform": 0}
+    for _, (shape, dist, _, _) in leaves:
+        sizes[dist] += math.prod(shape)
+    kn, ku = jax.random.split(key)
+    draws = {"normal": jax.random.normal(kn, (sizes["normal"],)), "uniform": jax.random.uniform(ku, (sizes["uniform"],))}
+    traced = isinstance(draws["normal"], jax.core.Tracer)
+    if not traced:
+        draws = {k: np.asarray(v) for k, v in draws.items()}
+    offsets = {"normal": 0, "uniform": 0}
+    items = []
+    for path, (shape, dist, a, b) in leaves:
+        n, o = math.prod(shape), offsets[dist]
+        offsets[dist] = o + n
+        z = draws[dist][o:o + n]
+        value = (a + b * z if dist == "normal" else a + (b - a) * z).reshape(shape)
+        items.append((path, value if traced else jnp.asarray(value)))
+    return unflatten(items)
 
 
 def make_model(name: str, family: str, specs, layouts: dict, num_classes: int,
