@@ -12,6 +12,7 @@ scale (max |torch output|) each is judged against. The zoo side runs through
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -26,6 +27,21 @@ from modulenet_jax.assemble import run_module
 from modulenet_jax.zoo import get_model
 
 TOLERANCE = 1e-4  # max |jax - torch| <= TOLERANCE * max |torch|
+# checked at 224 px as well as 32 px (every family, both ResNet block kinds); the rest at 32 px only
+AT_224 = ("tv_resnet18", "tv_resnext50_32x4d", "tv_vgg11_bn", "tv_mobilenet_v2", "tv_mobilenet_v3_small",
+          "tv_efficientnet_b0", "tv_densenet121", "tv_convnext_tiny")
+
+
+@contextlib.contextmanager
+def single_torch_thread():
+    """torch on one thread inside the block: its small CPU convs run many times slower with two
+    OpenMP threads on a busy two-core machine (CI's size)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def randomized_model(model_name: str, seed: int = 0, calibration_size: int = 96,
