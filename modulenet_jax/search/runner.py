@@ -23,6 +23,7 @@ from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
 from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
@@ -54,9 +55,16 @@ def _read_history(path: Path) -> list[dict]:
     return records
 
 
-def make_space(kb: KnowledgeBase, cfg) -> SearchSpace:
-    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
-                       sources=tuple(cfg.sources) if cfg.get("sources") else None)
+def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
+    """`space.kind` "stages" (the default: `SearchSpace`) or "mixed" (`MixedSpace`, slots by
+    reduction level, for sources of different families)."""
+    sources = tuple(cfg.sources) if cfg.get("sources") else None
+    kind = cfg.get("kind", "stages")
+    if kind == "mixed":
+        return MixedSpace(kb, max_depth=cfg.max_depth, sources=sources, min_reduction=cfg.get("min_reduction"))
+    if kind != "stages":
+        raise ValueError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
+    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth, sources=sources)
 
 
 def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
@@ -71,9 +79,15 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
 
 
 def load_knowledge(cfg) -> KnowledgeBase:
-    """The configured knowledge base: a saved one, or one built from the source checkpoints."""
+    """The configured knowledge base: a saved one, torchvision models (when the config names
+    `weights`), or one built from the source checkpoints."""
     if cfg.get("path"):
         return KnowledgeBase.load(cfg.path)
+    if cfg.get("weights") is not None:
+        from converters.knowledge import build_from_torchvision  # torch lives in converters/
+
+        return build_from_torchvision(tuple(cfg.sources), cfg.weights, cfg.get("input_size"),
+                                      cfg.get("weights_seed", 0), tuple(cfg.weights_dirs))
     from converters.knowledge import build_from_pretrained  # torch lives in converters/
 
     return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
@@ -190,7 +204,8 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
         arch = Architecture.of_source(run.kb, source)
         rec = by_modules.get(arch.modules)
         ev = run.evaluator.evaluate(arch, final)
-        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size)
+        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
+                                    input_size=run.evaluator.protocol.input_size)
         val = rec or {"accuracy": run.evaluator.evaluate(arch, run.val).accuracy}
         rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
