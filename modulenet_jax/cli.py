@@ -17,7 +17,8 @@ EXIT_USAGE = 2
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # a pipe or a file gets full-width rows instead of rich's 80-column default
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -86,10 +87,12 @@ def cmd_kb_show(args) -> int:
 
     kb = KnowledgeBase.load(args.path)
     rows = kb.table()
+    for r in rows:
+        r["MFLOPs"] = round(r["flops"] / 1e6, 2)
     _emit(args, {"sources": [s.__dict__ for s in kb.sources.values()], "modules": rows},
           lambda: _print_table(f"{args.path}: {len(rows)} modules of {', '.join(kb.sources)}", rows,
                                ["id", "kind", "stage", "index", "in", "out", "stride", "resolution",
-                                "params", "flops"]))
+                                "params", "MFLOPs"]))
     return 0
 
 
@@ -105,8 +108,10 @@ def cmd_search(args) -> int:
     result = run_all(config, out, resume=not args.restart, log=log)
 
     def human():
+        for r in result["final"]:
+            r["MFLOPs"] = round(r["flops"] / 1e6, 1)
         _print_table(f"final split, same protocol ({out}/final.md)", result["final"],
-                     ["name", "kind", "params", "flops", "junctions", "val_accuracy", "final_accuracy"])
+                     ["name", "kind", "params", "MFLOPs", "junctions", "val_accuracy", "final_accuracy"])
         print(f"{result['evaluated']} networks evaluated; front: {out}/front.json, plot: {out}/front.png")
 
     _emit(args, result, human)
@@ -169,6 +174,64 @@ def _evaluate_protocol(args, dataset, split) -> int:
     return 0
 
 
+# -- fidelity -----------------------------------------------------------------------------
+
+def cmd_fidelity(args) -> int:
+    from modulenet_jax.config import load_config
+    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
+    from modulenet_jax.finetune import FinetuneConfig
+    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.space import Architecture
+
+    config = load_config(args.config, args.set)
+    kb = load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
+    networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
+    ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.lr, seed=args.seed)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = measure(kb, dataset, Protocol(**config.protocol.to_dict()), {v: VARIANTS[v] for v in args.variants},
+                     networks, ft, args.val_size, config.data.fit_seed, args.out, log)
+    _emit(args, {k: v for k, v in report.items() if k != "rows"},
+          lambda: print((Path(args.out) / "report.md").read_text()))
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    import dataclasses
+
+    from benchmarks import throughput
+    from modulenet_jax.config import load_config
+    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.knowledge import KnowledgeBase
+    from modulenet_jax.search.runner import load_data, load_knowledge
+
+    config = load_config(args.config, args.set)
+    kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
+    protocol = Protocol(**config.protocol.to_dict())
+    if args.batch_size:
+        protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    report = throughput.run(kb, dataset, protocol, granularity=config.space.granularity,
+                            val_size=args.val_size, fit_seed=config.data.fit_seed,
+                            populations=tuple(args.populations), dtypes=tuple(args.dtypes),
+                            workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
+                            torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
+                            strategy=args.strategy, budget_s=args.budget, seed=args.seed, log=log)
+    stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+    out = throughput.save(report, args.out, stem)
+    _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +284,42 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
     e.add_argument("--batch-size", type=int, default=500)
+
+    f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
+            cmd_fidelity)
+    f.add_argument("--config", required=True, help="knowledge base, data and base protocol")
+    f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
+    f.add_argument("--granularities", nargs="+", default=["run", "block"])
+    f.add_argument("--per-granularity", type=int, default=12, help="random networks per granularity")
+    f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn", "stitch+ridge",
+                                                     "stitch+bn+ridge", "stitch-256", "stitch-2048"])
+    f.add_argument("--val-size", type=int, default=1000)
+    f.add_argument("--finetune-images", type=int, default=5120)
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--lr", type=float, default=0.01)
+    f.add_argument("--seed", type=int, default=0)
+
+    bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
+             cmd_bench)
+    bn.add_argument("--config", default="configs/cifar10_resnet.py", help="knowledge base, data, protocol, space")
+    bn.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
+    bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
+    bn.add_argument("--name", help="file stem (default: the device's name)")
+    bn.add_argument("--populations", nargs="+", type=int, default=[1, 8, 64, 256])
+    bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    bn.add_argument("--torch-max-w1", type=int, default=64, help="most networks PyTorch runs per W1 point")
+    bn.add_argument("--torch-max-w2", type=int, default=16, help="most networks PyTorch runs per W2 point")
+    bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
+                    help="JAX path: fused (one vmapped program per chunk) or loop (a call per module)")
+    bn.add_argument("--val-size", type=int, default=5000, help="validation images (of the 5,000 even positions)")
+    bn.add_argument("--batch-size", type=int, help="images per batch (default: the config's protocol)")
+    bn.add_argument("--budget", type=float, help="stop starting new measurements after this many seconds")
+    bn.add_argument("--seed", type=int, default=0)
     return p
 
 

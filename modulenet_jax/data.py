@@ -106,37 +106,70 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            raise RuntimeError(
-                f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and preparing it needs "
-                f"TensorFlow: pip install 'modulenet-jax[prepare]', or pass --data a folder") from None
-        builder.download_and_prepare()
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+    except ImportError as e:
+        if "tensorflow" not in str(e).lower():
+            raise
+        raise RuntimeError(
+            f"TFDS dataset {name!r} is not prepared and preparing it needs TensorFlow ({e}): "
+            f"pip install 'modulenet-jax[prepare]', or pass a prepared --data folder") from None
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
-    return images, labels, builder.info.features["label"].num_classes
+    return images, labels, source.dataset_info.features["label"].num_classes
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A dataset's raw train and test splits."""
+    """A dataset's raw train and test splits.
+
+    `test_positions` are the positions of the stored test images in the full test split
+    (None: all of it, in order), so a bundle that keeps only part of the test split still
+    splits it into the protocol's even (`val`) and odd (`final`) positions correctly.
+    """
 
     name: str
     train: Split
     test: Split
+    test_positions: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
 
 
+def save_bundle(dataset: Dataset, path, train_size: int | None, test_split: str = "test", seed: int = 0) -> Path:
+    """Writes a subset of a dataset as one `.npz` (e.g. to carry data to a remote accelerator):
+    `train_size` train images in the protocol's seeded order and one protocol test split."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train = protocol_split(dataset, "train", train_size, seed=seed)
+    start, step = {"test": (0, 1), "val": (0, 2), "final": (1, 2)}[test_split]
+    positions = np.arange(len(dataset.test)) if dataset.test_positions is None else dataset.test_positions
+    keep = np.flatnonzero((positions - start) % step == 0) if step > 1 else np.arange(len(positions))
+    np.savez(path, train_images=train.images, train_labels=train.labels, test_images=dataset.test.images[keep],
+             test_labels=dataset.test.labels[keep], test_positions=positions[keep],
+             num_classes=dataset.num_classes, name=dataset.name)
+    return path
+
+
+def load_bundle(path) -> Dataset:
+    """A dataset written by `save_bundle` (its train split is already in the protocol's order)."""
+    with np.load(path) as z:
+        n = int(z["num_classes"])
+        name = str(z["name"])
+        return Dataset(name, Split(z["train_images"], z["train_labels"], n, f"{name}:train"),
+                       Split(z["test_images"], z["test_labels"], n, f"{name}:test"), z["test_positions"])
+
+
 def load_dataset(source: str, data_dir=None) -> Dataset:
-    """`source` is a TFDS name (cifar10, cifar100) or a folder with train/ and test/ ImageFolders."""
+    """`source` is a TFDS name (cifar10, cifar100), a folder with train/ and test/ ImageFolders,
+    or a `.npz` bundle written by `save_bundle`."""
+    if str(source).endswith(".npz"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no dataset bundle at {source}")
+        return load_bundle(source)
     if source in TFDS_NAMES:
         splits = {}
         for split in ("train", "test"):
@@ -176,6 +209,10 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
     - `val`: the even test positions, likewise;
     - `final`: the odd test positions, likewise.
     """
+    if split == "train" and dataset.test_positions is not None:
+        n = len(dataset.train)  # a bundle's train split is already a seeded random order
+        idx = np.arange(n if size is None else min(size, n))
+        return dataset.train.take(idx, f"{dataset.name}:train[{len(idx)} of a bundle]")
     if split == "train":
         n = len(dataset.train)
         if size is None or size >= n:
@@ -185,7 +222,8 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
         return dataset.train.take(idx, f"{dataset.name}:train[{len(idx)} of {n}, seed {seed}]")
     if split in ("test", "val", "final"):
         start, step = {"test": (0, 1), "val": (0, 2), "final": (1, 2)}[split]
-        positions = np.arange(start, len(dataset.test), step)
+        stored = np.arange(len(dataset.test)) if dataset.test_positions is None else dataset.test_positions
+        positions = np.flatnonzero((stored - start) % step == 0) if step > 1 else np.arange(len(stored))
         idx = positions[evenly_spaced(len(positions), size)]
         which = {"test": "", "val": " even", "final": " odd"}[split]
         return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")

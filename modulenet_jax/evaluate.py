@@ -39,11 +39,13 @@ class Protocol:
       replaces them, module by module, with the statistics of the fit images;
     - `head`: `ridge` (closed form) or `logistic` (L-BFGS, `head_steps` iterations,
       L2 penalty `head_l2` on standardised features);
-    - `fit_images`: train images used for BatchNorm and the head;
+    - `fit_images`: train images used for BatchNorm and the head (the stitches use the first
+      `stitch_images` of them);
     - `batch_size`: images per compiled call when scoring;
     - `stitch_steps`: after the least-squares fits, Adam steps (learning rate `stitch_lr`) on
-      the stitches and the head together, on the fit images' cross-entropy, every module
-      param frozen (see `tune.py`); 0 (the default) keeps the closed-form fits;
+      the stitches and the head together, on the cross-entropy of the first `stitch_images`
+      fit images, every module param frozen (see `tune.py`); 0 (the default) keeps the
+      closed-form fits;
     - `input_size`: resize the (normalised) images to this size before the first module, for
       sources trained at another resolution (e.g. torchvision's 224 px models on 32 px
       CIFAR); None (the default) feeds them as they are.
@@ -226,28 +228,38 @@ class Evaluator:
         if recs[0].spec.kind != "stem" or any(r.spec.kind != "block" for r in recs[1:]):
             raise ValueError(f"an architecture is a stem followed by blocks, got {arch.modules}")
         mean, std = self._normalisation(recs[0].source)
-        x = inputs = preprocess(self.fit_images, mean, std, p.jnp_dtype, p.input_size)
+        recalibrate = p.bn == "recalibrate"
+        # Stitches are solved on the first `stitch_images`; BN recalibration needs every fit image
+        # at every module, so only then does the fitting pass hold all of them at once.
+        x = preprocess(self.fit_images if recalibrate else self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype,
+                       p.input_size)
         params, stitches = [], []
         for rec, junction in zip(recs, arch.junctions(self.kb)):
             stitch = None
             if junction and p.stitch:
                 target = self.source_inputs(rec.source)[rec.spec.name]
                 stitch = fit_stitch(x[:p.stitch_images], target, p.stitch_ridge)
-            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch,
-                                 calibrate=p.bn == "recalibrate")
+            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch, calibrate=recalibrate)
             params.append(used)
             stitches.append(stitch)
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        net = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), None, mean, std,
+                            p.input_size)
+        if recalibrate:
+            features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        else:
+            features = jnp.concatenate([net.features(self.fit_images[i:i + p.batch_size], p.jnp_dtype)
+                                        for i in range(0, len(self.fit_images), p.batch_size)])
         if p.head == "ridge":
             head = fit_ridge_head(features, self.fit_labels, self.num_classes, p.head_ridge)
         else:
             head = fit_logistic_head(features, self.fit_labels, self.num_classes, p.head_l2, p.head_steps)
-        specs = tuple(r.spec for r in recs)
         if p.stitch_steps and any(s is not None for s in stitches):
-            stitches, head, _ = tune_stitches(specs, params, stitches, head, inputs, self.fit_labels,
-                                              p.stitch_steps, p.stitch_lr)
-        fitted = FittedNetwork(specs, tuple(params), tuple(stitches), head, mean, std, p.input_size)
-        if not _all_finite((stitches, head)):
+            inputs = preprocess(self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype, p.input_size)
+            tuned, head, _ = tune_stitches(net.specs, net.params, net.stitches, head, inputs,
+                                           self.fit_labels[:p.stitch_images], p.stitch_steps, p.stitch_lr)
+            net = dataclasses.replace(net, stitches=tuple(tuned))
+        fitted = dataclasses.replace(net, head=head)
+        if not _all_finite((fitted.stitches, head)):
             raise EvaluationError(f"fitting {arch.describe()} produced non-finite values")
         return fitted
 

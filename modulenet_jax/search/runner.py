@@ -188,7 +188,8 @@ def front_records(records: list[dict], objectives) -> list[dict]:
     if not records:
         return []
     F = np.array([[r[o] for o in objectives] for r in records])
-    return sorted((records[i] for i in pareto_indices(F)), key=lambda r: (r["params"], r["error"]))
+    front = ({k: v for k, v in records[i].items() if k not in TIMING_KEYS} for i in pareto_indices(F))
+    return sorted(front, key=lambda r: (r["params"], r["error"]))
 
 
 def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None] = print) -> list[dict]:

@@ -119,5 +119,5 @@ def cifar_resnet(depth: int, num_classes: int = 10) -> ModelDef:
         input_size=32, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-for _depth in (8, 20, 32, 44, 56, 110):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_model(cifar_resnet(_depth))

@@ -1,0 +1,30 @@
+# The two commands of the README: `make search` (set up + the default search) and
+# `make test` (set up + the test suite). Both create .venv and install everything into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision only serve converters/ and the PyTorch baselines; these releases install
+# from this project's CI machines' disk, elsewhere pip downloads them.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CONFIG ?= configs/cifar10_resnet.py
+OUT ?= runs/cifar10_resnet
+
+.PHONY: setup search test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+search: setup
+	$(BIN)/modulenet search --config $(CONFIG) --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks with their PyTorch baselines (`modulenet bench`)."""

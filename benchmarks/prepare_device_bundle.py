@@ -1,0 +1,62 @@
+"""Writes what an accelerator session needs and cannot fetch: the CIFAR ResNet knowledge base and
+a dataset bundle (train images in the protocol's seeded order + the validation split).
+
+    python benchmarks/prepare_device_bundle.py --out .device   # ~55 MB; carry it with the run
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def save_kb(kb, path) -> None:
+    """The knowledge base's params as a plain .npz (no orbax, so the device's version does not matter)."""
+    flat = {"/".join([src, *(str(getattr(k, "key", k)) for k in path)]): np.asarray(leaf)
+            for src, params in kb.params.items()
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    np.savez(path, models=np.array([f"{s.name}|{s.model}" for s in kb.sources.values()]), **flat)
+
+
+def load_kb(path):
+    """The knowledge base written by `save_kb`, rebuilt from its params."""
+    from modulenet_jax.knowledge import KnowledgeBase
+
+    with np.load(path) as z:
+        models = [str(m).split("|") for m in z["models"]]
+        params = {}
+        for key in z.files:
+            if key == "models":
+                continue
+            node = params
+            *parents, leaf = key.split("/")
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = z[key]
+    return KnowledgeBase.build([(name, model, params[name], "bundle") for name, model in models])
+
+
+def main(argv=None):
+    from converters.knowledge import build_from_pretrained
+    from modulenet_jax.data import load_dataset, save_bundle
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=".device")
+    p.add_argument("--data", default=str(SHARED / "data" / "cifar10-jpeg"))
+    p.add_argument("--weights-dir", default=str(SHARED / "weights" / "cifar-resnet"))
+    p.add_argument("--train", type=int, default=10240)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_kb(build_from_pretrained([f"cifar_resnet{d}" for d in (20, 32, 44, 56)], [args.weights_dir]), out / "kb.npz")
+    save_bundle(load_dataset(args.data), out / "cifar10.npz", args.train, test_split="val", seed=0)
+    print(f"wrote {out}/kb.npz and {out}/cifar10.npz")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Fidelity of the no-tuning score: does it rank architectures like a short fine-tune does?
+
+For a sample of genotypes, every protocol variant scores each network without tuning; then
+each network is fine-tuned end to end for a short budget (from stitches fitted by least
+squares, BatchNorm recalibrated and a refitted head) and scored again. Kendall's tau between
+each variant's scores and the fine-tuned accuracies is the variant's fidelity. Results are
+appended to `results.jsonl` as they come, so an interrupted measurement resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from modulenet_jax.data import Dataset, protocol_split
+from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.finetune import FinetuneConfig, finetune
+from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.space import Architecture, SearchSpace
+
+# name -> overrides of the base protocol
+VARIANTS = {
+    "plain": {"stitch": False},
+    "plain+bn": {"stitch": False, "bn": "recalibrate"},
+    "stitch": {},
+    "stitch+bn": {"bn": "recalibrate"},
+    "stitch+ridge": {"head": "ridge"},
+    "stitch+bn+ridge": {"bn": "recalibrate", "head": "ridge"},
+    "stitch-256": {"fit_images": 256, "stitch_images": 256},
+    "stitch-2048": {"fit_images": 2048, "stitch_images": 1024},
+}
+
+
+def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, seed: int):
+    """`per_granularity` distinct random networks from each granularity's space (sources excluded),
+    interleaved across granularities so that any prefix of the list is balanced."""
+    rng = np.random.default_rng(seed)
+    sources = {Architecture.of_source(kb, s).modules for s in kb.sources}
+    per_kind = []
+    for gran in granularities:
+        space = SearchSpace(kb, gran)
+        seen, archs = set(), []
+        while len(archs) < per_granularity:
+            arch = space.decode(space.sample(rng))
+            if arch.modules not in seen and arch.modules not in sources:
+                seen.add(arch.modules)
+                archs.append((gran, arch))
+        per_kind.append(archs)
+    return [a for group in zip(*per_kind) for a in group]
+
+
+def kendall(a, b) -> float:
+    """Kendall's tau-b (ties handled), NaN if either side is constant."""
+    return float(kendalltau(a, b).statistic)
+
+
+def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune_cfg: FinetuneConfig,
+            val_size: int | None, fit_seed: int, out_dir, log: Callable[[str], None] = print,
+            budget_s: float | None = None) -> dict:
+    """Scores every network under every variant and after fine-tuning; returns the taus.
+
+    With `budget_s`, no new network is started after that many seconds; the report then
+    covers the networks measured so far (and says how many)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {}
+    if results_path.is_file():
+        for line in results_path.read_text().splitlines():
+            r = json.loads(line)
+            done[tuple(r["modules"])] = r
+    val = protocol_split(dataset, "val", val_size)
+    largest = max([base.fit_images] + [v.get("fit_images", 0) for v in variants.values()])
+    fit = protocol_split(dataset, "train", largest, seed=fit_seed)
+    evaluators = {name: Evaluator(kb, dataclasses.replace(base, **ov), fit) for name, ov in variants.items()}
+    init = Evaluator(kb, dataclasses.replace(base, bn="recalibrate"), fit)
+    train = protocol_split(dataset, "train", finetune_cfg.images, seed=finetune_cfg.seed + 1)
+    t_start = time.time()
+    with open(results_path, "a") as f:
+        for i, (kind, arch) in enumerate(networks):
+            if arch.modules in done:
+                continue
+            if budget_s is not None and time.time() - t_start > budget_s:
+                log(f"time budget spent: {len(done)} of {len(networks)} networks measured")
+                break
+            t0 = time.time()
+            row = {"kind": kind, "architecture": arch.describe(), "modules": list(arch.modules),
+                   "junctions": arch.num_junctions(kb), "scores": {}}
+            for name, ev in evaluators.items():
+                row["scores"][name] = ev.evaluate(arch, val).accuracy
+            tuned = finetune(init.fit(arch), train, finetune_cfg)
+            correct, total = init.score(tuned, val)
+            row["finetuned"] = correct / total
+            row["seconds"] = round(time.time() - t0, 1)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            done[arch.modules] = row
+            log(f"[{i + 1}/{len(networks)}] {kind}: fine-tuned {row['finetuned']:.3f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in row["scores"].items()) + f" ({row['seconds']} s)")
+    rows = [done[a.modules] for _, a in networks if a.modules in done]
+    report = {"variants": variants, "base_protocol": dataclasses.asdict(base),
+              "finetune": dataclasses.asdict(finetune_cfg), "val": val.description, "networks": len(rows),
+              "tau": {}, "tau_random_only": {}, "tau_by_kind": {}}
+    tuned = [r["finetuned"] for r in rows]
+    random_rows = [r for r in rows if r["kind"] != "source"]
+    for name in variants:
+        report["tau"][name] = kendall([r["scores"][name] for r in rows], tuned)
+        report["tau_random_only"][name] = kendall([r["scores"][name] for r in random_rows],
+                                                  [r["finetuned"] for r in random_rows])
+        for kind in sorted({r["kind"] for r in rows}):
+            sub = [r for r in rows if r["kind"] == kind]
+            if len(sub) > 2:
+                report["tau_by_kind"].setdefault(kind, {})[name] = kendall(
+                    [r["scores"][name] for r in sub], [r["finetuned"] for r in sub])
+    report["rows"] = rows
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(report) + "\n")
+    return report
+
+
+def markdown(report: dict) -> str:
+    kinds = sorted(report["tau_by_kind"])
+    lines = [f"Fidelity: Kendall's tau between each no-tuning score and the accuracy after fine-tuning "
+             f"({report['networks']} networks; {report['val']}; fine-tune {report['finetune']}).", "",
+             "| variant | tau (all) | tau (random only) | " + " | ".join(f"tau ({k})" for k in kinds) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
+    for name in report["variants"]:
+        per = " | ".join(f"{report['tau_by_kind'][k].get(name, float('nan')):.3f}" for k in kinds)
+        lines.append(f"| {name} | {report['tau'][name]:.3f} | {report['tau_random_only'][name]:.3f} | {per} |")
+    lines += ["", "| kind | junctions | fine-tuned | " + " | ".join(report["variants"]) + " | architecture |",
+              "| --- | ---: | ---: | " + " | ".join("---:" for _ in report["variants"]) + " | --- |"]
+    for r in report["rows"]:
+        lines.append(f"| {r['kind']} | {r['junctions']} | {r['finetuned']:.3f} | "
+                     + " | ".join(f"{r['scores'][n]:.3f}" for n in report["variants"]) + f" | {r['architecture']} |")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real data and weights in ../shared, and a tiny random knowledge base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+WEIGHTS = SHARED / "weights" / "cifar-resnet"
+CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"
+CHECKPOINTS = {d: next(WEIGHTS.glob(f"resnet{d}-*.th"), None) for d in (20, 32, 44, 56)}
+
+needs_shared = pytest.mark.skipif(not CIFAR_JPEG.is_dir() or not WEIGHTS.is_dir(),
+                                  reason="../shared (real CIFAR-10 data and weights) is not beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def cifar_test():
+    """The real CIFAR-10 JPEG test split (10,000 images, label order)."""
+    from modulenet_jax.data import load_image_folder
+
+    images, labels, classes = load_image_folder(CIFAR_JPEG / "test")
+    return images, labels, classes
+
+
+@pytest.fixture(scope="session")
+def real_kb():
+    """Knowledge base of the four real CIFAR ResNets."""
+    from converters.knowledge import build_from_checkpoints
+
+    return build_from_checkpoints([CHECKPOINTS[d] for d in (20, 32, 44, 56)])
+
+
+def random_models(depths=(8, 14), seed=0):
+    """(source, model, params, label) tuples of randomly initialised CIFAR ResNets."""
+    from modulenet_jax import zoo
+
+    out = []
+    for i, d in enumerate(depths):
+        name = f"cifar_resnet{d}"
+        out.append((name, name, zoo.get_model(name).init(jax.random.PRNGKey(seed + i)), "random"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_kb():
+    """Two random CIFAR ResNets (8 and 14 layers): a fast knowledge base for unit tests."""
+    from modulenet_jax.knowledge import KnowledgeBase
+
+    return KnowledgeBase.build(random_models())
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """A small synthetic dataset whose labels depend on the images (so heads can learn)."""
+    from modulenet_jax.data import Dataset, Split
+
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        images[:, :4, :4, :] = (labels[:, None, None, None] * 25).astype(np.uint8)
+        return images, labels
+
+    tr, te = make(256), make(128)
+    return Dataset("tiny", Split(*tr, 10, "tiny:train"), Split(*te, 10, "tiny:test"))

@@ -1,0 +1,80 @@
+"""Converter safety: mismatched state_dicts name the offending key; pickled code is refused;
+and nothing outside converters/ (and the PyTorch baselines) imports torch."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from converters.cifar_resnet import convert
+from converters.common import ConversionError, load_state_dict
+from tests.conftest import CHECKPOINTS, needs_shared
+from tests.torch_cifar_resnet import CifarResNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _state_dict(depth=20):
+    return {k: v.numpy() for k, v in CifarResNet(depth).state_dict().items()}
+
+
+def test_random_state_dict_converts():
+    name, params = convert(_state_dict())
+    assert name == "cifar_resnet20" and params["stage2.block0"]["conv1"]["kernel"].shape == (3, 3, 16, 32)
+
+
+def test_wrong_shape_names_the_key():
+    sd = _state_dict()
+    sd["layer2.0.conv1.weight"] = np.zeros((32, 8, 3, 3), np.float32)
+    with pytest.raises(ConversionError, match=r"key 'layer2.0.conv1.weight' has shape \(32, 8, 3, 3\)"):
+        convert(sd)
+
+
+def test_missing_and_unexpected_keys_are_named():
+    sd = _state_dict()
+    del sd["layer3.2.bn2.running_var"]
+    with pytest.raises(ConversionError, match="no tensor for stage3.block2/bn2/var"):
+        convert(sd)
+    sd = _state_dict()
+    sd["layer4.0.conv1.weight"] = np.zeros((1,), np.float32)
+    with pytest.raises(ConversionError, match="unexpected key 'layer4.0.conv1.weight'"):
+        convert(sd)
+
+
+def test_depth_mismatch_is_refused():
+    with pytest.raises(ConversionError, match="unexpected key 'layer1.3"):
+        convert(_state_dict(32), "cifar_resnet20")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.th"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": _Evil()}, path)
+    with pytest.raises(ConversionError, match="refused to load: the file needs pickled code"):
+        load_state_dict(path)
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "missing.th")
+
+
+@needs_shared
+def test_shared_checkpoints_load_with_weights_only():
+    sd = load_state_dict(CHECKPOINTS[56])
+    assert "conv1.weight" in sd and not any(k.startswith("module.") for k in sd)
+
+
+def test_library_never_imports_torch():
+    code = ("import sys, modulenet_jax, modulenet_jax.cli, modulenet_jax.search.runner, modulenet_jax.evaluate, "
+            "modulenet_jax.knowledge, modulenet_jax.space, modulenet_jax.assemble, modulenet_jax.data; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    pattern = re.compile(r"^\s*(import torch|from torch|import torchvision|from torchvision)", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "modulenet_jax").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []

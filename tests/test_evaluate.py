@@ -1,0 +1,105 @@
+"""The evaluation protocol: stitches, BN recalibration, heads, costs and bad values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from modulenet_jax.assemble import fit_linear_map
+from modulenet_jax.evaluate import EvaluationError, Evaluator, Protocol, fit_logistic_head, fit_ridge_head
+from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.space import Architecture, SearchSpace
+from modulenet_jax.zoo import layers
+
+
+def test_stitch_recovers_a_known_linear_map():
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    a = jax.random.normal(k1, (64, 8, 8, 16))
+    kernel = jax.random.normal(k2, (16, 24))
+    bias = jax.random.normal(k3, (24,))
+    b = jnp.einsum("nhwc,cd->nhwd", a, kernel, precision="highest") + bias
+    fit = fit_linear_map(a, b, ridge=0.0)
+    np.testing.assert_allclose(np.asarray(fit["kernel"]), np.asarray(kernel), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(fit["bias"]), np.asarray(bias), atol=1e-4)
+
+
+def test_heads_separate_separable_data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    centers = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]])
+    feats = jnp.asarray(centers[labels] + rng.normal(size=(300, 3)) * 0.3, jnp.float32)
+    for head in (fit_ridge_head(feats, jnp.asarray(labels), 3, 1e-3),
+                 fit_logistic_head(feats, jnp.asarray(labels), 3, 1e-3, 50)):
+        pred = np.argmax(np.asarray(feats @ head["kernel"] + head["bias"]), -1)
+        assert np.mean(pred == labels) > 0.99
+
+
+def test_batch_norm_recalibration_uses_the_fit_statistics():
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 3)) * 3 + 1
+    p = {"scale": jnp.ones(3), "bias": jnp.zeros(3), "mean": jnp.zeros(3), "var": jnp.ones(3)}
+    y, used = layers.batch_norm(p, x, 1e-5, calibrate=True)
+    flat = np.asarray(x).reshape(-1, 3)
+    np.testing.assert_allclose(np.asarray(used["mean"]), flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(used["var"]), flat.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 3).mean(0), 0, atol=1e-5)
+
+
+def _evaluator(kb, dataset, **kw):
+    from modulenet_jax.data import protocol_split
+
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=50, head_steps=20, **kw)
+    return Evaluator(kb, protocol, protocol_split(dataset, "train", 128, seed=0)), protocol_split(dataset, "val")
+
+
+def test_source_under_protocol_has_no_stitch(tiny_kb, tiny_dataset):
+    ev, val = _evaluator(tiny_kb, tiny_dataset)
+    arch = Architecture.of_source(tiny_kb, "cifar_resnet14")
+    fitted = ev.fit(arch)
+    assert all(s is None for s in fitted.stitches)
+    result = ev.evaluate(arch, val)
+    assert result.total == 64 and 0 <= result.correct <= 64 and result.junctions == 0
+    params = sum(r.params_count for r in tiny_kb.modules_of("cifar_resnet14"))
+    assert result.params == params  # the fitted head has the shape of the source's head
+
+
+@pytest.mark.parametrize("bn", ["source", "recalibrate"])
+def test_stitches_at_junctions_and_costs(tiny_kb, tiny_dataset, bn):
+    ev, val = _evaluator(tiny_kb, tiny_dataset, bn=bn)
+    space = SearchSpace(tiny_kb, "run")
+    g = space.encode_source("cifar_resnet14")
+    g[0] = 0  # the stem of cifar_resnet8 before cifar_resnet14's blocks: one junction
+    arch = space.decode(g)
+    fitted = ev.fit(arch)
+    assert [s is not None for s in fitted.stitches] == list(arch.junctions(tiny_kb))
+    assert fitted.stitches[1]["kernel"].shape == (16, 16)
+    result = ev.evaluate(arch, val)
+    base = sum(r.params_count for r in tiny_kb.modules_of("cifar_resnet14"))
+    assert result.params == base + 16 * 16 + 16
+    src = ev.evaluate(Architecture.of_source(tiny_kb, "cifar_resnet14"), val)
+    assert result.flops == src.flops + 2 * 32 * 32 * 16 * 16
+    if bn == "recalibrate":
+        stem_bn = fitted.params[0]["bn"]
+        assert not np.allclose(np.asarray(stem_bn["mean"]), np.asarray(tiny_kb.module_params(arch.modules[0])["bn"]["mean"]))
+
+
+def test_evaluation_is_deterministic(tiny_kb, tiny_dataset):
+    ev, val = _evaluator(tiny_kb, tiny_dataset)
+    space = SearchSpace(tiny_kb, "block")
+    arch = space.decode(space.sample(np.random.default_rng(1)))
+    assert ev.evaluate(arch, val) == ev.evaluate(arch, val)
+
+
+def test_nan_weights_give_a_clear_error(tiny_kb, tiny_dataset):
+    params = jax.tree_util.tree_map(lambda x: x, tiny_kb.params)
+    params["cifar_resnet8"]["stem"]["conv"]["kernel"] = params["cifar_resnet8"]["stem"]["conv"]["kernel"] * jnp.nan
+    kb = KnowledgeBase(tiny_kb.sources.values(), tiny_kb.records, params, 32)
+    ev, val = _evaluator(kb, tiny_dataset)
+    with pytest.raises(EvaluationError, match="non-finite"):
+        ev.evaluate(Architecture.of_source(kb, "cifar_resnet8"), val)
+
+
+def test_protocol_rejects_bad_settings():
+    with pytest.raises(ValueError, match="protocol.bn"):
+        Protocol(bn="train")
+    with pytest.raises(ValueError, match="stitch_images"):
+        Protocol(fit_images=100, stitch_images=200)

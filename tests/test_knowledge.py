@@ -1,0 +1,77 @@
+"""Knowledge base: cutting models into modules, metadata, save/load round trip."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from modulenet_jax import zoo
+from modulenet_jax.assemble import FittedNetwork, preprocess
+from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.space import Architecture
+from tests.conftest import random_models
+
+
+def test_records_metadata(tiny_kb):
+    recs = tiny_kb.modules_of("cifar_resnet14")
+    assert [r.spec.name for r in recs] == ["stem"] + [f"stage{s}.block{i}" for s in (1, 2, 3) for i in (0, 1)] + ["head"]
+    by = {r.spec.name: r for r in recs}
+    assert (by["stage2.block0"].spec.in_channels, by["stage2.block0"].spec.out_channels, by["stage2.block0"].spec.stride) == (16, 32, 2)
+    assert (by["stage2.block0"].input_resolution, by["stage2.block0"].output_resolution) == (32, 16)
+    assert by["stage3.block1"].output_resolution == 8
+    # conv 3x3 16->16 twice at 32x32: 2 * 2 * 32*32*9*16*16 FLOPs
+    assert by["stage1.block0"].flops == 2 * 2 * 32 * 32 * 9 * 16 * 16
+    assert by["stage1.block0"].params_count == 2 * (9 * 16 * 16) + 2 * (2 * 16)
+    assert by["head"].params_count == 64 * 10 + 10
+    assert tiny_kb.predecessor("cifar_resnet14/stage2.block0") == "cifar_resnet14/stage1.block1"
+    assert tiny_kb.predecessor("cifar_resnet14/stem") is None
+
+
+def test_total_params_and_flops_equal_the_whole_model(tiny_kb):
+    model = zoo.get_model("cifar_resnet14")
+    from modulenet_jax.cost import count_flops, count_params
+
+    params = tiny_kb.params["cifar_resnet14"]
+    recs = tiny_kb.modules_of("cifar_resnet14")
+    assert sum(r.params_count for r in recs) == count_params(params)
+    assert sum(r.flops for r in recs) == count_flops(lambda p, x: zoo.forward(model, p, x), params,
+                                                    jnp.zeros((1, 32, 32, 3)))
+
+
+def test_save_load_round_trip(tiny_kb, tmp_path):
+    tiny_kb.save(tmp_path / "kb")
+    kb = KnowledgeBase.load(tmp_path / "kb")
+    assert kb.records == tiny_kb.records
+    assert kb.sources == tiny_kb.sources
+    for a, b in zip(jax.tree_util.tree_leaves(kb.params), jax.tree_util.tree_leaves(tiny_kb.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (tmp_path / "kb" / "index.json").read_text().startswith("{")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a knowledge base"):
+        KnowledgeBase.load(tmp_path)
+
+
+def test_build_refuses_bad_params():
+    name, model, params, label = random_models((8,))[0]
+    params = dict(params)
+    params["stem"] = {**params["stem"], "conv": {"kernel": jnp.zeros((3, 3, 3, 8))}}
+    with pytest.raises(ValueError, match="stem.*conv.*kernel.*shape"):
+        KnowledgeBase.build([(name, model, params, label)])
+
+
+def test_source_modules_in_order_reproduce_the_model(tiny_kb):
+    """Assembling a source's own modules (no junction, so no stitch) gives the model's output."""
+    source = "cifar_resnet14"
+    model = zoo.get_model(source)
+    arch = Architecture.of_source(tiny_kb, source)
+    assert arch.num_junctions(tiny_kb) == 0
+    recs = [tiny_kb.record(m) for m in arch.modules]
+    head = tiny_kb.module_params(f"{source}/head")["fc"]
+    mean, std = jnp.asarray(model.mean), jnp.asarray(model.std)
+    net = FittedNetwork(tuple(r.spec for r in recs), tuple(tiny_kb.module_params(m) for m in arch.modules),
+                        (None,) * len(recs), head, mean, std)
+    images = jax.random.randint(jax.random.PRNGKey(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    expected = zoo.forward(model, tiny_kb.params[source], preprocess(images, mean, std))
+    np.testing.assert_allclose(np.asarray(net.logits(images)), np.asarray(expected), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,108 @@
+"""Fused population evaluation: equals one-by-one evaluation, shards across devices, compiles
+once per search, and splits a chunk that runs out of device memory."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from modulenet_jax.data import protocol_split
+from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.space import Architecture, SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = Protocol(fit_images=96, stitch_images=48, batch_size=40, head_steps=15)
+
+
+def _setup(kb, dataset, granularity="block", protocol=PROTOCOL, n=6, seed=0):
+    space = SearchSpace(kb, granularity)
+    fit = protocol_split(dataset, "train", protocol.fit_images, seed=0)
+    rng = np.random.default_rng(seed)
+    archs = [space.decode(space.sample(rng)) for _ in range(n)] + [Architecture.of_source(kb, s) for s in kb.sources]
+    return space, fit, archs, protocol_split(dataset, "val")
+
+
+@pytest.mark.parametrize("bn", ["source", "recalibrate"])
+def test_population_equals_one_by_one(tiny_kb, tiny_dataset, bn):
+    protocol = Protocol(**{**PROTOCOL.__dict__, "bn": bn})
+    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, protocol=protocol)
+    loop = Evaluator(tiny_kb, protocol, fit)
+    one_by_one = [loop.evaluate(a, val) for a in archs]
+    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop).evaluate(archs, val)
+    assert fused == one_by_one
+
+
+def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):
+    space, fit, archs, _ = _setup(tiny_kb, tiny_dataset, "run")
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)
+    assert pe.layout.depths == (2, 2, 2) and pe.layout.num_slots == 7
+    idx, active, junction = pe.slots(Architecture.of_source(tiny_kb, "cifar_resnet8"))
+    assert active.tolist() == [True, True, False, True, False, True, False]
+    assert not junction.any()
+    g = space.encode_source("cifar_resnet14")
+    g[0] = 0
+    _, active, junction = pe.slots(space.decode(g))
+    assert active.all() and junction.tolist() == [False, True] + [False] * 5
+
+
+def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
+    protocol = Protocol(**{**PROTOCOL.__dict__, "head_steps": 11})  # a program no other test compiled
+    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=10, protocol=protocol)
+    pe = PopulationEvaluator(space, protocol, fit, chunk_size=4)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, *a, **k: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+    pe.evaluate(archs[:5], val)  # "generation 1": 5 networks -> two chunks of 4 (the last padded)
+    first = len(compiles)
+    assert first >= 1
+    pe.evaluate(archs[5:], val)  # "generation 2": other networks, other depths, other junctions
+    assert len(compiles) == first
+
+
+def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
+    space, fit, archs, val = _setup(tiny_kb, tiny_dataset)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8)
+    expected = pe.evaluate(archs, val)
+    real, sizes = pe._run_chunk, []
+
+    def capped(slots, *data):  # a device that only fits chunks of 2
+        sizes.append(len(slots[0]))
+        if len(slots[0]) > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456 bytes")
+        return real(slots, *data)
+
+    pe._run_chunk = capped
+    assert pe.evaluate(archs, val) == expected
+    assert sizes[:3] == [8, 4, 2] and pe.chunk_size == 2
+    pe._run_chunk = lambda *a: (_ for _ in ()).throw(RuntimeError("INVALID_ARGUMENT: something else"))
+    with pytest.raises(RuntimeError, match="something else"):
+        pe.evaluate(archs, val)
+
+
+def test_sharded_equals_single_device():
+    """Eight forced host devices give the same fitness as one, to the last bit (fp32)."""
+    code = textwrap.dedent("""
+        import json, jax
+        from tests.conftest import random_models
+        from modulenet_jax.knowledge import KnowledgeBase
+        from tests.test_population import PROTOCOL, _setup
+        from modulenet_jax.population import PopulationEvaluator
+        import tests.conftest as c
+        kb = KnowledgeBase.build(random_models())
+        ds = c.tiny_dataset.__wrapped__()
+        space, fit, archs, val = _setup(kb, ds, n=6)
+        assert len(jax.devices()) == 8
+        many = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8).evaluate(archs, val)
+        one = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, devices=jax.devices()[:1]).evaluate(archs, val)
+        assert many == one, (many, one)
+        print(json.dumps([e.correct for e in many]))
+    """)
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]

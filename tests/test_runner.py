@@ -1,0 +1,86 @@
+"""A whole search run on a tiny knowledge base: the run folder, and resume == uninterrupted
+even when killed in the middle of a generation."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modulenet_jax.config import load_config
+from modulenet_jax.search.runner import Run, final_table, plot_front, search
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet.py"
+SMALL = ["search.population=4", "search.generations=3", "protocol.fit_images=64", "protocol.stitch_images=32",
+         "protocol.batch_size=32", "protocol.head_steps=10", "data.val_size=32", "final.size=32"]
+
+
+def _run(tiny_kb, tiny_dataset, extra=()):
+    return Run.from_config(load_config(CONFIG, SMALL + list(extra)), kb=tiny_kb, dataset=tiny_dataset)
+
+
+def _strip(history_text):
+    rows = [json.loads(line) for line in history_text.splitlines()]
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_kill_equals_uninterrupted(tiny_kb, tiny_dataset, tmp_path):
+    full = tmp_path / "full"
+    result = search(_run(tiny_kb, tiny_dataset), full, log=lambda m: None)
+    assert result["evaluated"] == len((full / "history.jsonl").read_text().splitlines())
+
+    part = tmp_path / "part"
+    run = _run(tiny_kb, tiny_dataset)
+    real = run.evaluator.evaluate
+    calls = {"n": 0}
+
+    def dying(arch, split):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the middle of the second generation
+            raise Interrupt
+        return real(arch, split)
+
+    run.evaluator.evaluate = dying
+    with pytest.raises(Interrupt):
+        search(run, part, log=lambda m: None)
+    assert json.loads((part / "state.json").read_text())["generation"] == 1
+    with open(part / "history.jsonl", "a") as f:
+        f.write('{"torn": ')  # a line cut by the kill
+    logs = []
+    search(_run(tiny_kb, tiny_dataset), part, log=logs.append)
+    assert logs[0].startswith(f"resuming {part} after generation 1 (5 networks already evaluated)")
+    assert _strip((part / "history.jsonl").read_text()) == _strip((full / "history.jsonl").read_text())
+    assert (part / "state.json").read_text() == (full / "state.json").read_text()
+    assert (part / "front.json").read_text() == (full / "front.json").read_text()
+
+
+def test_run_folder_contents_and_final_table(tiny_kb, tiny_dataset, tmp_path):
+    run = _run(tiny_kb, tiny_dataset, ["search.generations=1"])
+    result = search(run, tmp_path, log=lambda m: None)
+    rows = final_table(run, result["front"], tmp_path, log=lambda m: None)
+    assert {r["name"] for r in rows if r["kind"] == "source"} == {"cifar_resnet8", "cifar_resnet14"}
+    assert all(r["final_total"] == 32 for r in rows)
+    from modulenet_jax.search.runner import _read_history
+
+    plot_front(_read_history(tmp_path / "history.jsonl"), result["front"], rows, tmp_path / "front.png", run.objectives)
+    for name in ("config.json", "history.jsonl", "state.json", "front.json", "final.json", "final.md", "front.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_different_config_does_not_resume(tiny_kb, tiny_dataset, tmp_path):
+    search(_run(tiny_kb, tiny_dataset, ["search.generations=1"]), tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match="different config"):
+        search(_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=5"]), tmp_path, log=lambda m: None)
+
+
+def test_config_overrides_are_checked():
+    with pytest.raises(KeyError, match="no config field 'populaton'"):
+        load_config(CONFIG, ["search.populaton=3"])
+    with pytest.raises(FileNotFoundError):
+        load_config("configs/nope.py")

@@ -1,0 +1,129 @@
+"""NSGA-II and random search: sorting and crowding on fronts known by construction,
+survival, determinism, resume-equals-uninterrupted, bad fitness."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modulenet_jax.search import NSGA2, FitnessError, RandomSearch, crowding_distance, non_dominated_fronts, survive
+from modulenet_jax.search.operators import binary_tournament, mutate
+from modulenet_jax.space import SearchSpace
+
+
+def test_fronts_known_by_construction():
+    # front 0: x + y = 1 line; front 1: shifted by 1; front 2: one point dominated by all
+    f0 = [[0.0, 1.0], [0.25, 0.75], [0.5, 0.5], [1.0, 0.0]]
+    f1 = [[1.0, 2.0], [2.0, 1.0], [1.5, 1.5]]
+    f2 = [[3.0, 3.0]]
+    F = np.array(f1 + f2 + f0)
+    fronts = non_dominated_fronts(F)
+    assert [f.tolist() for f in fronts] == [[4, 5, 6, 7], [0, 1, 2], [3]]
+    # every member of front k is dominated by some member of front k-1, none within a front
+    for k in range(1, len(fronts)):
+        for i in fronts[k]:
+            assert any(np.all(F[j] <= F[i]) and np.any(F[j] < F[i]) for j in fronts[k - 1])
+    for front in fronts:
+        for i in front:
+            assert not any(np.all(F[j] <= F[i]) and np.any(F[j] < F[i]) for j in front)
+
+
+def test_crowding_distance_known_values():
+    F = np.array([[0.0, 4.0], [1.0, 3.0], [2.0, 2.0], [4.0, 0.0]])
+    cd = crowding_distance(F)
+    assert np.isinf(cd[0]) and np.isinf(cd[3])
+    # interior: (neighbour gap / range) summed over objectives, divided by 2 objectives (pymoo)
+    assert cd[1] == pytest.approx(((2 - 0) / 4 + (4 - 2) / 4) / 2)
+    assert cd[2] == pytest.approx(((4 - 1) / 4 + (3 - 0) / 4) / 2)
+
+
+def test_survival_keeps_best_fronts_then_most_crowded():
+    F = np.array([[0.0, 4.0], [1.0, 3.0], [1.1, 2.9], [2.0, 2.0], [4.0, 0.0], [5.0, 5.0]])
+    keep = survive(F, 4)
+    # front 0 is points 0..4; the cut drops the most crowded interior point (1 or 2)
+    assert set(keep) >= {0, 4, 3} and 5 not in keep and len(keep) == 4
+    assert len(set(keep) & {1, 2}) == 1
+
+
+def test_tournament_prefers_lower_rank():
+    rng = np.random.default_rng(0)
+    rank = np.array([0, 1])
+    wins = binary_tournament(rank, np.zeros(2), 1000, rng)
+    # index 1 wins only when drawn against itself
+    assert 0.2 < np.mean(wins == 1) < 0.3
+
+
+def _objectives(space, X):
+    """A cheap synthetic bi-objective problem on genotypes (no network evaluation)."""
+    F = []
+    for g in X:
+        arch = space.decode(g)
+        F.append([len(arch.modules) + 0.01 * int(np.sum(g)), -len(arch.modules) + 0.1 * (g[0] % 3)])
+    return np.array(F, float)
+
+
+def _run(space, seed, generations, cls=NSGA2, state=None, stop_after=None):
+    algo = cls(space, 8, seed, initial=tuple(space.encode_source(s) for s in space.sources)) if cls is NSGA2 \
+        else cls(space, 8, seed)
+    if state is not None:
+        algo.load_state_dict(json.loads(state))
+    asked = []
+    while algo.generation < generations:
+        X = algo.ask()
+        asked.append(X.tolist())
+        algo.tell(X, _objectives(space, X))
+        if stop_after is not None and algo.generation == stop_after:
+            return asked, json.dumps(algo.state_dict())
+    return asked, algo
+
+
+@pytest.mark.parametrize("cls", [NSGA2, RandomSearch])
+def test_same_seed_same_run_and_different_seed_differs(tiny_kb, cls):
+    space = SearchSpace(tiny_kb, "block")
+    a, algo_a = _run(space, 3, 5, cls)
+    b, algo_b = _run(space, 3, 5, cls)
+    c, _ = _run(space, 4, 5, cls)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("cls", [NSGA2, RandomSearch])
+def test_resume_equals_uninterrupted(tiny_kb, cls):
+    space = SearchSpace(tiny_kb, "block")
+    full, algo = _run(space, 7, 6, cls)
+    first, state = _run(space, 7, 6, cls, stop_after=3)
+    rest, resumed = _run(space, 7, 6, cls, state=state)
+    assert first + rest == full
+    assert resumed.state_dict() == algo.state_dict()
+
+
+def test_nsga2_population_is_seeded_and_offspring_are_new(tiny_kb):
+    space = SearchSpace(tiny_kb, "block")
+    algo = NSGA2(space, 6, 0, initial=tuple(space.encode_source(s) for s in space.sources))
+    X = algo.ask()
+    assert np.array_equal(X[0], space.encode_source("cifar_resnet8"))
+    assert np.array_equal(X[1], space.encode_source("cifar_resnet14"))
+    algo.tell(X, _objectives(space, X))
+    Y = algo.ask()
+    keys = {space.canonical(g) for g in X}
+    assert all(space.is_valid(g) for g in Y)
+    assert len({space.canonical(g) for g in Y} - keys) == len(Y)
+
+
+def test_tell_rejects_nan_and_foreign_genotypes(tiny_kb):
+    space = SearchSpace(tiny_kb, "run")
+    algo = NSGA2(space, 4, 0)
+    X = algo.ask()
+    F = _objectives(space, X)
+    F[2, 0] = np.nan
+    with pytest.raises(FitnessError, match=r"genotype\(s\) \[2\]"):
+        algo.tell(X, F)
+    with pytest.raises(ValueError, match="exactly the genotypes"):
+        algo.tell(X[::-1], _objectives(space, X[::-1]))
+
+
+def test_mutation_towards_fewer_junctions(tiny_kb):
+    space = SearchSpace(tiny_kb, "block")
+    rng = np.random.default_rng(0)
+    biased = [space.decode(mutate(space.sample(rng), space, 0.5, 1.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
+    plain = [space.decode(mutate(space.sample(rng), space, 0.5, 0.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
+    assert np.mean(biased) < np.mean(plain)
