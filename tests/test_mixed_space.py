@@ -135,7 +135,7 @@ def test_disagreeing_resolutions_are_refused():
         MixedSpace(kb)
 
 
-def _dataset(n_train=96, n_test=60, size=32, seed=0):
+def _dataset(n_train=96, n_test=64, size=32, seed=0):
     rng = np.random.default_rng(seed)
 
     def split(n, name):
@@ -149,7 +149,7 @@ def _dataset(n_train=96, n_test=60, size=32, seed=0):
 
 def test_evaluator_stitches_across_families(kb):
     space = MixedSpace(kb, max_depth=2, min_reduction=16)
-    protocol = Protocol(fit_images=64, stitch_images=48, head="ridge", batch_size=30, stitch_steps=2)
+    protocol = Protocol(fit_images=64, stitch_images=32, head="ridge", batch_size=32)  # one batch shape
     ds = _dataset()
     ev = Evaluator(kb, protocol, ds.train.take(np.arange(64), "fit"))
     rng = np.random.default_rng(3)
@@ -162,14 +162,14 @@ def test_evaluator_stitches_across_families(kb):
         if st is not None:
             assert st["kernel"].shape == (kb.record(prev).spec.out_channels, kb.record(mid).spec.in_channels)
     result = ev.evaluate(arch, ds.test)
-    assert result.total == 60 and result.junctions == arch.num_junctions(kb) > 0
+    assert result.total == 64 and result.junctions == arch.num_junctions(kb) > 0
     assert result.params > sum(kb.record(m).params_count for m in arch.modules)
 
 
 def test_search_runs_on_the_mixed_space(kb, tmp_path):
     config = load_config("configs/cifar10_torchvision.py", [
         "knowledge.input_size=32", "protocol.fit_images=64", "protocol.stitch_images=32", "protocol.head=ridge",
-        "protocol.batch_size=30", "data.val_size=30", "search.population=4", "search.generations=2",
+        "protocol.batch_size=32", "data.val_size=32", "search.population=4", "search.generations=2",
         "space.max_depth=1", "space.min_reduction=8"])
     run = Run.from_config(config, kb=kb, dataset=_dataset())
     assert isinstance(run.space, MixedSpace)

@@ -198,9 +198,9 @@ def test_jit_and_eager_forward_agree():
     """The registry's eager `forward` and the evaluator's compiled per-module calls agree."""
     from modulenet_jax.assemble import run_module
 
-    model = zoo.get_model("tv_mobilenet_v3_small")
+    model = zoo.get_model("tv_resnet18")
     params = model.init(jax.random.PRNGKey(0))
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 32, 32, 3))
     eager = zoo.forward(model, params, x)
     h = x
     for spec in model.modules:
