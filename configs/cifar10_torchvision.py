@@ -17,9 +17,11 @@ accuracy means nothing, but every shape, stitch and step runs):
 
     modulenet search --config configs/cifar10_torchvision.py --out runs/cifar10_torchvision_offline \\
         --set knowledge.weights=random data.source=../shared/data/cifar10-jpeg knowledge.input_size=32 \\
-              protocol.fit_images=256 protocol.stitch_images=128 protocol.head_steps=30 \\
-              protocol.stitch_steps=3 data.val_size=200 final.size=200 \\
+              protocol.fit_images=256 protocol.stitch_images=128 protocol.batch_size=128 \\
+              protocol.head_steps=30 protocol.stitch_steps=2 data.val_size=256 final.size=256 \\
               search.population=6 search.generations=2
+
+(`stitch_images` = `batch_size` keeps one batch shape, so each module compiles once.)
 """
 
 import ml_collections
