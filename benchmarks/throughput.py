@@ -209,17 +209,25 @@ class Bench:
         return FittedNetwork(tuple(r.spec for r in recs), tuple(self.kb.module_params(m) for m in arch.modules),
                              tuple(stitches), _head(self.kb, arch), mean, std)
 
-    def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
+    def _torch_runner(self, dtype: str, compile_: bool):
+        """(runner, impl name, device): true fp32 (no TF32) or bf16, eager or compiled."""
         import torch
 
-        from benchmarks.torch_baseline import TorchRunner, timed
+        from benchmarks.torch_baseline import TorchRunner
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         device = self.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
         tdtype = torch.float32 if dtype == "float32" else torch.bfloat16
-        runner = TorchRunner(self.kb, device, tdtype, compile_)
-        impl = "torch-compile" if compile_ else "torch-eager"
+        return TorchRunner(self.kb, device, tdtype, compile_), "torch-compile" if compile_ else "torch-eager", device
+
+    def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
+        import torch
+
+        from benchmarks.torch_baseline import timed
+
+        runner, impl, device = self._torch_runner(dtype, compile_)
+        tdtype = runner.dtype
         flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
         images, labels = self.val.images, self.val.labels
 
@@ -273,16 +281,9 @@ class Bench:
                              mean_correct=float(np.mean([r.correct for r in res]))))
 
     def w2_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        import torch
+        from benchmarks.torch_baseline import source_inputs_torch, timed
 
-        from benchmarks.torch_baseline import TorchRunner, source_inputs_torch, timed
-
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        device = self.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tdtype = torch.float32 if dtype == "float32" else torch.bfloat16
-        runner = TorchRunner(self.kb, device, tdtype, compile_)
-        impl = "torch-compile" if compile_ else "torch-eager"
+        runner, impl, device = self._torch_runner(dtype, compile_)
         targets = source_inputs_torch(self.kb, runner, self.fit.images, self.protocol.stitch_images)
         protocol = self._protocol(dtype)
 

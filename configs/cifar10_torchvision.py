@@ -60,7 +60,7 @@ def get_config():
     c.protocol.stitch_ridge = 1e-3
     c.protocol.stitch_steps = 0          # > 0: Adam steps on stitches + head, convs frozen
     c.protocol.stitch_lr = 1e-3
-    c.protocol.bn = "source"
+    c.protocol.bn = "recalibrate"        # as configs/cifar10_resnet.py (chosen by the fidelity measurement)
     c.protocol.head = "logistic"
     c.protocol.head_l2 = 1e-3
     c.protocol.head_ridge = 1e-3
@@ -70,12 +70,17 @@ def get_config():
     c.protocol.dtype = "float32"
     c.protocol.input_size = size
 
+    c.evaluator = ml_collections.ConfigDict()
+    c.evaluator.strategy = "auto"        # the mixed space always takes the per-module loop
+    c.evaluator.chunk_size = ml_collections.FieldReference(None, field_type=int)
+
     c.search = ml_collections.ConfigDict()
     c.search.algorithm = "nsga2"
     c.search.population = 12
     c.search.generations = 8
     c.search.objectives = ("error", "params", "flops")
     c.search.seed_sources = True
+    c.search.crossover = "stage"         # whole reduction levels from one parent ("uniform": gene by gene)
     c.search.crossover_prob = 0.9
     c.search.mutation_prob = ml_collections.FieldReference(None, field_type=float)
     c.search.continue_run_prob = 0.5

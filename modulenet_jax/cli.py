@@ -27,9 +27,15 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+    def cell(v):
+        if isinstance(v, int):
+            return f"{v:,}"
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.4f}"
+        return str(v)
+
     for r in rows:
-        table.add_row(*[f"{r[c]:,}" if isinstance(r[c], int) else
-                        (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])) for c in columns])
+        table.add_row(*[cell(r[c]) for c in columns])
     _console().print(table)
 
 
@@ -236,6 +242,8 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host runs; see the README)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, help_, fn):
@@ -326,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
     try:
         return args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, ConnectionError, RuntimeError) as e:

@@ -54,7 +54,7 @@ class Protocol:
     stitch: bool = True
     stitch_images: int = 512
     stitch_ridge: float = 1e-3
-    bn: str = "source"
+    bn: str = "recalibrate"
     head: str = "logistic"
     head_l2: float = 1e-3
     head_ridge: float = 1e-3

@@ -19,7 +19,8 @@ bridges. The sources must agree on the resolution at each reduction (an input si
 by the largest reduction does it); otherwise construction fails with the offending level.
 
 Genotype (fixed length, integers): gene 0 picks the stem; then per level a depth gene and one
-choice gene per position. At the stem's level position p takes regular block `pos p`; at a
+choice gene per position (`Gene.stage` is the level's number, 1 for the lowest reduction, so
+NSGA-II's stage-wise crossover swaps whole levels). At the stem's level position p takes regular block `pos p`; at a
 higher level position 0 takes an entry block, position p > 0 a regular one. A choice past the
 size of its pool is repaired by taking it modulo the pool size; inactive genes are kept and
 zeroed by `canonical`. The interface is `SearchSpace`'s, so NSGA-II, random search and the
@@ -100,12 +101,12 @@ class MixedSpace(IntegerGenotypes):
         stem_reductions = {s.spec.reduction for s in self.stems}
         for li, lv in enumerate(self.levels):
             positions = lv.max_regular + (1 if lv.entries else 0)
-            genes.append(Gene(f"r{lv.reduction}.depth", "depth", 0, positions, li, 0))
+            genes.append(Gene(f"r{lv.reduction}.depth", "depth", 0, positions, li + 1, 0))
             for p in range(positions):
                 sizes = [len(lv.regular)] if p else [len(lv.entries)]
                 if p == 0 and lv.reduction in stem_reductions:
                     sizes.append(len(lv.regular))
-                genes.append(Gene(f"r{lv.reduction}.pos{p}", "choice", 0, max(max(sizes) - 1, 0), li, p))
+                genes.append(Gene(f"r{lv.reduction}.pos{p}", "choice", 0, max(max(sizes) - 1, 0), li + 1, p))
         return tuple(genes)
 
     def _pools(self, level: Level, r0: int) -> list[tuple[ModuleRecord, ...]]:
@@ -228,7 +229,7 @@ class MixedSpace(IntegerGenotypes):
         i = chain.index(prev) + 1
         nxt = chain[i] if i < len(chain) else None
         r0 = self.stems[int(w.genotype[0])].spec.reduction
-        pool = self._pools(self.levels[gene.stage], r0)[gene.position]
+        pool = self._pools(self.levels[gene.stage - 1], r0)[gene.position]
         return pool.index(nxt) if nxt in pool else None
 
     # -- size -----------------------------------------------------------------------------

@@ -315,6 +315,10 @@ class PopulationEvaluator:
         slots = tuple(self._sharded(a, True) for a in slots)
         correct, ok = _evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, self.banks, slots,
                                       fit_x, fit_y, val_x, val_y)
+        if jax.process_count() > 1:  # results sharded over hosts: every process gets all of them
+            from jax.experimental import multihost_utils
+
+            correct, ok = multihost_utils.process_allgather((correct, ok), tiled=True)
         return np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(ok))
 
     def _device_split(self, split: Split):

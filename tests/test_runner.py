@@ -84,3 +84,13 @@ def test_config_overrides_are_checked():
         load_config(CONFIG, ["search.populaton=3"])
     with pytest.raises(FileNotFoundError):
         load_config("configs/nope.py")
+
+
+def test_fused_and_loop_strategies_give_the_same_search(tiny_kb, tiny_dataset, tmp_path):
+    extra = ["search.generations=2", "evaluator.chunk_size=4"]
+    search(_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='loop'"]), tmp_path / "loop", log=lambda m: None)
+    run = _run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='fused'"])
+    assert run.population is not None
+    search(run, tmp_path / "fused", log=lambda m: None)
+    assert _strip((tmp_path / "loop" / "history.jsonl").read_text()) == \
+        _strip((tmp_path / "fused" / "history.jsonl").read_text())

@@ -127,3 +127,18 @@ def test_mutation_towards_fewer_junctions(tiny_kb):
     biased = [space.decode(mutate(space.sample(rng), space, 0.5, 1.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
     plain = [space.decode(mutate(space.sample(rng), space, 0.5, 0.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
     assert np.mean(biased) < np.mean(plain)
+
+
+def test_stage_crossover_keeps_stages_whole(tiny_kb):
+    from modulenet_jax.search.operators import stage_crossover
+
+    space = SearchSpace(tiny_kb, "run")
+    a, b = space.encode_source("cifar_resnet8"), space.encode_source("cifar_resnet14")
+    rng = np.random.default_rng(0)
+    stages = np.array([g.stage for g in space.genes])
+    for _ in range(20):
+        c1, c2 = stage_crossover(a, b, 1.0, space, rng)
+        for s in set(stages):
+            m = stages == s
+            assert np.array_equal(c1[m], a[m]) or np.array_equal(c1[m], b[m])
+            assert np.array_equal(c2[m], b[m]) if np.array_equal(c1[m], a[m]) else np.array_equal(c2[m], a[m])

@@ -72,6 +72,21 @@ def rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bitgen)
 
 
+MAX_DUPLICATE_TRIES = 50
+
+
+def unseen(make, canonical, seen: set):
+    """A genotype from `make()` whose network (`canonical` key) is not in `seen` — tried
+    `MAX_DUPLICATE_TRIES` times, then the last one is taken anyway — and records it as seen."""
+    g = make()
+    for _ in range(MAX_DUPLICATE_TRIES):
+        if canonical(g) not in seen:
+            break
+        g = make()
+    seen.add(canonical(g))
+    return g
+
+
 class SearchAlgorithm(abc.ABC):
     """ask() -> genotypes; tell(genotypes, objectives); resumable through a JSON state."""
 

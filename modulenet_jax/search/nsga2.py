@@ -1,8 +1,8 @@
 """NSGA-II (Deb et al. 2002) over the integer genotypes of a search space.
 
 Non-dominated sorting and crowding distance come from pymoo; selection is a binary
-tournament on (front, crowding), variation is uniform crossover plus random-reset mutation
-(optionally biased towards continuing runs, i.e. fewer junctions), survival keeps the best
+tournament on (front, crowding), variation is crossover (per stage by default, or per gene) plus
+random-reset mutation (optionally biased towards continuing runs, i.e. fewer junctions), survival keeps the best
 fronts of parents + offspring and cuts the last front by crowding distance. The initial
 population can be seeded with the source models themselves.
 """
@@ -12,12 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, crowding_distance,
-                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state)
-from modulenet_jax.search.operators import binary_tournament, mutate, uniform_crossover
+                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state, unseen)
+from modulenet_jax.search.operators import CROSSOVERS, binary_tournament, mutate, stage_crossover, uniform_crossover
 from modulenet_jax.space import SearchSpace
-
-MAX_DUPLICATE_TRIES = 50
-
 
 def survive(F: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n survivors: whole fronts first, the last front cut by crowding
@@ -39,7 +36,9 @@ class NSGA2(SearchAlgorithm):
 
     def __init__(self, space: SearchSpace, population_size: int, seed: int, *,
                  initial: tuple[np.ndarray, ...] = (), crossover_prob: float = 0.9,
-                 mutation_prob: float | None = None, continue_run_prob: float = 0.0):
+                 mutation_prob: float | None = None, continue_run_prob: float = 0.0, crossover: str = "stage"):
+        if crossover not in CROSSOVERS:
+            raise ValueError(f"crossover must be one of {CROSSOVERS}, got {crossover!r}")
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
         if len(initial) > population_size:
@@ -47,6 +46,7 @@ class NSGA2(SearchAlgorithm):
         self.space = space
         self.population_size = population_size
         self.crossover_prob = crossover_prob
+        self.crossover = crossover
         self.mutation_prob = mutation_prob if mutation_prob is not None else 1.0 / space.num_genes
         self.continue_run_prob = continue_run_prob
         self.initial = [space.repair(g) for g in initial]
@@ -63,13 +63,7 @@ class NSGA2(SearchAlgorithm):
 
     def _unique(self, make) -> np.ndarray:
         """A genotype from `make()` whose network was not asked before (best effort)."""
-        g = make()
-        for _ in range(MAX_DUPLICATE_TRIES):
-            if self.space.canonical(g) not in self.seen:
-                break
-            g = make()
-        self.seen.add(self.space.canonical(g))
-        return g
+        return unseen(make, self.space.canonical, self.seen)
 
     def _initial_population(self) -> np.ndarray:
         pop = []
@@ -89,7 +83,10 @@ class NSGA2(SearchAlgorithm):
             a, b = binary_tournament(rank, crowd, 2, self.rng)
 
             def make(a=a, b=b):
-                c1, _ = uniform_crossover(self.pop_X[a], self.pop_X[b], self.crossover_prob, self.rng)
+                if self.crossover == "stage":
+                    c1, _ = stage_crossover(self.pop_X[a], self.pop_X[b], self.crossover_prob, self.space, self.rng)
+                else:
+                    c1, _ = uniform_crossover(self.pop_X[a], self.pop_X[b], self.crossover_prob, self.rng)
                 return mutate(c1, self.space, self.mutation_prob, self.continue_run_prob, self.rng)
 
             children.append(self._unique(make))

@@ -30,6 +30,23 @@ def uniform_crossover(p1: np.ndarray, p2: np.ndarray, prob: float, rng: np.rando
     return c1, c2
 
 
+def stage_crossover(p1: np.ndarray, p2: np.ndarray, prob: float, space: SearchSpace, rng: np.random.Generator):
+    """With probability `prob`, each stage's genes (its depth and all its positions), and the
+    stem gene, come whole from one parent or the other: runs inside a stage survive, so the
+    children's junctions are mostly where the parents had them or at stage boundaries."""
+    c1, c2 = p1.copy(), p2.copy()
+    if rng.random() < prob:
+        groups = [g.stage for g in space.genes]
+        for stage in sorted(set(groups)):
+            if rng.random() < 0.5:
+                mask = np.array([g == stage for g in groups])
+                c1[mask], c2[mask] = p2[mask], p1[mask]
+    return c1, c2
+
+
+CROSSOVERS = ("stage", "uniform")
+
+
 def mutate(genotype: np.ndarray, space: SearchSpace, prob: float, continue_run_prob: float,
            rng: np.random.Generator) -> np.ndarray:
     """Random-reset mutation, each gene with probability `prob`, then repair.

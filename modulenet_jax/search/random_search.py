@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modulenet_jax.search.base import SearchAlgorithm, check_objectives, pareto_indices, rng_from_state, rng_state
+from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, pareto_indices, rng_from_state, rng_state,
+                                       unseen)
 from modulenet_jax.space import SearchSpace
-
-MAX_DUPLICATE_TRIES = 50
-
 
 class RandomSearch(SearchAlgorithm):
     """Each batch is `batch_size` distinct, never-asked random networks; the first batch
@@ -42,13 +40,7 @@ class RandomSearch(SearchAlgorithm):
                     self.seen.add(self.space.canonical(g))
                     batch.append(g)
         while len(batch) < self.batch_size:
-            g = self.space.sample(self.rng)
-            for _ in range(MAX_DUPLICATE_TRIES):
-                if self.space.canonical(g) not in self.seen:
-                    break
-                g = self.space.sample(self.rng)
-            self.seen.add(self.space.canonical(g))
-            batch.append(g)
+            batch.append(unseen(lambda: self.space.sample(self.rng), self.space.canonical, self.seen))
         self.pending = np.stack(batch)
         return self.pending.copy()
 

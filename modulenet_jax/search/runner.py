@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import jax
 import numpy as np
 
 from modulenet_jax.config import to_dict
@@ -24,6 +25,7 @@ from modulenet_jax.data import Dataset, load_dataset, protocol_split
 from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
+from modulenet_jax.population import PopulationEvaluator
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
@@ -72,7 +74,8 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
                     if cfg.seed_sources and space.fits_source(s))
     if cfg.algorithm == "nsga2":
         return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
-                     mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob)
+                     mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob,
+                     crossover=cfg.crossover)
     if cfg.algorithm == "random":
         return RandomSearch(space, cfg.population, seed, initial=initial)
     raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
@@ -100,6 +103,25 @@ def load_data(cfg) -> Dataset:
     return load_dataset(cfg.fallback, cfg.get("data_dir"))
 
 
+STRATEGIES = ("auto", "loop", "fused")
+
+
+def choose_strategy(strategy: str, space=None, protocol: Protocol | None = None) -> str:
+    """`auto`: the fused population program on accelerators, one call per module on a CPU
+    (where vmapping over different kernels is slower than a loop). The fused program needs a
+    staged space (its slots' candidates share shapes) and closed-form stitches: a mixed space
+    or `protocol.stitch_steps > 0` takes the loop under `auto` and is refused under `fused`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    fusable = not isinstance(space, MixedSpace) and not (protocol is not None and protocol.stitch_steps)
+    if strategy == "fused" and not fusable:
+        raise ValueError("evaluator.strategy=fused needs a staged space and protocol.stitch_steps=0; "
+                         "use loop (or auto)")
+    if strategy == "auto":
+        return "loop" if jax.devices()[0].platform == "cpu" or not fusable else "fused"
+    return strategy
+
+
 @dataclasses.dataclass
 class Run:
     """Everything a search needs, built from a config."""
@@ -112,6 +134,13 @@ class Run:
     dataset: Dataset
     val: object
     objectives: tuple[str, ...]
+    population: PopulationEvaluator | None = None
+
+    def evaluate_many(self, archs, split) -> list[Evaluation]:
+        """Evaluations of several networks: one fused program per chunk, or one by one."""
+        if self.population is not None:
+            return self.population.evaluate(archs, split)
+        return [self.evaluator.evaluate(a, split) for a in archs]
 
     @classmethod
     def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None) -> "Run":
@@ -122,8 +151,13 @@ class Run:
         val = protocol_split(dataset, "val", config.data.val_size)
         space = make_space(kb, config.space)
         algorithm = make_algorithm(space, config.search, config.seed)
-        return cls(config, kb, space, Evaluator(kb, protocol, fit), algorithm, dataset, val,
-                   tuple(config.search.objectives))
+        evaluator = Evaluator(kb, protocol, fit)
+        population = None
+        if choose_strategy(config.evaluator.strategy, space, protocol) == "fused":
+            population = PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size,
+                                             evaluator=evaluator)
+        return cls(config, kb, space, evaluator, algorithm, dataset, val, tuple(config.search.objectives),
+                   population)
 
 
 def _record(generation, genotype, space, ev: Evaluation, seconds) -> dict:
@@ -159,17 +193,24 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
             gen = run.algorithm.generation
             t0 = time.time()
             X = run.algorithm.ask()
-            F, fresh = [], 0
+            new = {}
             for g in X:
                 key = run.space.canonical(g)
-                if key not in cache:
-                    t = time.time()
-                    ev = run.evaluator.evaluate(run.space.decode(g), run.val)
-                    cache[key] = _record(gen, g, run.space, ev, time.time() - t)
-                    hist.write(json.dumps(cache[key]) + "\n")
-                    hist.flush()
-                    fresh += 1
-                F.append([cache[key][o] for o in run.objectives])
+                if key not in cache and key not in new:
+                    new[key] = g
+            # the loop path writes each network as it is evaluated, the fused path per chunk
+            step = 1 if run.population is None else run.population.chunk_size
+            todo = list(new.values())
+            for i in range(0, len(todo), step):
+                t = time.time()
+                evs = run.evaluate_many([run.space.decode(g) for g in todo[i:i + step]], run.val)
+                seconds = (time.time() - t) / len(evs)
+                for g, ev in zip(todo[i:i + step], evs):
+                    cache[run.space.canonical(g)] = _record(gen, g, run.space, ev, seconds)
+                    hist.write(json.dumps(cache[run.space.canonical(g)]) + "\n")
+                hist.flush()
+            fresh = len(new)
+            F = [[cache[run.space.canonical(g)][o] for o in run.objectives] for g in X]
             run.algorithm.tell(X, np.asarray(F))
             _write_atomic(state_path, json.dumps(run.algorithm.state_dict()) + "\n")
             front = front_records(list(cache.values()), run.objectives)
@@ -201,25 +242,25 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
     final = protocol_split(run.dataset, cfg.split, cfg.size)
     rows = []
     by_modules = {tuple(r["modules"]): r for r in front}
-    for source in run.space.sources:
-        arch = Architecture.of_source(run.kb, source)
+    sources = list(run.space.sources)
+    source_archs = [Architecture.of_source(run.kb, s) for s in sources]
+    found = [(i, r) for i, r in enumerate(front) if tuple(r["modules"]) not in {a.modules for a in source_archs}]
+    archs = source_archs + [Architecture(tuple(r["modules"])) for _, r in found]
+    evs = run.evaluate_many(archs, final)
+    missing_val = [a for a in source_archs if a.modules not in by_modules]
+    val_of = {a.modules: e.accuracy for a, e in zip(missing_val, run.evaluate_many(missing_val, run.val))}
+    for source, arch, ev in zip(sources, source_archs, evs):
         rec = by_modules.get(arch.modules)
-        ev = run.evaluator.evaluate(arch, final)
         pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
                                     input_size=run.evaluator.protocol.input_size)
-        val = rec or {"accuracy": run.evaluator.evaluate(arch, run.val).accuracy}
         rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
-                     "val_accuracy": val["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
+                     "val_accuracy": rec["accuracy"] if rec else val_of[arch.modules],
+                     "final_correct": ev.correct, "final_total": ev.total,
                      "final_accuracy": ev.accuracy, "published_final_accuracy": pub / ev.total,
                      "on_front": rec is not None})
         log(f"final: {source}: {ev.correct}/{ev.total}")
-    source_modules = {Architecture.of_source(run.kb, s).modules for s in run.space.sources}
-    for i, rec in enumerate(front):
-        arch = Architecture(tuple(rec["modules"]))
-        if arch.modules in source_modules:
-            continue
-        ev = run.evaluator.evaluate(arch, final)
+    for (i, rec), ev in zip(found, evs[len(sources):]):
         rows.append({"name": f"front{i}", "kind": "found", "architecture": rec["architecture"],
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
