@@ -178,3 +178,14 @@ def test_search_runs_on_the_mixed_space(kb, tmp_path):
     assert result["evaluated"] >= 4 and result["front"]
     for rec in result["front"]:
         assert set(rec) >= {"error", "params", "flops", "modules"}
+
+
+def test_levels_are_crossover_groups_and_the_loop_evaluates_them(kb):
+    from modulenet_jax.search.runner import choose_strategy
+
+    space = MixedSpace(kb, max_depth=2)
+    assert [g.stage for g in space.genes if g.kind == "stem"] == [0]
+    assert {g.stage for g in space.genes if g.kind != "stem"} == set(range(1, len(space.levels) + 1))
+    assert choose_strategy("auto", space) == "loop"
+    with pytest.raises(ValueError, match="needs a staged space"):
+        choose_strategy("fused", space)
