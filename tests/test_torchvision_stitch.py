@@ -73,7 +73,7 @@ def test_tuning_lowers_the_loss_and_leaves_modules_alone(two_sources):
     kb, arch = two_sources, ARCH
     assert sum(arch.junctions(kb)) == 3
     fit = _split(64)
-    fitted = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge"), fit).fit(arch)
+    fitted = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source"), fit).fit(arch)
     x = preprocess(jnp.asarray(fit.images), fitted.mean, fitted.std)
     stitches, head, losses = tune_stitches(fitted.specs, fitted.params, fitted.stitches, fitted.head, x,
                                            jnp.asarray(fit.labels), steps=20, learning_rate=1e-3)
@@ -90,12 +90,15 @@ def test_evaluator_tunes_when_asked(two_sources):
     stitches; where a module follows its own predecessor there is no stitch to tune."""
     kb = two_sources
     fit = _split(64, seed=1)
-    plain = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge"), fit).fit(ARCH)
-    tuned = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", stitch_steps=20), fit).fit(ARCH)
+    plain = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source"), fit).fit(ARCH)
+    tuned = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source", stitch_steps=20),
+                      fit).fit(ARCH)
     assert not np.allclose(np.asarray(plain.stitches[1]["kernel"]), np.asarray(tuned.stitches[1]["kernel"]))
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), plain.params, tuned.params)
+    assert all(jax.tree_util.tree_leaves(same))
     assert plain.stitches[0] is None and tuned.stitches[0] is None
     own = Architecture(("cifar_resnet8/stem", "cifar_resnet8/stage1.block0"))
-    assert Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", stitch_steps=20),
+    assert Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source", stitch_steps=20),
                      fit).fit(own).stitches == (None, None)
     with pytest.raises(ValueError, match="stitch_steps must be >= 0"):
         Protocol(stitch_steps=-1)
