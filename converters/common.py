@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import numpy as np
 import torch
 
 from modulenet_jax.zoo import get_model
+from modulenet_jax.zoo.common import unflatten
 
 
 class ConversionError(ValueError):
@@ -93,14 +94,4 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
     if missing:
         raise ConversionError(f"{model_name}: the state_dict has no tensor for {'/'.join(missing[0])} "
                               f"({len(missing)} params missing)")
-    return _unflatten(flat.items())
-
-
-def _unflatten(items: Iterable) -> dict:
-    tree: dict = {}
-    for path, value in items:
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return tree
+    return unflatten(flat.items())

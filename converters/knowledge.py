@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import cifar_resnet
+from converters import cifar_resnet, torchvision_models
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.pretrained import fetch, get_pretrained
 from modulenet_jax.zoo import get_model
 
-CONVERTERS = {"cifar_resnet": cifar_resnet.convert_file}
+CONVERTERS = {"cifar_resnet": cifar_resnet.convert_file,
+              **{family: torchvision_models.convert_file for family in torchvision_models.FAMILIES}}
 
 
 def convert_checkpoint(path, model_name: str | None = None):
@@ -37,3 +38,17 @@ def build_from_checkpoints(paths, names=None) -> KnowledgeBase:
         model_name, params = convert_checkpoint(path)
         models.append((names[i] if names else model_name, model_name, params, Path(path).name))
     return KnowledgeBase.build(models)
+
+
+def build_from_torchvision(sources, weights: str = "DEFAULT", input_size: int | None = None, seed: int = 0,
+                           weights_dirs=()) -> KnowledgeBase:
+    """A knowledge base of torchvision models (`tv_*` zoo names), each source named after its
+    model. `weights`: a torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`, ...) fetched by
+    torchvision's own mechanism unless the file is in `weights_dirs`, or `random`
+    (torchvision's initialisation under `torch.manual_seed(seed + i)` for the i-th source).
+    `input_size` is the image size the records' resolutions and FLOPs are computed for."""
+    models = []
+    for i, name in enumerate(sources):
+        params, label = torchvision_models.load_params(name, weights, seed + i, weights_dirs)
+        models.append((name, name, params, label))
+    return KnowledgeBase.build(models, input_size)

@@ -68,7 +68,8 @@ def run_module(spec: ModuleSpec, params, x, stitch=None, calibrate: bool = False
 @dataclasses.dataclass(frozen=True)
 class FittedNetwork:
     """An architecture with everything the protocol fitted: per-module params (BN statistics
-    recalibrated or as published), stitches (None where there is no junction) and the head."""
+    recalibrated or as published), stitches (None where there is no junction) and the head;
+    `input_size` is the size images are resized to first (None: kept as they are)."""
 
     specs: tuple[ModuleSpec, ...]
     params: tuple[Any, ...]
@@ -76,10 +77,11 @@ class FittedNetwork:
     head: Any
     mean: Any
     std: Any
+    input_size: int | None = None
 
     def features(self, images, dtype=jnp.float32):
         """Pooled features of uint8 images, module by module."""
-        x = preprocess(images, self.mean, self.std, dtype)
+        x = preprocess(images, self.mean, self.std, dtype, self.input_size)
         for spec, p, st in zip(self.specs, self.params, self.stitches):
             x, _ = run_module(spec, p, x, st)
         return _pool(x)
@@ -98,8 +100,12 @@ def _head(head, features):
     return jnp.dot(features, head["kernel"], precision=jax.lax.Precision.HIGHEST) + head["bias"]
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def preprocess(images, mean, std, dtype=jnp.float32):
-    """uint8 NHWC -> normalised floats: (x / 255 - mean) / std, as torchvision does it."""
+@functools.partial(jax.jit, static_argnames=("dtype", "size"))
+def preprocess(images, mean, std, dtype=jnp.float32, size=None):
+    """uint8 NHWC -> normalised floats: (x / 255 - mean) / std, as torchvision does it; with
+    `size`, then resized bilinearly to size x size (e.g. 32-px CIFAR images for models
+    trained at 224 px). Without it the images keep their size."""
     x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    if size is not None and x.shape[1:3] != (size, size):
+        x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method="bilinear")
     return x.astype(dtype)

@@ -21,6 +21,7 @@ from modulenet_jax.assemble import (FittedNetwork, fit_linear_map, fit_stitch, p
 from modulenet_jax.data import Split
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
+from modulenet_jax.tune import tune_stitches
 
 BN_MODES = ("source", "recalibrate")
 HEADS = ("ridge", "logistic")
@@ -40,7 +41,14 @@ class Protocol:
       L2 penalty `head_l2` on standardised features);
     - `fit_images`: train images used for BatchNorm and the head (the stitches use the first
       `stitch_images` of them);
-    - `batch_size`: images per compiled call when scoring.
+    - `batch_size`: images per compiled call when scoring;
+    - `stitch_steps`: after the least-squares fits, Adam steps (learning rate `stitch_lr`) on
+      the stitches and the head together, on the cross-entropy of the first `stitch_images`
+      fit images, every module param frozen (see `tune.py`); 0 (the default) keeps the
+      closed-form fits;
+    - `input_size`: resize the (normalised) images to this size before the first module, for
+      sources trained at another resolution (e.g. torchvision's 224 px models on 32 px
+      CIFAR); None (the default) feeds them as they are.
     """
 
     stitch: bool = True
@@ -54,6 +62,9 @@ class Protocol:
     fit_images: int = 2048
     batch_size: int = 500
     dtype: str = "float32"
+    stitch_steps: int = 0
+    stitch_lr: float = 1e-3
+    input_size: int | None = None
 
     def __post_init__(self):
         if self.bn not in BN_MODES:
@@ -67,6 +78,11 @@ class Protocol:
             raise ValueError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 1 or self.head_steps < 1:
             raise ValueError("protocol.batch_size and protocol.head_steps must be positive")
+        if self.stitch_steps < 0 or not self.stitch_lr > 0:
+            raise ValueError(f"protocol.stitch_steps must be >= 0 and protocol.stitch_lr > 0, got "
+                             f"{self.stitch_steps} and {self.stitch_lr}")
+        if self.input_size is not None and self.input_size < 1:
+            raise ValueError(f"protocol.input_size must be None or positive, got {self.input_size}")
 
     @property
     def jnp_dtype(self):
@@ -161,6 +177,9 @@ class Evaluator:
     def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split):
         if len(fit) < protocol.fit_images:
             raise ValueError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}")
+        if protocol.input_size is not None and kb.input_size not in (None, protocol.input_size):
+            raise ValueError(f"protocol.input_size is {protocol.input_size} but the knowledge base was cut at "
+                             f"{kb.input_size} px (its resolutions and FLOPs are for that size)")
         self.kb = kb
         self.protocol = protocol
         self.num_classes = fit.num_classes
@@ -176,7 +195,8 @@ class Evaluator:
         """{module name: the input it receives inside `source`} on the stitch images."""
         if source not in self._targets:
             mean, std = self._normalisation(source)
-            x = preprocess(self.fit_images[:self.protocol.stitch_images], mean, std, self.protocol.jnp_dtype)
+            x = preprocess(self.fit_images[:self.protocol.stitch_images], mean, std, self.protocol.jnp_dtype,
+                           self.protocol.input_size)
             inputs = {}
             for rec in self.kb.modules_of(source):
                 inputs[rec.spec.name] = x
@@ -211,7 +231,8 @@ class Evaluator:
         recalibrate = p.bn == "recalibrate"
         # Stitches are solved on the first `stitch_images`; BN recalibration needs every fit image
         # at every module, so only then does the fitting pass hold all of them at once.
-        x = preprocess(self.fit_images if recalibrate else self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype)
+        x = preprocess(self.fit_images if recalibrate else self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype,
+                       p.input_size)
         params, stitches = [], []
         for rec, junction in zip(recs, arch.junctions(self.kb)):
             stitch = None
@@ -221,7 +242,8 @@ class Evaluator:
             x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch, calibrate=recalibrate)
             params.append(used)
             stitches.append(stitch)
-        net = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), None, mean, std)
+        net = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), None, mean, std,
+                            p.input_size)
         if recalibrate:
             features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         else:
@@ -231,8 +253,13 @@ class Evaluator:
             head = fit_ridge_head(features, self.fit_labels, self.num_classes, p.head_ridge)
         else:
             head = fit_logistic_head(features, self.fit_labels, self.num_classes, p.head_l2, p.head_steps)
+        if p.stitch_steps and any(s is not None for s in stitches):
+            inputs = preprocess(self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype, p.input_size)
+            tuned, head, _ = tune_stitches(net.specs, net.params, net.stitches, head, inputs,
+                                           self.fit_labels[:p.stitch_images], p.stitch_steps, p.stitch_lr)
+            net = dataclasses.replace(net, stitches=tuple(tuned))
         fitted = dataclasses.replace(net, head=head)
-        if not _all_finite((stitches, head)):
+        if not _all_finite((fitted.stitches, head)):
             raise EvaluationError(f"fitting {arch.describe()} produced non-finite values")
         return fitted
 
@@ -267,14 +294,15 @@ def count_correct(logits_fn, split: Split, batch_size: int, dtype=jnp.float32) -
     return correct, n
 
 
-def published_logits(kb: KnowledgeBase, source: str):
-    """A source model as published (its own BN statistics and head), as a logits function."""
+def published_logits(kb: KnowledgeBase, source: str, input_size: int | None = None):
+    """A source model as published (its own BN statistics and head), as a logits function
+    (images resized to `input_size` first, if given)."""
     model = kb.source_model(source)
     params = kb.params[source]
     mean, std = jnp.asarray(model.mean, jnp.float32), jnp.asarray(model.std, jnp.float32)
 
     def logits(images, dtype=jnp.float32):
-        x = preprocess(images, mean, std, dtype)
+        x = preprocess(images, mean, std, dtype, input_size)
         for spec in model.modules:
             x, _ = run_module(spec, params[spec.name], x)
         return x
@@ -283,8 +311,8 @@ def published_logits(kb: KnowledgeBase, source: str):
 
 
 def evaluate_published(kb: KnowledgeBase, source: str, split: Split, batch_size: int = 500,
-                       dtype=jnp.float32) -> tuple[int, int]:
+                       dtype=jnp.float32, input_size: int | None = None) -> tuple[int, int]:
     """(correct, total) of a source model as published on a split."""
-    return count_correct(published_logits(kb, source), split, batch_size, dtype)
+    return count_correct(published_logits(kb, source, input_size), split, batch_size, dtype)
 
 

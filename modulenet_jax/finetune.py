@@ -133,7 +133,7 @@ def finetune(net: FittedNetwork, train: Split, config: FinetuneConfig) -> Fitted
         for b in range(n // config.batch_size):
             idx = np.sort(order[b * config.batch_size:(b + 1) * config.batch_size])
             images, labels = jnp.asarray(train.images[idx]), jnp.asarray(train.labels[idx])
-            x = preprocess(images, net.mean, net.std)
+            x = preprocess(images, net.mean, net.std, jnp.float32, net.input_size)
             inputs, used = [], []
             for spec, p, st in zip(specs, modules, stitches):
                 inputs.append(x)

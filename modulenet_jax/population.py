@@ -147,7 +147,7 @@ def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slo
     mean, std = banks["mean"][idx[0]], banks["std"][idx[0]]
     recalibrate = protocol.bn == "recalibrate"
     first = images if recalibrate else images[:protocol.stitch_images]
-    x, state = _stitch_pass(layout, protocol, banks, slots, preprocess(first, mean, std, protocol.jnp_dtype),
+    x, state = _stitch_pass(layout, protocol, banks, slots, preprocess(first, mean, std, protocol.jnp_dtype, protocol.input_size),
                             recalibrate)
     if recalibrate:
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -164,7 +164,7 @@ def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slo
 def network_features(layout: Layout, protocol: Protocol, banks, slots, state, images):
     """Pooled features of images through a fitted network (stitches, BN statistics)."""
     idx, active, junction = slots
-    x = preprocess(images, banks["mean"][idx[0]], banks["std"][idx[0]], protocol.jnp_dtype)
+    x = preprocess(images, banks["mean"][idx[0]], banks["std"][idx[0]], protocol.jnp_dtype, protocol.input_size)
     x, _ = _run_op(layout.stem_op, state["stem"], x, False)
     k = 1
     for s, depth in enumerate(layout.depths):
@@ -220,6 +220,9 @@ class PopulationEvaluator:
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None):
+        if protocol.stitch_steps:
+            raise ValueError("the fused population path fits stitches in closed form only; "
+                             "protocol.stitch_steps > 0 needs evaluate.Evaluator")
         self.space = space
         self.kb = space.kb
         self.protocol = protocol

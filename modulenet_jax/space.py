@@ -86,11 +86,62 @@ class Architecture:
         return " ".join(parts)
 
 
+class IntegerGenotypes:
+    """What every search space shares given its `genes`: bounds, the vector check, sampling
+    and the source test (`validate`, `repair` and `encode_source` are the space's own)."""
+
+    genes: tuple[Gene, ...]
+
+    @property
+    def num_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([g.low for g in self.genes], np.int64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([g.high for g in self.genes], np.int64)
+
+    def check_vector(self, genotype) -> np.ndarray:
+        """Raises `GenotypeError` unless `genotype` is a vector of integers within the genes' bounds."""
+        g = np.asarray(genotype)
+        if g.ndim != 1 or len(g) != self.num_genes:
+            raise GenotypeError(f"genotype must be a vector of {self.num_genes} integers, got shape {g.shape}")
+        if not np.issubdtype(g.dtype, np.integer):
+            if not np.all(np.equal(np.mod(g, 1), 0)):
+                raise GenotypeError("genotype must hold integers")
+        for gene, v in zip(self.genes, g):
+            if not gene.low <= v <= gene.high:
+                raise GenotypeError(f"gene {gene.name} = {int(v)} is outside [{gene.low}, {gene.high}]")
+        return g
+
+    def is_valid(self, genotype) -> bool:
+        try:
+            self.validate(genotype)
+        except GenotypeError:
+            return False
+        return True
+
+    def fits_source(self, source: str) -> bool:
+        """Is the source model itself a network of this space?"""
+        try:
+            self.encode_source(source)
+        except ValueError:
+            return False
+        return True
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly random genotype (each gene uniform in its bounds, then repaired)."""
+        return self.repair(rng.integers(self.lower, self.upper + 1))
+
+
 def _is_transition(r: ModuleRecord) -> bool:
     return r.spec.stride > 1 or r.spec.in_channels != r.spec.out_channels
 
 
-class SearchSpace:
+class SearchSpace(IntegerGenotypes):
     """Genotype encoding, validity, repair, decoding and size of the macro space."""
 
     def __init__(self, kb: KnowledgeBase, granularity: str = "block", min_depth: int = 1,
@@ -147,18 +198,6 @@ class SearchSpace:
                 genes.append(Gene(f"stage{s}.pos{p}", "choice", 0, high, s, p))
         return tuple(genes)
 
-    @property
-    def num_genes(self) -> int:
-        return len(self.genes)
-
-    @property
-    def lower(self) -> np.ndarray:
-        return np.array([g.low for g in self.genes], np.int64)
-
-    @property
-    def upper(self) -> np.ndarray:
-        return np.array([g.high for g in self.genes], np.int64)
-
     def _stage_genes(self, genotype):
         """Yields (stage, depth, [choice values]) for each stage."""
         i = 1
@@ -175,15 +214,7 @@ class SearchSpace:
 
     def validate(self, genotype) -> None:
         """Raises `GenotypeError` saying which gene is outside the space."""
-        g = np.asarray(genotype)
-        if g.ndim != 1 or len(g) != self.num_genes:
-            raise GenotypeError(f"genotype must be a vector of {self.num_genes} integers, got shape {g.shape}")
-        if not np.issubdtype(g.dtype, np.integer):
-            if not np.all(np.equal(np.mod(g, 1), 0)):
-                raise GenotypeError("genotype must hold integers")
-        for gene, v in zip(self.genes, g):
-            if not gene.low <= v <= gene.high:
-                raise GenotypeError(f"gene {gene.name} = {int(v)} is outside [{gene.low}, {gene.high}]")
+        g = self.check_vector(genotype)
         if self.granularity == "run":
             for s, depth, srcs in self._stage_genes(g):
                 for p in range(depth):
@@ -192,13 +223,6 @@ class SearchSpace:
                         raise GenotypeError(
                             f"gene stage{s}.pos{p} names {src}, which has only "
                             f"{len(self.blocks[s][src])} blocks in stage {s}")
-
-    def is_valid(self, genotype) -> bool:
-        try:
-            self.validate(genotype)
-        except GenotypeError:
-            return False
-        return True
 
     def repair(self, genotype) -> np.ndarray:
         """The nearest valid genotype: genes clipped to their bounds; in `run` granularity a
@@ -253,14 +277,6 @@ class SearchSpace:
                     mods.append(pool[choices[p]].id)
         return Architecture(tuple(mods))
 
-    def fits_source(self, source: str) -> bool:
-        """Is the source model itself a network of this space?"""
-        try:
-            self.encode_source(source)
-        except ValueError:
-            return False
-        return True
-
     def encode_source(self, source: str) -> np.ndarray:
         """The genotype of a source model itself (for seeding a search with the sources)."""
         if source not in self.sources:
@@ -284,10 +300,6 @@ class SearchSpace:
                     pool = self.first_choices[s] if p == 0 else self.other_choices[s]
                     g.append(pool.index(blocks[p]))
         return np.array(g, np.int64)
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A uniformly random genotype (each gene uniform in its bounds, then repaired)."""
-        return self.repair(rng.integers(self.lower, self.upper + 1))
 
     def continue_run_value(self, genotype, gene_index: int) -> int | None:
         """The value of gene `gene_index` that makes its block continue its predecessor's run

@@ -24,6 +24,7 @@ from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
 from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import PopulationEvaluator
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.nsga2 import NSGA2
@@ -56,9 +57,16 @@ def _read_history(path: Path) -> list[dict]:
     return records
 
 
-def make_space(kb: KnowledgeBase, cfg) -> SearchSpace:
-    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth,
-                       sources=tuple(cfg.sources) if cfg.get("sources") else None)
+def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
+    """`space.kind` "stages" (the default: `SearchSpace`) or "mixed" (`MixedSpace`, slots by
+    reduction level, for sources of different families)."""
+    sources = tuple(cfg.sources) if cfg.get("sources") else None
+    kind = cfg.get("kind", "stages")
+    if kind == "mixed":
+        return MixedSpace(kb, max_depth=cfg.max_depth, sources=sources, min_reduction=cfg.get("min_reduction"))
+    if kind != "stages":
+        raise ValueError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
+    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth, sources=sources)
 
 
 def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
@@ -74,9 +82,15 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
 
 
 def load_knowledge(cfg) -> KnowledgeBase:
-    """The configured knowledge base: a saved one, or one built from the source checkpoints."""
+    """The configured knowledge base: a saved one, torchvision models (when the config names
+    `weights`), or one built from the source checkpoints."""
     if cfg.get("path"):
         return KnowledgeBase.load(cfg.path)
+    if cfg.get("weights") is not None:
+        from converters.knowledge import build_from_torchvision  # torch lives in converters/
+
+        return build_from_torchvision(tuple(cfg.sources), cfg.weights, cfg.get("input_size"),
+                                      cfg.get("weights_seed", 0), tuple(cfg.weights_dirs))
     from converters.knowledge import build_from_pretrained  # torch lives in converters/
 
     return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
@@ -92,13 +106,19 @@ def load_data(cfg) -> Dataset:
 STRATEGIES = ("auto", "loop", "fused")
 
 
-def choose_strategy(strategy: str) -> str:
+def choose_strategy(strategy: str, space=None, protocol: Protocol | None = None) -> str:
     """`auto`: the fused population program on accelerators, one call per module on a CPU
-    (where vmapping over different kernels is slower than a loop)."""
+    (where vmapping over different kernels is slower than a loop). The fused program needs a
+    staged space (its slots' candidates share shapes) and closed-form stitches: a mixed space
+    or `protocol.stitch_steps > 0` takes the loop under `auto` and is refused under `fused`."""
     if strategy not in STRATEGIES:
         raise ValueError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    fusable = not isinstance(space, MixedSpace) and not (protocol is not None and protocol.stitch_steps)
+    if strategy == "fused" and not fusable:
+        raise ValueError("evaluator.strategy=fused needs a staged space and protocol.stitch_steps=0; "
+                         "use loop (or auto)")
     if strategy == "auto":
-        return "loop" if jax.devices()[0].platform == "cpu" else "fused"
+        return "loop" if jax.devices()[0].platform == "cpu" or not fusable else "fused"
     return strategy
 
 
@@ -133,7 +153,7 @@ class Run:
         algorithm = make_algorithm(space, config.search, config.seed)
         evaluator = Evaluator(kb, protocol, fit)
         population = None
-        if choose_strategy(config.evaluator.strategy) == "fused":
+        if choose_strategy(config.evaluator.strategy, space, protocol) == "fused":
             population = PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size,
                                              evaluator=evaluator)
         return cls(config, kb, space, evaluator, algorithm, dataset, val, tuple(config.search.objectives),
@@ -231,7 +251,8 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
     val_of = {a.modules: e.accuracy for a, e in zip(missing_val, run.evaluate_many(missing_val, run.val))}
     for source, arch, ev in zip(sources, source_archs, evs):
         rec = by_modules.get(arch.modules)
-        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size)
+        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
+                                    input_size=run.evaluator.protocol.input_size)
         rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"] if rec else val_of[arch.modules],

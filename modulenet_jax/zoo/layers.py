@@ -78,3 +78,96 @@ def global_avg_pool(x):
 
 def relu(x):
     return jax.nn.relu(x)
+
+
+def conv(params, x, stride: int = 1, padding: int = 0, groups: int = 1):
+    """`conv2d` with a params dict `{"kernel": HWIO, "bias": (O,)?}` (bias added if present)."""
+    y = conv2d(x, params["kernel"], stride=stride, padding=padding, groups=groups)
+    if "bias" in params:
+        y = (y.astype(jnp.float32) + params["bias"]).astype(x.dtype)
+    return y
+
+
+def layer_norm(params, x, eps: float):
+    """LayerNorm over the last axis (biased variance, as PyTorch), computed in float32."""
+    h = x.astype(jnp.float32)
+    mean = jnp.mean(h, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+    y = (h - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+    return y.astype(x.dtype)
+
+
+def _pool_padding(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool):
+    """(low, high) padding and output size of one spatial axis, with PyTorch's pooling rule.
+
+    With `ceil_mode` the output size rounds up, but the last window must start inside the
+    input or its left padding; the extra right padding it needs is added here.
+    """
+    span = size + 2 * padding - kernel
+    if span < 0:
+        raise ValueError(f"pooling window {kernel} is larger than the padded input {size + 2 * padding}")
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    high = max((out - 1) * stride + kernel - size - padding, 0)
+    return (padding, high), out
+
+
+def max_pool(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False):
+    """PyTorch's `MaxPool2d` on NHWC: padding (and `ceil_mode`'s extra border) is -inf."""
+    pads = [_pool_padding(x.shape[a], kernel, stride, padding, ceil_mode)[0] for a in (1, 2)]
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
+                             ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def avg_pool(x, kernel: int, stride: int):
+    """PyTorch's `AvgPool2d(kernel, stride)` without padding, accumulated in float32."""
+    s = lax.reduce_window(x.astype(jnp.float32), 0.0, lax.add, (1, kernel, kernel, 1),
+                          (1, stride, stride, 1), "VALID")
+    return (s / (kernel * kernel)).astype(x.dtype)
+
+
+def adaptive_avg_pool(x, out: int):
+    """PyTorch's `AdaptiveAvgPool2d(out)` on NHWC: bin i spans [floor(i*n/out), ceil((i+1)*n/out))."""
+    def bins(n):
+        return [((i * n) // out, -(-((i + 1) * n) // out)) for i in range(out)]
+
+    h = x.astype(jnp.float32)
+    rows = [jnp.mean(h[:, a:b], axis=1, keepdims=True) for a, b in bins(x.shape[1])]
+    h = jnp.concatenate(rows, axis=1)
+    cols = [jnp.mean(h[:, :, a:b], axis=2, keepdims=True) for a, b in bins(x.shape[2])]
+    return jnp.concatenate(cols, axis=2).astype(x.dtype)
+
+
+def relu6(x):
+    return jnp.clip(x, 0, 6)
+
+
+def hardsigmoid(x):
+    """PyTorch's `Hardsigmoid`: relu6(x + 3) / 6."""
+    return relu6(x + 3) / 6
+
+
+def hardswish(x):
+    """PyTorch's `Hardswish`: x * relu6(x + 3) / 6."""
+    return x * relu6(x + 3) / 6
+
+
+def silu(x):
+    return x * jax.nn.sigmoid(x)
+
+
+def gelu(x):
+    """PyTorch's default (exact, erf-based) GELU."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"relu": relu, "relu6": relu6, "hardswish": hardswish, "hardsigmoid": hardsigmoid,
+               "silu": silu, "sigmoid": jax.nn.sigmoid, "gelu": gelu, "identity": lambda x: x}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
