@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from modulenet_jax.allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # before JAX starts: CPU runs stop page-faulting on every module output
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.distributed:
