@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -37,10 +38,21 @@ from modulenet_jax.space import Architecture, SearchSpace
 PEAK_FLOPS = {"H100": (67e12, 989e12), "H200": (67e12, 989e12), "A100": (19.5e12, 312e12)}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name() -> str:
+    """The GPU/TPU kind, or the CPU's model and core count: the name every result file carries."""
     d = jax.devices()[0]
     if d.platform == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}, {jax.device_count()} JAX device(s))"
+        return f"CPU ({_cpu_model()}, {os.cpu_count()} cores, {jax.device_count()} JAX device(s))"
     return d.device_kind
 
 
@@ -158,7 +170,7 @@ class Bench:
             peak = peak_flops(self.device, r.dtype)
             r.peak_fraction = None if peak is None else r.tflops * 1e12 / peak
         self.results.append(r)
-        self.log(f"{r.workload} {r.impl:14s} {r.dtype:8s} P={r.population:4d}: {r.rate:12,.1f} {r.unit}"
+        self.log(f"{r.workload} {r.impl:14s} {r.dtype:8s} P={r.population:4d}: {_rate(r.rate):>12s} {r.unit}"
                  + (f" ({r.tflops:.1f} TFLOP/s)" if r.tflops else "")
                  + (f", compile {r.compile_seconds:.1f} s" if r.compile_seconds else ""))
 
@@ -345,6 +357,11 @@ def speedups(report: dict) -> list[dict]:
     return rows
 
 
+def _rate(rate: float) -> str:
+    """Thousands separators for large rates, three significant digits for small ones."""
+    return f"{rate:,.1f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def markdown(report: dict) -> str:
     lines = [f"Device: **{report['device']}** (PyTorch on {report['torch_device']}); jax {report['jax']}, "
              f"torch {report['torch']}; {report['validation_images']} validation images; JAX strategy "
@@ -357,7 +374,7 @@ def markdown(report: dict) -> str:
         cs = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
         mc = "" if r["mean_correct"] is None else f"{r['mean_correct']:.1f}"
         lines.append(f"| {r['workload']} | {r['impl']} | {r['dtype']} | {r['population']} | {r['networks_timed']} | "
-                     f"{r['rate']:,.1f} | {r['unit']} | {tf} | {pk} | {cs} | {mc} |")
+                     f"{_rate(r['rate'])} | {r['unit']} | {tf} | {pk} | {cs} | {mc} |")
     sp = speedups(report)
     if sp:
         lines += ["", "| workload | dtype | population | JAX speed-up over | x |", "| --- | --- | ---: | --- | ---: |"]
