@@ -133,6 +133,12 @@ class Result:
     tflops: float | None = None
     peak_fraction: float | None = None
     mean_correct: float | None = None
+    correct: list[int] | None = None  # per network timed, in order: what the dtype comparison reads
+
+    def __post_init__(self):
+        if self.correct is not None:
+            self.correct = [int(c) for c in np.asarray(self.correct).ravel()]
+            self.mean_correct = float(np.mean(self.correct))
 
 
 class Bench:
@@ -193,7 +199,7 @@ class Bench:
                 correct = [count_correct(n.logits, self.val, protocol.batch_size, protocol.jnp_dtype)[0] for n in nets]
                 dt = time.time() - t
                 self._add(Result("W1", "jax-loop", dtype, P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
-                                 mean_correct=float(np.mean(correct))), flops)
+                                 correct=correct), flops)
             return
         pe = PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=max(populations))
         for P in populations:
@@ -212,7 +218,7 @@ class Bench:
                 times.append(time.time() - t)
             dt = float(np.median(times))
             self._add(Result("W1", "jax-fused", dtype, P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
-                             mean_correct=float(np.mean(np.asarray(correct)))), flops)
+                             correct=correct), flops)
 
     def _loop_network(self, ev: Evaluator, arch):
         recs = [self.kb.record(m) for m in arch.modules]
@@ -259,7 +265,7 @@ class Bench:
             correct, dt = timed(lambda: [runner.forward_correct(a, s, h, images, labels, self.protocol.batch_size)
                                          for a, s, h in prepared], device)
             self._add(Result("W1", impl, dtype, P, n, dt, compile_s, n * len(images) / dt, "genotype-images/s",
-                             mean_correct=float(np.mean(correct))), flops)
+                             correct=correct), flops)
 
     # -- W2 ----------------------------------------------------------------------------------------
 
@@ -275,7 +281,7 @@ class Bench:
                 res = [ev.evaluate(a, self.val) for a in archs[:P]]
                 dt = time.time() - t
                 self._add(Result("W2", "jax-loop", dtype, P, P, dt, None, P / dt, "genotypes/s",
-                                 mean_correct=float(np.mean([r.correct for r in res]))))
+                                 correct=[r.correct for r in res]))
             return
         pe = PopulationEvaluator(self.space, protocol, self.fit)
         memory_chunk = pe.chunk_size
@@ -290,7 +296,7 @@ class Bench:
             res = pe.evaluate(archs[:P], self.val)
             dt = time.time() - t
             self._add(Result("W2", f"jax-fused/{pe.chunk_size}", dtype, P, P, dt, compile_s, P / dt, "genotypes/s",
-                             mean_correct=float(np.mean([r.correct for r in res]))))
+                             correct=[r.correct for r in res]))
 
     def w2_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
         from benchmarks.torch_baseline import source_inputs_torch, timed
@@ -310,7 +316,7 @@ class Bench:
             n = min(P, max_networks)
             correct, dt = timed(lambda: [one(a) for a in archs[:n]], device)
             self._add(Result("W2", impl, dtype, P, n, dt, compile_s, n / dt, "genotypes/s",
-                             mean_correct=float(np.mean(correct))))
+                             correct=correct))
 
 
 def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, populations=(1, 8, 64, 256),
@@ -357,6 +363,24 @@ def speedups(report: dict) -> list[dict]:
     return rows
 
 
+def dtype_accuracy(report: dict) -> list[dict]:
+    """The accuracy change of bf16 compute: per (workload, impl, population), bf16's correct counts
+    minus fp32's on the same networks."""
+    rows = []
+    res = report["results"]
+    for r in res:
+        if r["dtype"] != "bfloat16" or not r.get("correct"):
+            continue
+        base = [b for b in res if b["dtype"] == "float32" and b.get("correct") and
+                (b["workload"], b["impl"], b["population"]) == (r["workload"], r["impl"], r["population"])]
+        if base and len(base[0]["correct"]) == len(r["correct"]):
+            d = np.asarray(r["correct"]) - np.asarray(base[0]["correct"])
+            rows.append({"workload": r["workload"], "impl": r["impl"], "population": r["population"],
+                         "networks": len(d), "mean_change": float(d.mean()),
+                         "largest_change": int(d[np.argmax(np.abs(d))])})
+    return rows
+
+
 def _rate(rate: float) -> str:
     """Thousands separators for large rates, three significant digits for small ones."""
     return f"{rate:,.1f}" if rate >= 100 else f"{rate:.3g}"
@@ -379,6 +403,13 @@ def markdown(report: dict) -> str:
     if sp:
         lines += ["", "| workload | dtype | population | JAX speed-up over | x |", "| --- | --- | ---: | --- | ---: |"]
         lines += [f"| {s['workload']} | {s['dtype']} | {s['population']} | {s['vs']} | {s['speedup']:.2f} |" for s in sp]
+    acc = dtype_accuracy(report)
+    if acc:
+        lines += ["", "bf16 against fp32, same networks, same images (correct predictions per network):", "",
+                  "| workload | impl | population | networks | mean change | largest change |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | {a['mean_change']:+.2f} | "
+                  f"{a['largest_change']:+d} |" for a in acc]
     if report["skipped"]:
         lines += ["", "Skipped (time budget): " + "; ".join(report["skipped"])]
     return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""`modulenet bench`'s machinery on a tiny knowledge base: JAX and the PyTorch baselines must
+evaluate the very same networks (same correct counts), and the report must say what it measured."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modulenet_jax.evaluate import Protocol
+
+pytest.importorskip("torch")
+from benchmarks import throughput  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tiny_kb, tiny_dataset):
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
+    return throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32,
+                          populations=(1, 2), dtypes=("float32", "bfloat16"), workloads=("W1", "W2"),
+                          torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2, strategy="loop",
+                          log=lambda m: None)
+
+
+def _rows(report, **match):
+    return [r for r in report["results"] if all(r[k] == v for k, v in match.items())]
+
+
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_jax_and_pytorch_count_the_same_correct_predictions(report, workload):
+    for population in (1, 2):
+        jax_row, = _rows(report, workload=workload, impl="jax-loop", dtype="float32", population=population)
+        torch_row, = _rows(report, workload=workload, impl="torch-eager", dtype="float32", population=population)
+        assert len(jax_row["correct"]) == population == torch_row["networks_timed"]
+        assert jax_row["correct"] == torch_row["correct"]
+
+
+def test_rates_flops_and_the_dtype_comparison(report):
+    w1, = _rows(report, workload="W1", impl="jax-loop", dtype="float32", population=2)
+    assert w1["unit"] == "genotype-images/s" and w1["rate"] == pytest.approx(2 * 32 / w1["seconds"])
+    assert w1["tflops"] > 0
+    acc = {(a["workload"], a["population"]): a for a in throughput.dtype_accuracy(report)
+           if a["impl"] == "jax-loop"}
+    assert set(acc) == {("W1", 1), ("W1", 2), ("W2", 1), ("W2", 2)}
+    bf16, = _rows(report, workload="W2", impl="jax-loop", dtype="bfloat16", population=2)
+    fp32, = _rows(report, workload="W2", impl="jax-loop", dtype="float32", population=2)
+    assert acc["W2", 2]["mean_change"] == pytest.approx(np.mean(bf16["correct"]) - np.mean(fp32["correct"]))
+
+
+def test_saved_files_name_the_device(report, tmp_path):
+    out = throughput.save(report, tmp_path, "tiny")
+    saved = json.loads((out / "tiny.json").read_text())
+    assert saved["device"] == throughput.device_name() and saved["device"].startswith("CPU (")
+    md = (out / "tiny.md").read_text()
+    assert saved["device"] in md and "bf16 against fp32" in md and (out / "tiny.png").stat().st_size > 0
