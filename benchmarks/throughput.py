@@ -429,7 +429,8 @@ def plot(report: dict, path) -> None:
             ax.plot(*zip(*pts), marker="o", label=f"{key[0]} {key[1]}")
         ax.set(xscale="log", yscale="log", xlabel="population size",
                ylabel="genotype-images/s" if wl == "W1" else "genotypes/s", title=f"{wl} on {report['device']}")
-        ax.legend(fontsize=7)
+        if rows:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
