@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+from modulenet_jax import cpu_runtime
+
+cpu_runtime.configure()  # as the `modulenet` command does, before JAX starts: the tests run what users run
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
