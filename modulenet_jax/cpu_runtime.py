@@ -24,6 +24,7 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+MEASURED_JAXLIB = ("0.10.",)
 
 
 def reuse_freed_memory() -> bool:
@@ -40,11 +41,16 @@ def reuse_freed_memory() -> bool:
     return all(mallopt(option, value) == 1 for option, value in settings)
 
 
-def prefer_eigen_convolutions(environ=os.environ) -> bool:
+def prefer_eigen_convolutions(environ=os.environ, jaxlib_version: str | None = None) -> bool:
     """Adds the XLA flag that turns off YNNPACK fusions, unless XLA_FLAGS already sets it.
-    Only the CPU backend reads it. Returns whether it was added."""
+
+    Only for the jaxlib releases it was measured on: XLA aborts at start-up on a flag it does not
+    know, and another release may choose its kernels differently. Only the CPU backend reads it.
+    Returns whether it was added."""
+    if jaxlib_version is None:
+        from jaxlib.version import __version__ as jaxlib_version
     flags = environ.get("XLA_FLAGS", "")
-    if _YNN_FLAG in flags:
+    if _YNN_FLAG in flags or not jaxlib_version.startswith(MEASURED_JAXLIB):
         return False
     environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}=".strip()
     return True

@@ -35,6 +35,10 @@ def _probe(mode):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
 def test_settings_take_effect_and_change_only_rounding():
+    from jaxlib.version import __version__ as jaxlib_version
+
+    if not jaxlib_version.startswith(cpu_runtime.MEASURED_JAXLIB):
+        pytest.skip(f"the YNNPACK setting is only applied on jaxlib {cpu_runtime.MEASURED_JAXLIB}, not {jaxlib_version}")
     default, tuned = _probe("default"), _probe("tuned")
     assert tuned["applied"] and default["ynn"] and not tuned["ynn"]
     np.testing.assert_allclose(tuned["out"], default["out"], rtol=1e-5, atol=1e-5)
@@ -42,8 +46,16 @@ def test_settings_take_effect_and_change_only_rounding():
 
 def test_an_explicit_ynn_setting_is_left_alone():
     env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
-    assert not cpu_runtime.prefer_eigen_convolutions(env)
+    assert not cpu_runtime.prefer_eigen_convolutions(env, "0.10.2")
     assert env["XLA_FLAGS"].endswith("INDIVIDUAL_CONVOLUTION")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    assert cpu_runtime.prefer_eigen_convolutions(env)
+    assert cpu_runtime.prefer_eigen_convolutions(env, "0.10.2")
     assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type="
+
+
+def test_an_unmeasured_jaxlib_gets_no_flag():
+    """XLA aborts on an unknown flag, so a release the flag was not checked on is left alone."""
+    env = {}
+    assert not cpu_runtime.prefer_eigen_convolutions(env, "0.9.0")
+    assert not cpu_runtime.prefer_eigen_convolutions(env, "0.11.2")
+    assert env == {}
