@@ -332,7 +332,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     # Small populations of every workload, dtype and implementation first, then the large ones: a
     # time budget that runs out then costs the large points, not whole rows of the table.
     for group in (tuple(p for p in populations if p <= 8), tuple(p for p in populations if p > 8)):
-        for dtype in dtypes if group else ():
+        if not group:
+            continue
+        for dtype in dtypes:
             if "W1" in workloads:
                 bench.w1_jax(w1, dtype, group)
                 for mode in torch_modes:
