@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from modulenet_jax.assemble import (FittedNetwork, fit_linear_map, fit_stitch, preprocess, run_module,
-                                    stitch_cost)
+from modulenet_jax.assemble import (FittedNetwork, _head, _pool, fit_linear_map, fit_stitch, preprocess,
+                                    run_module, stitch_cost)
 from modulenet_jax.data import Split
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.prefix import PrefixSchedule
 from modulenet_jax.space import Architecture
 from modulenet_jax.tune import tune_stitches
 
@@ -167,8 +169,21 @@ def _all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree))
 
 
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """The protocol part-way through a network: the activations after its first modules and
+    what was fitted for those modules."""
+
+    fit: jax.Array  # every fit image with BN recalibration, else the stitch images
+    features: tuple  # without recalibration: every fit image, in batches (the head's features)
+    scored: tuple  # the split being scored, in fixed-size batches (empty: scored afterwards)
+    params: tuple = ()
+    stitches: tuple = ()
+
+
 class Evaluator:
-    """Scores architectures of one knowledge base under one protocol, on one fit split.
+    """Scores architectures of one knowledge base under one protocol, on one fit split, one
+    compiled call per module; many at once (`evaluate_many`) share their common module prefixes.
 
     The activations each source model produces on the stitch images (the stitches' targets)
     are computed once per source and kept on the device.
@@ -221,39 +236,57 @@ class Evaluator:
         flops += 2 * last.spec.out_channels * self.num_classes
         return params, flops
 
-    def fit(self, arch: Architecture) -> FittedNetwork:
-        """Fits stitches, BatchNorm statistics (if the protocol says so) and the head."""
-        p = self.protocol
-        recs = [self.kb.record(m) for m in arch.modules]
-        if recs[0].spec.kind != "stem" or any(r.spec.kind != "block" for r in recs[1:]):
+    def _check(self, arch: Architecture) -> None:
+        kinds = [self.kb.record(m).spec.kind for m in arch.modules]
+        if kinds[0] != "stem" or any(k != "block" for k in kinds[1:]):
             raise ValueError(f"an architecture is a stem followed by blocks, got {arch.modules}")
-        mean, std = self._normalisation(recs[0].source)
-        recalibrate = p.bn == "recalibrate"
-        # Stitches are solved on the first `stitch_images`; BN recalibration needs every fit image
-        # at every module, so only then does the fitting pass hold all of them at once.
-        x = preprocess(self.fit_images if recalibrate else self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype,
-                       p.input_size)
-        params, stitches = [], []
-        for rec, junction in zip(recs, arch.junctions(self.kb)):
-            stitch = None
-            if junction and p.stitch:
-                target = self.source_inputs(rec.source)[rec.spec.name]
-                stitch = fit_stitch(x[:p.stitch_images], target, p.stitch_ridge)
-            x, used = run_module(rec.spec, self.kb.module_params(rec.id), x, stitch, calibrate=recalibrate)
-            params.append(used)
-            stitches.append(stitch)
-        net = FittedNetwork(tuple(r.spec for r in recs), tuple(params), tuple(stitches), None, mean, std,
-                            p.input_size)
-        if recalibrate:
-            features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+    def _start(self, arch: Architecture, batches) -> _State:
+        """The state before the first module: the fit images (and `batches`) preprocessed."""
+        p = self.protocol
+        mean, std = self._normalisation(self.kb.record(arch.modules[0]).source)
+
+        def prep(images):
+            return preprocess(images, mean, std, p.jnp_dtype, p.input_size)
+
+        if p.bn == "recalibrate":
+            return _State(prep(self.fit_images), (), tuple(prep(jnp.asarray(b[0])) for b in batches))
+        return _State(prep(self.fit_images[:p.stitch_images]),
+                      tuple(prep(self.fit_images[i:i + p.batch_size]) for i in range(0, len(self.fit_images), p.batch_size)),
+                      tuple(prep(jnp.asarray(b[0])) for b in batches))
+
+    def _step(self, state: _State, module_id: str, junction: bool) -> _State:
+        """One module further: its stitch (at a junction), BatchNorm statistics, and forward."""
+        p = self.protocol
+        rec = self.kb.record(module_id)
+        stitch = None
+        if junction and p.stitch:
+            target = self.source_inputs(rec.source)[rec.spec.name]
+            stitch = fit_stitch(state.fit[:p.stitch_images], target, p.stitch_ridge)
+        x, used = run_module(rec.spec, self.kb.module_params(module_id), state.fit, stitch,
+                             calibrate=p.bn == "recalibrate")
+
+        def forward(batch):
+            return run_module(rec.spec, used, batch, stitch)[0]
+
+        return _State(x, tuple(map(forward, state.features)), tuple(map(forward, state.scored)),
+                      state.params + (used,), state.stitches + (stitch,))
+
+    def _finish(self, arch: Architecture, state: _State) -> FittedNetwork:
+        """The head on the fit images' features (and the stitches tuned, if the protocol says so)."""
+        p = self.protocol
+        mean, std = self._normalisation(self.kb.record(arch.modules[0]).source)
+        net = FittedNetwork(tuple(self.kb.record(m).spec for m in arch.modules), state.params, state.stitches, None,
+                            mean, std, p.input_size)
+        if p.bn == "recalibrate":
+            features = jnp.mean(state.fit.astype(jnp.float32), axis=(1, 2))
         else:
-            features = jnp.concatenate([net.features(self.fit_images[i:i + p.batch_size], p.jnp_dtype)
-                                        for i in range(0, len(self.fit_images), p.batch_size)])
+            features = jnp.concatenate([_pool(x) for x in state.features])
         if p.head == "ridge":
             head = fit_ridge_head(features, self.fit_labels, self.num_classes, p.head_ridge)
         else:
             head = fit_logistic_head(features, self.fit_labels, self.num_classes, p.head_l2, p.head_steps)
-        if p.stitch_steps and any(s is not None for s in stitches):
+        if p.stitch_steps and any(s is not None for s in state.stitches):
             inputs = preprocess(self.fit_images[:p.stitch_images], mean, std, p.jnp_dtype, p.input_size)
             tuned, head, _ = tune_stitches(net.specs, net.params, net.stitches, head, inputs,
                                            self.fit_labels[:p.stitch_images], p.stitch_steps, p.stitch_lr)
@@ -263,22 +296,69 @@ class Evaluator:
             raise EvaluationError(f"fitting {arch.describe()} produced non-finite values")
         return fitted
 
+    def fit(self, arch: Architecture) -> FittedNetwork:
+        """Fits stitches, BatchNorm statistics (if the protocol says so) and the head."""
+        self._check(arch)
+        state = self._start(arch, ())
+        for module_id, junction in zip(arch.modules, arch.junctions(self.kb)):
+            state = self._step(state, module_id, junction)
+        return self._finish(arch, state)
+
     def score(self, fitted: FittedNetwork, split: Split) -> tuple[int, int]:
         """(correct, total) of a fitted network on a split, in fixed-size batches."""
         return count_correct(fitted.logits, split, self.protocol.batch_size, self.protocol.jnp_dtype)
 
+    def evaluate_iter(self, archs: Sequence[Architecture], split: Split) -> Iterator[tuple[int, Evaluation]]:
+        """Yields `(index, evaluation)` for every architecture, in `PrefixSchedule` order: a module
+        prefix several of them share is fitted and run (on the fit images and on `split`) once.
+
+        Each evaluation is exactly what evaluating that architecture alone gives: a shared prefix
+        is the same computation on the same inputs. Memory: the states of the prefixes a later
+        network resumes from (activations of the fit images and of `split` at those depths)."""
+        for arch in archs:
+            self._check(arch)
+        p = self.protocol
+        # tuned stitches change the whole network after fitting, so the split is then scored afterwards
+        batches = _batches(split, p.batch_size) if p.stitch_steps == 0 else []
+        schedule = PrefixSchedule.of([a.modules for a in archs])
+        saved: dict[int, _State] = {}
+        for i, resume, keep in zip(schedule.order, schedule.resume, schedule.keep):
+            arch = archs[i]
+            junctions = arch.junctions(self.kb)
+            state = saved[resume] if resume else self._start(arch, batches)
+            for depth in range(resume, len(arch.modules)):
+                state = self._step(state, arch.modules[depth], junctions[depth])
+                if depth + 1 in keep:
+                    saved[depth + 1] = state
+            saved = {d: s for d, s in saved.items() if d in keep}
+            fitted = self._finish(arch, state)
+            if p.stitch_steps and any(s is not None for s in fitted.stitches):
+                correct, total = self.score(fitted, split)
+            elif batches:
+                correct = sum(_correct_in_batch(fitted.head, x, labels, valid) for x, (_, labels, valid)
+                              in zip(state.scored, batches))
+                total = len(split)
+            else:
+                correct, total = self.score(fitted, split)
+            params, flops = self.cost(arch)
+            yield i, Evaluation(correct, total, params, flops, arch.num_junctions(self.kb))
+
+    def evaluate_many(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
+        """`evaluate_iter`'s evaluations in the order of `archs`."""
+        out: list[Evaluation | None] = [None] * len(archs)
+        for i, ev in self.evaluate_iter(archs, split):
+            out[i] = ev
+        return out
+
     def evaluate(self, arch: Architecture, split: Split) -> Evaluation:
-        correct, total = self.score(self.fit(arch), split)
-        params, flops = self.cost(arch)
-        return Evaluation(correct, total, params, flops, arch.num_junctions(self.kb))
+        return self.evaluate_many([arch], split)[0]
 
 
-def count_correct(logits_fn, split: Split, batch_size: int, dtype=jnp.float32) -> tuple[int, int]:
-    """Runs `logits_fn(images, dtype)` over a split in batches of one fixed shape (the last one
-    padded and masked), so each module compiles once; returns (correct, total)."""
-    n = len(split)
-    correct = 0
-    for start in range(0, n, batch_size):
+def _batches(split: Split, batch_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A split as `(images, labels, valid)` batches of one fixed shape: the last one padded
+    with zero images that `valid` masks out, so each module compiles once."""
+    out = []
+    for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size]
         labels = split.labels[start:start + batch_size]
         valid = np.ones(batch_size, bool)
@@ -287,11 +367,27 @@ def count_correct(logits_fn, split: Split, batch_size: int, dtype=jnp.float32) -
             valid[len(images):] = False
             images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
             labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        logits = logits_fn(jnp.asarray(images), dtype)
-        if not bool(jnp.all(jnp.isfinite(logits))):
-            raise EvaluationError("non-finite logits")
-        correct += int(_count_correct(logits, jnp.asarray(labels), jnp.asarray(valid)))
-    return correct, n
+        out.append((images, labels, valid))
+    return out
+
+
+def _correct_in_batch(head, x, labels, valid) -> int:
+    """Correct predictions of a head on one batch of last-module activations."""
+    return _checked_correct(_head(head, _pool(x)), labels, valid)
+
+
+def _checked_correct(logits, labels, valid) -> int:
+    if not bool(jnp.all(jnp.isfinite(logits))):
+        raise EvaluationError("non-finite logits")
+    return int(_count_correct(logits, jnp.asarray(labels), jnp.asarray(valid)))
+
+
+def count_correct(logits_fn, split: Split, batch_size: int, dtype=jnp.float32) -> tuple[int, int]:
+    """Runs `logits_fn(images, dtype)` over a split in batches of one fixed shape (the last one
+    padded and masked), so each module compiles once; returns (correct, total)."""
+    correct = sum(_checked_correct(logits_fn(jnp.asarray(images), dtype), labels, valid)
+                  for images, labels, valid in _batches(split, batch_size))
+    return correct, len(split)
 
 
 def published_logits(kb: KnowledgeBase, source: str, input_size: int | None = None):

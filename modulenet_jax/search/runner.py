@@ -137,10 +137,28 @@ class Run:
     population: PopulationEvaluator | None = None
 
     def evaluate_many(self, archs, split) -> list[Evaluation]:
-        """Evaluations of several networks: one fused program per chunk, or one by one."""
+        """Evaluations of several networks: one fused program per chunk, or module by module with
+        each shared prefix computed once."""
         if self.population is not None:
             return self.population.evaluate(archs, split)
-        return [self.evaluator.evaluate(a, split) for a in archs]
+        return self.evaluator.evaluate_many(archs, split)
+
+    def evaluate_iter(self, archs, split):
+        """`(index, evaluation, seconds)` as they are done: per network on the module path (the
+        seconds of its own modules beyond a prefix computed earlier), per chunk when fused (the
+        chunk's seconds shared equally)."""
+        t = time.time()
+        if self.population is None:
+            for i, ev in self.evaluator.evaluate_iter(archs, split):
+                yield i, ev, time.time() - t
+                t = time.time()
+            return
+        step = self.population.chunk_size
+        for start in range(0, len(archs), step):
+            evs = self.population.evaluate(archs[start:start + step], split)
+            seconds, t = (time.time() - t) / len(evs), time.time()
+            for i, ev in enumerate(evs):
+                yield start + i, ev, seconds
 
     @classmethod
     def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None) -> "Run":
@@ -198,16 +216,11 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
                 key = run.space.canonical(g)
                 if key not in cache and key not in new:
                     new[key] = g
-            # the loop path writes each network as it is evaluated, the fused path per chunk
-            step = 1 if run.population is None else run.population.chunk_size
+            # written as evaluated (the module path: per network; fused: per chunk), so a kill loses little
             todo = list(new.values())
-            for i in range(0, len(todo), step):
-                t = time.time()
-                evs = run.evaluate_many([run.space.decode(g) for g in todo[i:i + step]], run.val)
-                seconds = (time.time() - t) / len(evs)
-                for g, ev in zip(todo[i:i + step], evs):
-                    cache[run.space.canonical(g)] = _record(gen, g, run.space, ev, seconds)
-                    hist.write(json.dumps(cache[run.space.canonical(g)]) + "\n")
+            for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
+                cache[run.space.canonical(todo[i])] = _record(gen, todo[i], run.space, ev, seconds)
+                hist.write(json.dumps(cache[run.space.canonical(todo[i])]) + "\n")
                 hist.flush()
             fresh = len(new)
             F = [[cache[run.space.canonical(g)][o] for o in run.objectives] for g in X]
