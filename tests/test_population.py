@@ -1,6 +1,7 @@
 """Fused population evaluation: equals one-by-one evaluation, shards across devices, compiles
 once per search, and splits a chunk that runs out of device memory."""
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,50 @@ def test_sharded_equals_single_device():
            "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_device():
+    """`jax.distributed` as on several hosts: two processes of four CPU devices each (gloo
+    collectives) shard one population chunk over all eight devices, and every process gets
+    the fitness that one device computes alone, to the last bit (fp32)."""
+    code = textwrap.dedent("""
+        import json, sys, jax
+        role, port = sys.argv[1], sys.argv[2]
+        if role != "single":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2,
+                                       process_id=int(role))
+            assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
+        from tests.conftest import random_models
+        from modulenet_jax.knowledge import KnowledgeBase
+        from tests.test_population import PROTOCOL, _setup
+        from modulenet_jax.population import PopulationEvaluator
+        import tests.conftest as c
+        kb = KnowledgeBase.build(random_models())
+        space, fit, archs, val = _setup(kb, c.tiny_dataset.__wrapped__(), n=6)
+        devices = jax.devices()[:1] if role == "single" else None
+        evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, devices=devices).evaluate(archs, val)
+        print("RESULT " + json.dumps([e.correct for e in evs]))
+    """)
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", code, role, port], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for role in ("0", "1")]
+    single = subprocess.run([sys.executable, "-c", code, "single", port], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    runs = [(single.returncode, single.stdout, single.stderr)]
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        runs.append((p.returncode, out, err))
+    results = []
+    for rc, out, err in runs:
+        assert rc == 0, err[-3000:]
+        results.append([line for line in out.splitlines() if line.startswith("RESULT ")][-1])
+    assert results[1] == results[0] and results[2] == results[0], results
