@@ -7,7 +7,8 @@ Workloads on the CIFAR ResNet knowledge base:
 - W2, the whole protocol (stitches, head, scoring) on networks of the configured space:
   genotypes per second.
 Each is measured for the JAX path (`fused`: one vmapped program per population chunk, for
-accelerators; `loop`: one compiled call per module, for CPUs), PyTorch eager and PyTorch with
+accelerators; `loop`: one compiled call per module, for CPUs, in W2 computing the module prefixes
+several networks share once, as a search does), PyTorch eager and PyTorch with
 `torch.compile` (networks one after another), in fp32 and bf16, for several population sizes.
 Compile time is reported apart and excluded from the rates. fp32 is true fp32 on both sides
 (TF32 disabled in PyTorch, `Precision.HIGHEST` in JAX).
@@ -158,6 +159,7 @@ class Bench:
         self.budget_s, self.t0 = budget_s, time.time()
         self.results: list[Result] = []
         self.skipped: list[str] = []
+        self.paired: list[dict] = []
         self.torch_device = torch_device
 
     def _over_budget(self, what: str) -> bool:
@@ -240,19 +242,14 @@ class Bench:
         return TorchRunner(self.kb, device, tdtype, compile_), "torch-compile" if compile_ else "torch-eager", device
 
     def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        import torch
-
         from benchmarks.torch_baseline import timed
 
         runner, impl, device = self._torch_runner(dtype, compile_)
-        tdtype = runner.dtype
         flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
         images, labels = self.val.images, self.val.labels
 
         def head_of(a):
-            h = _head(self.kb, a)
-            return (torch.from_numpy(np.array(h["kernel"])).to(device, tdtype),
-                    torch.from_numpy(np.array(h["bias"])).to(device, tdtype))
+            return self._torch_head(runner, a)
 
         _, compile_s = timed(lambda: runner.forward_correct(archs[0], runner.identity_stitches(archs[0]),
                                                              head_of(archs[0]), images, labels,
@@ -267,6 +264,56 @@ class Bench:
             self._add(Result("W1", impl, dtype, P, n, dt, compile_s, n * len(images) / dt, "genotype-images/s",
                              correct=correct), flops)
 
+    def _torch_head(self, runner, arch):
+        import torch
+
+        h = _head(self.kb, arch)
+        return (torch.from_numpy(np.array(h["kernel"])).to(runner.device, runner.dtype),
+                torch.from_numpy(np.array(h["bias"])).to(runner.device, runner.dtype))
+
+    def w1_paired(self, archs, dtype, n: int, rounds: int):
+        """W1 on the per-module JAX path against PyTorch eager network by network, alternating
+        (JAX, PyTorch) so that the drifts of a shared machine hit both alike: per-network ratios."""
+        from benchmarks.torch_baseline import timed
+
+        if self.strategy != "loop" or self._over_budget(f"W1 paired {dtype}"):
+            return
+        protocol = self._protocol(dtype)
+        ev = Evaluator(self.kb, protocol, self.fit)
+        runner, _, device = self._torch_runner(dtype, False)
+        archs = archs[:n]
+        nets = [self._loop_network(ev, a) for a in archs]
+        prepared = [(a, runner.identity_stitches(a), self._torch_head(runner, a)) for a in archs]
+        images, labels, bs = self.val.images, self.val.labels, self.protocol.batch_size
+
+        def jax_pass(i):
+            t = time.time()
+            c = count_correct(nets[i].logits, self.val, bs, protocol.jnp_dtype)[0]
+            return c, time.time() - t
+
+        def torch_pass(i):
+            return timed(lambda: runner.forward_correct(*prepared[i], images, labels, bs), device)
+
+        jax_pass(0), torch_pass(0)  # compile / warm up both
+        t_jax, t_torch = np.zeros((rounds, n)), np.zeros((rounds, n))
+        correct = []
+        for r in range(rounds):
+            for i in range(n):
+                (cj, t_jax[r, i]), (ct, t_torch[r, i]) = jax_pass(i), torch_pass(i)
+                if cj != ct:
+                    raise AssertionError(f"W1 paired: JAX counts {cj} correct, PyTorch {ct}, on {archs[i].describe()}")
+                correct.append(cj)
+        ratio = np.median(t_torch, axis=0) / np.median(t_jax, axis=0)  # JAX speed over PyTorch's, per network
+        row = {"dtype": dtype, "networks": n, "rounds": rounds,
+               "jax_rate": n * len(images) / float(np.median(t_jax, axis=0).sum()),
+               "torch_rate": n * len(images) / float(np.median(t_torch, axis=0).sum()),
+               "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()),
+               "ratio_max": float(ratio.max()), "correct": correct[:n]}
+        self.paired.append(row)
+        self.log(f"W1 paired {dtype}: JAX {row['jax_rate']:.1f}, PyTorch eager {row['torch_rate']:.1f} "
+                 f"genotype-images/s; per network JAX/eager median {row['ratio_median']:.2f} "
+                 f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
+
     # -- W2 ----------------------------------------------------------------------------------------
 
     def w2_jax(self, archs, dtype, populations):
@@ -278,7 +325,7 @@ class Bench:
                 if self._over_budget(f"W2 jax-loop {dtype} P={P}"):
                     return
                 t = time.time()
-                res = [ev.evaluate(a, self.val) for a in archs[:P]]
+                res = ev.evaluate_many(archs[:P], self.val)  # module prefixes the networks share: once
                 dt = time.time() - t
                 self._add(Result("W2", "jax-loop", dtype, P, P, dt, None, P / dt, "genotypes/s",
                                  correct=[r.correct for r in res]))
@@ -321,7 +368,8 @@ class Bench:
 
 def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, populations=(1, 8, 64, 256),
         dtypes=("float32", "bfloat16"), workloads=("W1", "W2"), torch_modes=("eager", "compile"),
-        torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None, seed=0, log=print) -> dict:
+        torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None, seed=0, paired=0, paired_rounds=2,
+        log=print) -> dict:
     bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log)
     log(f"device: {bench.device}; JAX strategy: {bench.strategy}; validation images: {len(bench.val)}")
     pmax = max(populations)
@@ -343,12 +391,16 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                 bench.w2_jax(w2, dtype, group)
                 for mode in torch_modes:
                     bench.w2_torch(w2, dtype, group, mode == "compile", torch_max_w2)
+    if paired and "W1" in workloads and "eager" in torch_modes:
+        for dtype in dtypes:
+            bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
     import torch
 
     return {"device": bench.device, "jax": jax.__version__, "torch": torch.__version__,
             "torch_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "strategy": bench.strategy, "protocol": dataclasses.asdict(protocol), "validation_images": len(bench.val),
-            "results": [dataclasses.asdict(r) for r in bench.results], "skipped": bench.skipped,
+            "results": [dataclasses.asdict(r) for r in bench.results], "paired": bench.paired,
+            "skipped": bench.skipped,
             "seconds": round(time.time() - bench.t0, 1)}
 
 
@@ -417,6 +469,13 @@ def markdown(report: dict) -> str:
                   "| --- | --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | {a['mean_change']:+.2f} | "
                   f"{a['largest_change']:+d} |" for a in acc]
+    if report.get("paired"):
+        lines += ["", "W1, JAX (per-module loop) and PyTorch eager timed alternately network by network "
+                  "(median of the rounds per network):", "",
+                  "| dtype | networks | rounds | JAX genotype-images/s | eager genotype-images/s | JAX/eager per network: median | min | max |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {p['dtype']} | {p['networks']} | {p['rounds']} | {_rate(p['jax_rate'])} | {_rate(p['torch_rate'])} | "
+                  f"{p['ratio_median']:.2f} | {p['ratio_min']:.2f} | {p['ratio_max']:.2f} |" for p in report["paired"]]
     if report["skipped"]:
         lines += ["", "Skipped (time budget): " + "; ".join(report["skipped"])]
     return "\n".join(lines)
@@ -443,10 +502,16 @@ def plot(report: dict, path) -> None:
     plt.close(fig)
 
 
-def save(report: dict, out_dir, stem: str) -> Path:
+def write_report(report: dict, table: str, out_dir, stem: str) -> Path:
+    """`<stem>.json` (the report) and `<stem>.md` (its table) under `out_dir`; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report) + "\n")
+    (out / f"{stem}.md").write_text(table + "\n")
+    return out
+
+
+def save(report: dict, out_dir, stem: str) -> Path:
+    out = write_report(report, markdown(report), out_dir, stem)
     plot(report, out / f"{stem}.png")
     return out

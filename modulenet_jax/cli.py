@@ -231,7 +231,8 @@ def cmd_bench(args) -> int:
                             populations=tuple(args.populations), dtypes=tuple(args.dtypes),
                             workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
                             torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
-                            strategy=args.strategy, budget_s=args.budget, seed=args.seed, log=log)
+                            strategy=args.strategy, budget_s=args.budget, seed=args.seed, paired=args.paired,
+                            paired_rounds=args.paired_rounds, log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--batch-size", type=int, help="images per batch (default: the config's protocol)")
     bn.add_argument("--budget", type=float, help="stop starting new measurements after this many seconds")
     bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--paired", type=int, default=0, metavar="N",
+                    help="also time W1 for N networks alternating JAX (loop) and PyTorch eager per network")
+    bn.add_argument("--paired-rounds", type=int, default=2, help="rounds of the paired W1 timing")
     return p
 
 

@@ -18,7 +18,7 @@ def report(tiny_kb, tiny_dataset):
     return throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32,
                           populations=(1, 2), dtypes=("float32", "bfloat16"), workloads=("W1", "W2"),
                           torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2, strategy="loop",
-                          log=lambda m: None)
+                          paired=2, paired_rounds=2, log=lambda m: None)
 
 
 def _rows(report, **match):
@@ -52,3 +52,14 @@ def test_saved_files_name_the_device(report, tmp_path):
     assert saved["device"] == throughput.device_name() and saved["device"].startswith("CPU (")
     md = (out / "tiny.md").read_text()
     assert saved["device"] in md and "bf16 against fp32" in md and (out / "tiny.png").stat().st_size > 0
+
+
+def test_paired_w1_times_the_same_networks_both_ways(report):
+    """The alternating W1 timing: one row per dtype, the same correct counts as the W1 rows
+    (it raises if JAX and PyTorch disagree on any network), and its ratio from its own rates."""
+    assert [p["dtype"] for p in report["paired"]] == ["float32", "bfloat16"]
+    for p in report["paired"]:
+        w1, = _rows(report, workload="W1", impl="torch-eager", dtype=p["dtype"], population=2)
+        assert p["networks"] == 2 and p["rounds"] == 2 and p["correct"] == w1["correct"]
+        assert p["ratio_min"] <= p["ratio_median"] <= p["ratio_max"] and p["jax_rate"] > 0
+    assert "timed alternately" in throughput.markdown(report)
