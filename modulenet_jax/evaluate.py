@@ -189,7 +189,7 @@ class Evaluator:
     are computed once per source and kept on the device.
     """
 
-    def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split):
+    def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split, prefix_memory: int | None = 2 << 30):
         if len(fit) < protocol.fit_images:
             raise ValueError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}")
         if protocol.input_size is not None and kb.input_size not in (None, protocol.input_size):
@@ -201,6 +201,7 @@ class Evaluator:
         self.fit_images = jnp.asarray(fit.images[:protocol.fit_images])
         self.fit_labels = jnp.asarray(fit.labels[:protocol.fit_images])
         self._targets: dict[str, dict[str, jax.Array]] = {}
+        self.prefix_memory = prefix_memory  # bytes of shared-prefix states `evaluate_iter` may keep (None: any)
 
     def _normalisation(self, source: str):
         model = self.kb.source_model(source)
@@ -314,7 +315,9 @@ class Evaluator:
 
         Each evaluation is exactly what evaluating that architecture alone gives: a shared prefix
         is the same computation on the same inputs. Memory: the states of the prefixes a later
-        network resumes from (activations of the fit images and of `split` at those depths)."""
+        network resumes from (activations of the fit images and of `split` at those depths), at
+        most `prefix_memory` bytes; a state that does not fit is not kept, and the network that
+        would have resumed from it recomputes from a shallower one."""
         for arch in archs:
             self._check(arch)
         p = self.protocol
@@ -325,10 +328,11 @@ class Evaluator:
         for i, resume, keep in zip(schedule.order, schedule.resume, schedule.keep):
             arch = archs[i]
             junctions = arch.junctions(self.kb)
-            state = saved[resume] if resume else self._start(arch, batches)
-            for depth in range(resume, len(arch.modules)):
+            start = max((d for d in saved if d <= resume), default=0)
+            state = saved[start] if start else self._start(arch, batches)
+            for depth in range(start, len(arch.modules)):
                 state = self._step(state, arch.modules[depth], junctions[depth])
-                if depth + 1 in keep:
+                if depth + 1 in keep and self._fits(saved, state):
                     saved[depth + 1] = state
             saved = {d: s for d, s in saved.items() if d in keep}
             fitted = self._finish(arch, state)
@@ -343,6 +347,12 @@ class Evaluator:
             params, flops = self.cost(arch)
             yield i, Evaluation(correct, total, params, flops, arch.num_junctions(self.kb))
 
+    def _fits(self, saved: dict, state: _State) -> bool:
+        if self.prefix_memory is None:
+            return True
+        used = sum(_state_bytes(s) for s in saved.values())
+        return used + _state_bytes(state) <= self.prefix_memory
+
     def evaluate_many(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """`evaluate_iter`'s evaluations in the order of `archs`."""
         out: list[Evaluation | None] = [None] * len(archs)
@@ -352,6 +362,11 @@ class Evaluator:
 
     def evaluate(self, arch: Architecture, split: Split) -> Evaluation:
         return self.evaluate_many([arch], split)[0]
+
+
+def _state_bytes(state: _State) -> int:
+    """Bytes of a state's activations (its fitted params are small and shared)."""
+    return sum(x.nbytes for x in jax.tree_util.tree_leaves((state.fit, state.features, state.scored)))
 
 
 def _batches(split: Split, batch_size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -105,12 +105,8 @@ def test_protocol_rejects_bad_settings():
         Protocol(fit_images=100, stitch_images=200)
 
 
-@pytest.mark.parametrize("kw", [{"bn": "recalibrate"}, {"bn": "source"}, {"stitch_steps": 3}])
-def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monkeypatch, kw):
-    """A population evaluated together (each shared module prefix fitted and run once) scores
-    exactly what each network scores alone, in fp32; and the prefixes really are shared."""
-    from modulenet_jax.prefix import PrefixSchedule
-
+def _sharing_population(tiny_kb):
+    """Random networks, one network with a block changed later and later, a source, a duplicate."""
     space = SearchSpace(tiny_kb, "block")
     rng = np.random.default_rng(3)
     archs = [space.decode(space.sample(rng)) for _ in range(5)]
@@ -121,17 +117,47 @@ def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monke
         g = base.copy()
         g[position] = (g[position] + 1) % (space.upper[position] + 1)
         archs.append(space.decode(g))
-    archs += [Architecture.of_source(tiny_kb, "cifar_resnet14"), archs[0]]  # a source, and a duplicate
+    return archs + [Architecture.of_source(tiny_kb, "cifar_resnet14"), archs[0]]
+
+
+def _counting_steps(monkeypatch) -> list:
+    steps = []
+    step = Evaluator._step
+    monkeypatch.setattr(Evaluator, "_step", lambda self, *a: steps.append(a[1]) or step(self, *a))
+    return steps
+
+
+@pytest.mark.parametrize("kw", [{"bn": "recalibrate"}, {"bn": "source"}, {"stitch_steps": 3}])
+def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monkeypatch, kw):
+    """A population evaluated together (each shared module prefix fitted and run once) scores
+    exactly what each network scores alone, in fp32; and the prefixes really are shared."""
+    from modulenet_jax.prefix import PrefixSchedule
+
+    archs = _sharing_population(tiny_kb)
     alone = []
     for a in archs:
         ev, val = _evaluator(tiny_kb, tiny_dataset, **kw)
         alone.append(ev.evaluate(a, val))
     ev, val = _evaluator(tiny_kb, tiny_dataset, **kw)
-    steps = []
-    step = Evaluator._step
-    monkeypatch.setattr(Evaluator, "_step", lambda self, *a: steps.append(a[1]) or step(self, *a))
+    steps = _counting_steps(monkeypatch)
     together = ev.evaluate_many(archs, val)
     assert together == alone
     schedule = PrefixSchedule.of([a.modules for a in archs])
     assert len(steps) == schedule.modules_computed([len(a.modules) for a in archs])
     assert len(steps) <= sum(len(a.modules) for a in archs) // 2 + 2  # 38 of 74 here
+
+
+def test_a_prefix_memory_budget_costs_only_recomputation(tiny_kb, tiny_dataset, monkeypatch):
+    """States that do not fit the budget are recomputed: the same evaluations, more module steps."""
+    archs = _sharing_population(tiny_kb)
+    ev, val = _evaluator(tiny_kb, tiny_dataset)
+    unlimited = ev.evaluate_many(archs, val)
+    steps = _counting_steps(monkeypatch)
+    ev.prefix_memory = 0
+    assert ev.evaluate_many(archs, val) == unlimited
+    assert len(steps) == sum(len(a.modules) for a in archs)  # nothing kept, nothing shared
+    stage1_state = (128 + 2 * 50) * 32 * 32 * 16 * 4  # fit pass + two val batches of 16-channel activations
+    steps.clear()
+    ev.prefix_memory = stage1_state * 3 // 2  # room for one such state, not two
+    assert ev.evaluate_many(archs, val) == unlimited
+    assert 0 < sum(len(a.modules) for a in archs) - len(steps)

@@ -169,7 +169,8 @@ class Run:
         val = protocol_split(dataset, "val", config.data.val_size)
         space = make_space(kb, config.space)
         algorithm = make_algorithm(space, config.search, config.seed)
-        evaluator = Evaluator(kb, protocol, fit)
+        prefix_memory = int(config.evaluator.get("prefix_memory_mb", 2048)) << 20
+        evaluator = Evaluator(kb, protocol, fit, prefix_memory=prefix_memory)
         population = None
         if choose_strategy(config.evaluator.strategy, space, protocol) == "fused":
             population = PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size,
