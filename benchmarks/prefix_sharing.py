@@ -2,7 +2,7 @@
 history evaluated together (`Evaluator.evaluate_many`, prefixes shared) and one network at a
 time, on the same machine, alternating; the evaluations must be identical.
 
-    python benchmarks/prefix_sharing.py --run runs/cifar10_resnet --out benchmarks/results \\
+    python -m benchmarks.prefix_sharing --run runs/cifar10_resnet --out benchmarks/results \\
         --name cpu-prefix-sharing
 
 The config is the run's own `config.json`; the figures are written as JSON and markdown.

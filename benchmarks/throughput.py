@@ -247,18 +247,14 @@ class Bench:
         runner, impl, device = self._torch_runner(dtype, compile_)
         flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
         images, labels = self.val.images, self.val.labels
-
-        def head_of(a):
-            return self._torch_head(runner, a)
-
         _, compile_s = timed(lambda: runner.forward_correct(archs[0], runner.identity_stitches(archs[0]),
-                                                             head_of(archs[0]), images, labels,
+                                                             self._torch_head(runner, archs[0]), images, labels,
                                                              self.protocol.batch_size), device)
         for P in populations:
             if self._over_budget(f"W1 {impl} {dtype} P={P}"):
                 return
             n = min(P, max_networks)
-            prepared = [(a, runner.identity_stitches(a), head_of(a)) for a in archs[:n]]
+            prepared = [(a, runner.identity_stitches(a), self._torch_head(runner, a)) for a in archs[:n]]
             correct, dt = timed(lambda: [runner.forward_correct(a, s, h, images, labels, self.protocol.batch_size)
                                          for a, s, h in prepared], device)
             self._add(Result("W1", impl, dtype, P, n, dt, compile_s, n * len(images) / dt, "genotype-images/s",

@@ -28,6 +28,7 @@ from modulenet_jax.tune import tune_stitches
 BN_MODES = ("source", "recalibrate")
 HEADS = ("ridge", "logistic")
 OBJECTIVES = ("error", "params", "flops")
+PREFIX_MEMORY_MB = 2048  # default bound on the shared-prefix states `Evaluator.evaluate_iter` keeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +190,8 @@ class Evaluator:
     are computed once per source and kept on the device.
     """
 
-    def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split, prefix_memory: int | None = 2 << 30):
+    def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split,
+                 prefix_memory: int | None = PREFIX_MEMORY_MB << 20):
         if len(fit) < protocol.fit_images:
             raise ValueError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}")
         if protocol.input_size is not None and kb.input_size not in (None, protocol.input_size):
@@ -250,11 +252,12 @@ class Evaluator:
         def prep(images):
             return preprocess(images, mean, std, p.jnp_dtype, p.input_size)
 
+        scored = tuple(prep(jnp.asarray(images)) for images, _, _ in batches)
         if p.bn == "recalibrate":
-            return _State(prep(self.fit_images), (), tuple(prep(jnp.asarray(b[0])) for b in batches))
+            return _State(prep(self.fit_images), (), scored)
         return _State(prep(self.fit_images[:p.stitch_images]),
                       tuple(prep(self.fit_images[i:i + p.batch_size]) for i in range(0, len(self.fit_images), p.batch_size)),
-                      tuple(prep(jnp.asarray(b[0])) for b in batches))
+                      scored)
 
     def _step(self, state: _State, module_id: str, junction: bool) -> _State:
         """One module further: its stitch (at a junction), BatchNorm statistics, and forward."""
@@ -336,9 +339,7 @@ class Evaluator:
                     saved[depth + 1] = state
             saved = {d: s for d, s in saved.items() if d in keep}
             fitted = self._finish(arch, state)
-            if p.stitch_steps and any(s is not None for s in fitted.stitches):
-                correct, total = self.score(fitted, split)
-            elif batches:
+            if batches:
                 correct = sum(_correct_in_batch(fitted.head, x, labels, valid) for x, (_, labels, valid)
                               in zip(state.scored, batches))
                 total = len(split)

@@ -22,7 +22,7 @@ import numpy as np
 
 from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
-from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, evaluate_published
+from modulenet_jax.evaluate import PREFIX_MEMORY_MB, Evaluation, Evaluator, Protocol, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import PopulationEvaluator
@@ -169,7 +169,7 @@ class Run:
         val = protocol_split(dataset, "val", config.data.val_size)
         space = make_space(kb, config.space)
         algorithm = make_algorithm(space, config.search, config.seed)
-        prefix_memory = int(config.evaluator.get("prefix_memory_mb", 2048)) << 20
+        prefix_memory = int(config.evaluator.get("prefix_memory_mb", PREFIX_MEMORY_MB)) << 20
         evaluator = Evaluator(kb, protocol, fit, prefix_memory=prefix_memory)
         population = None
         if choose_strategy(config.evaluator.strategy, space, protocol) == "fused":
