@@ -24,7 +24,7 @@ import jax
 from benchmarks import throughput
 from benchmarks.prepare_device_bundle import load_kb
 from modulenet_jax.data import load_dataset
-from modulenet_jax.evaluate import Protocol
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
 from modulenet_jax.finetune import FinetuneConfig
 from modulenet_jax.space import Architecture

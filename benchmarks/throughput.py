@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modulenet_jax.assemble import FittedNetwork
 from modulenet_jax.data import Dataset, protocol_split
-from modulenet_jax.evaluate import Evaluator, Protocol, count_correct
+from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator, _forward_chunk, _take
+from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
 from modulenet_jax.space import Architecture, SearchSpace
 
 # Dense peak FLOP/s by device kind, from the vendors' datasheets (SXM parts): (fp32, bf16).
@@ -95,29 +95,6 @@ def _head(kb, arch):
 
 def _identity(c, dtype=jnp.float32):
     return {"kernel": jnp.eye(c, dtype=dtype), "bias": jnp.zeros((c,), dtype)}
-
-
-def _fused_states(pe: PopulationEvaluator, archs):
-    """Per network: published module params, identity stitches everywhere, its source's head."""
-    states = []
-    for arch in archs:
-        idx, _, _ = pe.slots(arch)
-        st = {"stem": _take(pe.banks["stem"], idx[0]), "stages": [], "head": _head(pe.kb, arch)}
-        k = 1
-        for s, depth in enumerate(pe.layout.depths):
-            b = pe.banks["stages"][s]
-            first = _take(b["first"], idx[k])
-            c_in = pe.kb.record(pe._pools[s + 1][0][idx[k]]).spec.in_channels
-            stage = {"first": (_identity(c_in), first)}
-            if depth > 1:
-                others = [_take(b["other"], i) for i in idx[k + 1:k + depth]]
-                c = pe.kb.record(pe._pools[s + 1][1][0]).spec.in_channels
-                stage["other"] = (jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[_identity(c)] * (depth - 1)),
-                                  jax.tree_util.tree_map(lambda *x: jnp.stack(x), *others))
-            st["stages"].append(stage)
-            k += depth
-        states.append(st)
-    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)
 
 
 @dataclasses.dataclass
@@ -204,19 +181,22 @@ class Bench:
                                  correct=correct), flops)
             return
         pe = PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=max(populations))
+        scored = pe.device_split(self.val)
         for P in populations:
             if self._over_budget(f"W1 jax-fused {dtype} P={P}"):
                 return
-            slots = tuple(pe._sharded(np.stack([pe.slots(a)[j] for a in archs[:P]]), True) for j in range(3))
-            states = _fused_states(pe, archs[:P])
-            vx, vy = pe._device_split(self.val)
+            idx, active, _ = pe.stacked_slots(archs[:P])
+            stitch_everywhere = active & (np.arange(active.shape[1]) > 0)  # a stitch before every block
+            slots = (idx, active, stitch_everywhere)
+            fits = pe.published_fits(archs[:P])
+            heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs[:P]])
             t = time.time()
-            jax.block_until_ready(_forward_chunk(pe.layout, protocol, pe.banks, slots, states, vx, vy))
+            pe.score_fitted(slots, fits, heads, scored)
             compile_s = time.time() - t
             times = []
             for _ in range(3):
                 t = time.time()
-                correct = jax.block_until_ready(_forward_chunk(pe.layout, protocol, pe.banks, slots, states, vx, vy))
+                correct = pe.score_fitted(slots, fits, heads, scored)
                 times.append(time.time() - t)
             dt = float(np.median(times))
             self._add(Result("W1", "jax-fused", dtype, P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
@@ -225,7 +205,7 @@ class Bench:
     def _loop_network(self, ev: Evaluator, arch):
         recs = [self.kb.record(m) for m in arch.modules]
         stitches = [None] + [_identity(r.spec.in_channels) for r in recs[1:]]
-        mean, std = ev._normalisation(recs[0].source)
+        mean, std = ev.normalisation(recs[0].source)
         return FittedNetwork(tuple(r.spec for r in recs), tuple(self.kb.module_params(m) for m in arch.modules),
                              tuple(stitches), _head(self.kb, arch), mean, std)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modulenet_jax.evaluate import Protocol
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 

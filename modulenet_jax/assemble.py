@@ -8,9 +8,7 @@ received inside its own source model for the same images, M = A^+ B with a ridge
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +36,6 @@ def fit_linear_map(a, b, ridge: float):
     return {"kernel": kernel, "bias": bias}
 
 
-fit_stitch = jax.jit(fit_linear_map)
-
-
 def apply_stitch(params, x):
     """The 1x1 convolution (with bias) of a stitch, on NHWC activations."""
     return layers.linear(x, params)
@@ -52,51 +47,47 @@ def stitch_cost(in_channels: int, out_channels: int, resolution: int) -> tuple[i
     return params, 2 * resolution * resolution * in_channels * out_channels
 
 
-@functools.partial(jax.jit, static_argnames=("op", "static", "calibrate"))
-def _run(op: str, static: tuple, params, stitch, x, calibrate: bool):
-    if stitch is not None:
-        x = apply_stitch(stitch, x)
-    return get_op(op)(params, x, calibrate=calibrate, **dict(static))
+def stitched(stitch, x, junction=True):
+    """`x` through a stitch where there is one: `junction` is True/False when known while
+    tracing, or a boolean array (one per genotype inside the fused population program)."""
+    if stitch is None or junction is False:
+        return x
+    if junction is True:
+        return apply_stitch(stitch, x)
+    return jnp.where(junction, apply_stitch(stitch, x), x)
+
+
+def run_op(op: tuple, params, x, calibrate: bool = False):
+    """One module op, `op` = (registered name, static kwargs as sorted pairs): `(y, params_used)`."""
+    name, static = op
+    return get_op(name)(params, x, calibrate=calibrate, **dict(static))
+
+
+def op_of(spec: ModuleSpec) -> tuple:
+    """The hashable op key of a module: what a compiled program is cached by."""
+    return (spec.op, spec.static)
+
+
+@functools.partial(jax.jit, static_argnames=("op", "calibrate"))
+def _run(op: tuple, params, stitch, x, calibrate: bool):
+    return run_op(op, params, stitched(stitch, x), calibrate)
 
 
 def run_module(spec: ModuleSpec, params, x, stitch=None, calibrate: bool = False):
     """(Stitch, then) one module, as one compiled call cached by op and static config only,
     so every block of the same shape shares a program whatever model it came from."""
-    return _run(spec.op, spec.static, params, stitch, x, calibrate)
-
-
-@dataclasses.dataclass(frozen=True)
-class FittedNetwork:
-    """An architecture with everything the protocol fitted: per-module params (BN statistics
-    recalibrated or as published), stitches (None where there is no junction) and the head;
-    `input_size` is the size images are resized to first (None: kept as they are)."""
-
-    specs: tuple[ModuleSpec, ...]
-    params: tuple[Any, ...]
-    stitches: tuple[Any, ...]
-    head: Any
-    mean: Any
-    std: Any
-    input_size: int | None = None
-
-    def features(self, images, dtype=jnp.float32):
-        """Pooled features of uint8 images, module by module."""
-        x = preprocess(images, self.mean, self.std, dtype, self.input_size)
-        for spec, p, st in zip(self.specs, self.params, self.stitches):
-            x, _ = run_module(spec, p, x, st)
-        return _pool(x)
-
-    def logits(self, images, dtype=jnp.float32):
-        return _head(self.head, self.features(images, dtype))
+    return _run(op_of(spec), params, stitch, x, calibrate)
 
 
 @jax.jit
-def _pool(x):
+def pool(x):
+    """Global average pooling to the head's features, accumulated in float32."""
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 @jax.jit
-def _head(head, features):
+def head_logits(head, features):
+    """A linear head `{"kernel", "bias"}` on pooled features, at full precision."""
     return jnp.dot(features, head["kernel"], precision=jax.lax.Precision.HIGHEST) + head["bias"]
 
 

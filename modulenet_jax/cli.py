@@ -184,7 +184,7 @@ def _evaluate_protocol(args, dataset, split) -> int:
 
 def cmd_fidelity(args) -> int:
     from modulenet_jax.config import load_config
-    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.protocol import Protocol
     from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
     from modulenet_jax.finetune import FinetuneConfig
     from modulenet_jax.search.runner import load_data, load_knowledge
@@ -215,7 +215,7 @@ def cmd_bench(args) -> int:
 
     from benchmarks import throughput
     from modulenet_jax.config import load_config
-    from modulenet_jax.evaluate import Protocol
+    from modulenet_jax.protocol import Protocol
     from modulenet_jax.knowledge import KnowledgeBase
     from modulenet_jax.search.runner import load_data, load_knowledge
 

@@ -19,7 +19,8 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from modulenet_jax.data import Dataset, protocol_split
-from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.finetune import FinetuneConfig, finetune
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, SearchSpace

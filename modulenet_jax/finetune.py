@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from modulenet_jax.assemble import FittedNetwork, apply_stitch, preprocess
+from modulenet_jax.assemble import apply_stitch, preprocess
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
+from modulenet_jax.protocol import FittedNetwork
 from modulenet_jax.zoo.registry import get_op
 
 

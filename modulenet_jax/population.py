@@ -1,17 +1,18 @@
-"""Evaluating a whole population of genotypes as one compiled program (the accelerator path).
+"""The fused driver of the evaluation protocol: a whole population chunk as one program.
 
 Every network of a staged space has the same skeleton: a stem, then per stage a first slot
 and up to D-1 further slots. Candidate modules of one slot share their shapes, so their
 params are stacked into a *bank* and each genotype gathers its module by index. Slots past a
-network's depth are computed and masked out (`where(active, y, x)`), junction stitches are
-solved everywhere and used only at junctions (`where(junction, stitch(x), x)`); both masks
-are exact, so one program serves every genotype of the space and `vmap` runs a population
-chunk at once. Chunks have a fixed size (the last one padded), so a search compiles once.
-The population axis is sharded over `jax.devices()`; a chunk that runs out of device memory
-is split in half and retried.
+network's depth pass their input through (`active`), and a stitch is used only at a junction
+(`junction`); both are exact masks, so one program serves every genotype of the space and
+`vmap` runs a population chunk at once. Chunks have a fixed size (the last one padded), so a
+search compiles once. The population axis is sharded over `jax.devices()`; a chunk that runs
+out of device memory is split in half and retried.
 
-`evaluate.Evaluator` is the per-module path of the same protocol (best on a CPU, where
-vmapping over different kernels is slow); both count the same correct predictions.
+The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
+`protocol.py`'s, scanned over the slots here; `evaluate.Evaluator` is the per-module driver
+of the same functions (best on a CPU, where vmapping over different kernels is slow), and both
+count the same correct predictions.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from modulenet_jax.assemble import apply_stitch, fit_linear_map, preprocess
+from modulenet_jax import protocol as core
 from modulenet_jax.data import Split
-from modulenet_jax.evaluate import Evaluation, Evaluator, Protocol, fit_logistic_head, fit_ridge_head
+from modulenet_jax.evaluate import Evaluation, Evaluator
+from modulenet_jax.protocol import EvaluationError, ModuleFit, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
-from modulenet_jax.zoo.registry import get_op
 
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
@@ -63,6 +64,18 @@ class Layout:
     def num_slots(self) -> int:
         return 1 + sum(self.depths)
 
+    def per_slot(self, vectors) -> dict:
+        """Per-slot vectors (a pytree of arrays over `num_slots`) cut into the program's
+        structure: `{"stem": v[0], "stages": [{"first": v[k], "other": v[k+1:k+depth]}, ...]}`."""
+        stages, k = [], 1
+        for depth in self.depths:
+            stage = {"first": jax.tree_util.tree_map(lambda v: v[k], vectors)}
+            if depth > 1:
+                stage["other"] = jax.tree_util.tree_map(lambda v: v[k + 1:k + depth], vectors)
+            stages.append(stage)
+            k += depth
+        return {"stem": jax.tree_util.tree_map(lambda v: v[0], vectors), "stages": stages}
+
 
 def _op_key(records) -> tuple:
     keys = {(r.spec.op, r.spec.static) for r in records}
@@ -71,143 +84,104 @@ def _op_key(records) -> tuple:
     return keys.pop()
 
 
-def _run_op(key, params, x, calibrate):
-    op, static = key
-    return get_op(op)(params, x, calibrate=calibrate, **dict(static))
-
-
 def _take(bank, i):
     return jax.tree_util.tree_map(lambda a: a[i], bank)
 
 
-def _slot_fit(key, bank, targets, i, active, junction, x, protocol: Protocol):
-    """Fit one slot on the fit activations: stitch (used at a junction), BN statistics."""
-    params = _take(bank, i)
-    stitch = None
-    x_in = x
-    if protocol.stitch:
-        stitch = fit_linear_map(x[:protocol.stitch_images], targets[i], protocol.stitch_ridge)
-        x_in = jnp.where(junction, apply_stitch(stitch, x), x)
-    y, used = _run_op(key, params, x_in, protocol.bn == "recalibrate")
-    return (y if active is None else jnp.where(active, y, x)), (stitch, used)
-
-
-def _slot_apply(key, stitch, used, active, junction, x, protocol: Protocol):
-    x_in = x if stitch is None else jnp.where(junction, apply_stitch(stitch, x), x)
-    y, _ = _run_op(key, used, x_in, False)
-    return y if active is None else jnp.where(active, y, x)
-
-
-def _stitch_pass(layout: Layout, protocol: Protocol, banks, slots, x, recalibrate: bool):
-    """Runs the fitting images through every slot, solving stitches (and BN statistics)."""
-    idx, active, junction = slots
-    x, stem_used = _run_op(layout.stem_op, _take(banks["stem"], idx[0]), x, recalibrate)
-    state = {"stem": stem_used, "stages": []}
-    k = 1
+def walk(layout: Layout, per_slot: dict, carry, visit: Callable):
+    """`visit(op, slot, data, carry) -> (carry, out)` over every slot in forward order: the
+    stem, then per stage its first slot and a `lax.scan` over the others. `slot` names the
+    slot kind ("stem", "first", "other") with its stage; `per_slot` holds each slot's data in
+    `Layout.per_slot`'s structure, and the outputs come back in that structure."""
+    carry, stem = visit(layout.stem_op, ("stem", 0), per_slot["stem"], carry)
+    stages = []
     for s, depth in enumerate(layout.depths):
-        b = banks["stages"][s]
-        # a stage's first slot is always active (depth >= 1) and may change the shape
-        x, first = _slot_fit(layout.first_ops[s], b["first"], b["first_targets"], idx[k], None, junction[k],
-                             x, protocol)
+        data = per_slot["stages"][s]
+        carry, first = visit(layout.first_ops[s], ("first", s), data["first"], carry)
         stage = {"first": first}
         if depth > 1:
-            def body(x, sl, s=s, b=b):
-                i, a, j = sl
-                return _slot_fit(layout.other_ops[s], b["other"], b["other_targets"], i, a, j, x, protocol)
+            def body(c, d, s=s):
+                return visit(layout.other_ops[s], ("other", s), d, c)
 
-            x, stage["other"] = jax.lax.scan(body, x, (idx[k + 1:k + depth], active[k + 1:k + depth],
-                                                       junction[k + 1:k + depth]))
-        state["stages"].append(stage)
-        k += depth
-    return x, state
+            carry, stage["other"] = jax.lax.scan(body, carry, data["other"])
+        stages.append(stage)
+    return carry, {"stem": stem, "stages": stages}
 
 
-def batched(fn, arrays, batch_size: int):
-    """`fn` over fixed-size batches of `arrays` (axis 0) with `lax.map`; the last batch is padded
-    by repeating the last row, and the padded outputs are cut off again."""
-    n = arrays[0].shape[0]
-    nb = -(-n // batch_size)
-    pad = nb * batch_size - n
-    def prep(a):
-        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-        return a.reshape((nb, batch_size) + a.shape[1:])
-    out = jax.lax.map(fn, tuple(prep(a) for a in arrays))
-    return jax.tree_util.tree_map(lambda o: o.reshape((nb * batch_size,) + o.shape[2:])[:n], out)
+def _bank(banks, kind: str, stage: int):
+    return banks["stem"] if kind == "stem" else banks["stages"][stage][kind]
+
+
+def _masks(kind: str, active, junction):
+    """The stem reads the image (never a junction); the stem and a stage's first slot are
+    always active (a first slot may change the shape, so it has no pass-through)."""
+    return (active if kind == "other" else None), (False if kind == "stem" else junction)
 
 
 def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slots, images, labels):
-    """One genotype: fit stitches, BN statistics and head on the fit images; returns the fitted state.
-
-    `slots` = (idx, active, junction), each a vector over the layout's slots. As in
-    `Evaluator.fit`: stitches are solved on the first `stitch_images`; with BN recalibration
-    every fit image passes every slot at once, otherwise the head's features are computed in
-    batches with the fitted stitches.
-    """
+    """One genotype through the protocol on the fit images: `(fits, head, finite)`, the
+    `ModuleFit` of every slot in `Layout.per_slot`'s structure. `slots` = (idx, active,
+    junction), each a vector over the layout's slots."""
     idx = slots[0]
     mean, std = banks["mean"][idx[0]], banks["std"][idx[0]]
-    recalibrate = protocol.bn == "recalibrate"
-    first = images if recalibrate else images[:protocol.stitch_images]
-    x, state = _stitch_pass(layout, protocol, banks, slots, preprocess(first, mean, std, protocol.jnp_dtype, protocol.input_size),
-                            recalibrate)
-    if recalibrate:
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    else:
-        features = batched(lambda b: network_features(layout, protocol, banks, slots, state, b[0]), (images,),
-                           protocol.batch_size)
-    if protocol.head == "ridge":
-        state["head"] = fit_ridge_head(features, labels, num_classes, protocol.head_ridge)
-    else:
-        state["head"] = fit_logistic_head(features, labels, num_classes, protocol.head_l2, protocol.head_steps)
-    return state
+
+    def visit(op, slot, data, state):
+        i, active, junction = data
+        bank = _bank(banks, *slot)
+        active, junction = _masks(slot[0], active, junction)
+        target = None if bank["targets"] is None else bank["targets"][i]
+        return core.step(protocol, op, _take(bank["params"], i), state, target, junction, active)
+
+    state, fits = walk(layout, layout.per_slot(tuple(slots)), core.start(protocol, images, mean, std), visit)
+    head = core.finish(protocol, state, labels, num_classes)
+    if protocol.stitch_steps:
+        x = core.prepare(protocol, images[:protocol.stitch_images], mean, std)
+        fits, head = core.tune(protocol, functools.partial(network_logits, layout, slots), fits, head, x,
+                               labels[:protocol.stitch_images])
+    return fits, head, core.fit_is_finite(fits, head)
 
 
-def network_features(layout: Layout, protocol: Protocol, banks, slots, state, images):
-    """Pooled features of images through a fitted network (stitches, BN statistics)."""
-    idx, active, junction = slots
-    x = preprocess(images, banks["mean"][idx[0]], banks["std"][idx[0]], protocol.jnp_dtype, protocol.input_size)
-    x, _ = _run_op(layout.stem_op, state["stem"], x, False)
-    k = 1
-    for s, depth in enumerate(layout.depths):
-        st, used = state["stages"][s]["first"]
-        x = _slot_apply(layout.first_ops[s], st, used, None, junction[k], x, protocol)
-        if depth > 1:
-            def body(x, sl, s=s):
-                (st, used), a, j = sl
-                return _slot_apply(layout.other_ops[s], st, used, a, j, x, protocol), None
+def network_logits(layout: Layout, slots, fits, head, x):
+    """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure) on preprocessed images."""
+    def visit(op, slot, data, x):
+        fit, active, junction = data
+        active, junction = _masks(slot[0], active, junction)
+        return core.apply_module(op, fit, x, junction, active), None
 
-            x, _ = jax.lax.scan(body, x, (state["stages"][s]["other"], active[k + 1:k + depth],
-                                          junction[k + 1:k + depth]))
-        k += depth
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    masks = layout.per_slot(tuple(slots[1:]))
+    data = {"stem": (fits["stem"],) + masks["stem"],
+            "stages": [{k: (f[k],) + m[k] for k in m} for f, m in zip(fits["stages"], masks["stages"])]}
+    x, _ = walk(layout, data, x, visit)
+    return core.head_logits(head, core.pool(x))
 
 
-def count_correct(layout, protocol, banks, slots, state, images, labels):
-    """(correct predictions, all logits finite) over a split held on the device."""
+def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid):
+    """(correct predictions, all logits finite) over a split held on the device in
+    `pad_batches` form: batch by batch through the fitted network."""
+    mean, std = banks["mean"][slots[0][0]], banks["std"][slots[0][0]]
+
     def one(batch):
-        x, y = batch
-        f = network_features(layout, protocol, banks, slots, state, x)
-        logits = jnp.dot(f, state["head"]["kernel"], precision=jax.lax.Precision.HIGHEST) + state["head"]["bias"]
-        return jnp.argmax(logits, -1) == y, jnp.all(jnp.isfinite(logits), axis=-1)
+        x, y, v = batch
+        return core.score_logits(network_logits(layout, slots, fits, head, core.prepare(protocol, x, mean, std)), y, v)
 
-    hits, finite = batched(one, (images, labels), protocol.batch_size)
+    hits, finite = jax.lax.map(one, (images, labels, valid))
     return jnp.sum(hits), jnp.all(finite)
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes"))
-def _evaluate_chunk(layout, protocol, num_classes, banks, slots, fit_x, fit_y, val_x, val_y):
+def _evaluate_chunk(layout, protocol, num_classes, banks, slots, fit_x, fit_y, images, labels, valid):
     def one(slots):
-        state = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y)
-        correct, finite = count_correct(layout, protocol, banks, slots, state, val_x, val_y)
-        ok = finite & jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(state)]))
-        return correct, ok
+        fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y)
+        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid)
+        return correct, finite & fit_ok
     return jax.vmap(one)(slots)
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol"))
-def _forward_chunk(layout, protocol, banks, slots, states, val_x, val_y):
-    def one(slots, state):
-        return count_correct(layout, protocol, banks, slots, state, val_x, val_y)[0]
-    return jax.vmap(one)(slots, states)
+def _score_chunk(layout, protocol, banks, slots, fits, heads, images, labels, valid):
+    def one(slots, fits, head):
+        return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid)
+    return jax.vmap(one)(slots, fits, heads)
 
 
 class PopulationEvaluator:
@@ -215,46 +189,47 @@ class PopulationEvaluator:
 
     `chunk_size` genotypes run per compiled call (None: chosen from the device's free memory);
     `devices` defaults to `jax.devices()`. The per-module `Evaluator` it wraps supplies the
-    stitch targets, the costs and the split handling, so both paths share one protocol.
+    stitch targets, the normalisation and the costs.
     """
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None):
-        if protocol.stitch_steps:
-            raise ValueError("the fused population path fits stitches in closed form only; "
-                             "protocol.stitch_steps > 0 needs evaluate.Evaluator")
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
         self.evaluator = evaluator or Evaluator(space.kb, protocol, fit)
         self.devices = list(devices or jax.devices())
         self.mesh = Mesh(np.array(self.devices), ("pop",))
-        self.layout, self.banks, self._pools = self._build_banks()
+        self.layout, self.banks, self.pools = self._build_banks()
         self.chunk_size = chunk_size or self._chunk_from_memory()
         self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
         self._run_chunk: Callable = self._evaluate_chunk_on_device
 
     # -- banks ------------------------------------------------------------------------------
 
+    def _bank(self, records) -> dict:
+        """The stacked params of a slot's candidates and (with stitches) their stitch targets."""
+        targets = None
+        if self.protocol.stitch:
+            targets = jnp.stack([self.evaluator.source_inputs(r.source)[r.spec.name] for r in records])
+        return {"params": _stack([self.kb.module_params(r.id) for r in records]), "targets": targets}
+
     def _build_banks(self):
-        kb, space = self.kb, self.space
+        space = self.space
         stems = space.stems
-        targets_of = lambda recs: jnp.stack([self.evaluator.source_inputs(r.source)[r.spec.name] for r in recs])
-        banks = {"stem": _stack([kb.module_params(r.id) for r in stems]),
-                 "mean": jnp.stack([self.evaluator._normalisation(r.source)[0] for r in stems]),
-                 "std": jnp.stack([self.evaluator._normalisation(r.source)[1] for r in stems]),
-                 "stages": []}
+        norms = [self.evaluator.normalisation(r.source) for r in stems]
+        banks = {"stem": {"params": _stack([self.kb.module_params(r.id) for r in stems]), "targets": None},
+                 "mean": jnp.stack([m for m, _ in norms]), "std": jnp.stack([s for _, s in norms]), "stages": []}
         first_ops, other_ops, depths, pools = [], [], [], {"stem": [r.id for r in stems]}
         for s in range(1, space.num_stages + 1):
             first, other = space.first_choices[s], space.other_choices[s]
             depth = space.depth_range[s][1]
-            stage = {"first": _stack([kb.module_params(r.id) for r in first]), "first_targets": targets_of(first)}
-            # stage 1 of a plain ResNet has no transition: its first and further slots share one pool
+            stage = {"first": self._bank(first)}
             first_ops.append(_op_key(first))
             if depth > 1:
+                # stage 1 of a plain ResNet has no transition: its first and further slots share one pool
                 same = [r.id for r in other] == [r.id for r in first]
-                stage["other"] = stage["first"] if same else _stack([kb.module_params(r.id) for r in other])
-                stage["other_targets"] = stage["first_targets"] if same else targets_of(other)
+                stage["other"] = stage["first"] if same else self._bank(other)
                 other_ops.append(_op_key(other))
             else:
                 other_ops.append(None)
@@ -268,7 +243,7 @@ class PopulationEvaluator:
         """(index, active, junction) of every slot of the layout for one network."""
         n = self.layout.num_slots
         idx, active, junction = np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, bool)
-        idx[0], active[0] = self._pools["stem"].index(arch.modules[0]), True
+        idx[0], active[0] = self.pools["stem"].index(arch.modules[0]), True
         stage_of = [self.kb.record(m).spec.stage for m in arch.modules]
         junctions = arch.junctions(self.kb)
         k = 1
@@ -276,7 +251,7 @@ class PopulationEvaluator:
             members = [i for i, st in enumerate(stage_of) if st == s]
             if not 1 <= len(members) <= depth:
                 raise ValueError(f"{arch.describe()}: stage {s} has {len(members)} blocks; the layout holds 1..{depth}")
-            first, other = self._pools[s]
+            first, other = self.pools[s]
             for p, i in enumerate(members):
                 pool = first if p == 0 else other
                 if arch.modules[i] not in pool:
@@ -285,6 +260,34 @@ class PopulationEvaluator:
             k += depth
         return idx, active, junction
 
+    def stacked_slots(self, archs: Sequence[Architecture]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`slots` of many networks, stacked on a leading population axis."""
+        per = [self.slots(a) for a in archs]
+        return tuple(np.stack([p[j] for p in per]) for j in range(3))
+
+    def published_fits(self, archs: Sequence[Architecture]):
+        """Per network, every slot's module with its published params and an identity stitch
+        (used only at the network's junctions), in the program's structure, stacked over
+        `archs`: a fitted state for timing the forward pass alone (`score_fitted`)."""
+        def identity(width: int, n: int | None = None):
+            eye = {"kernel": jnp.eye(width), "bias": jnp.zeros((width,))}
+            return eye if n is None else jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), eye)
+
+        def one(arch):
+            per = self.layout.per_slot(self.slots(arch)[0])
+            out = {"stem": ModuleFit(_take(self.banks["stem"]["params"], per["stem"]), None), "stages": []}
+            for s, (bank, data) in enumerate(zip(self.banks["stages"], per["stages"]), start=1):
+                first, other = self.pools[s]
+                stage = {"first": ModuleFit(_take(bank["first"]["params"], data["first"]),
+                                            identity(self.kb.record(first[0]).spec.in_channels))}
+                if "other" in data:
+                    stage["other"] = ModuleFit(_take(bank["other"]["params"], data["other"]),
+                                               identity(self.kb.record(other[0]).spec.in_channels, len(data["other"])))
+                out["stages"].append(stage)
+            return out
+
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[one(a) for a in archs])
+
     # -- chunks ------------------------------------------------------------------------------
 
     def _per_genotype_bytes(self) -> int:
@@ -292,8 +295,7 @@ class PopulationEvaluator:
         itemsize = 2 if p.dtype == "bfloat16" else 4
         widest = max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
         live = 8  # activations alive at once in a block: input, stitched input, two convs, BN, targets
-        fitting = p.fit_images if p.bn == "recalibrate" else p.stitch_images
-        fit = fitting * widest * 4 * live
+        fit = p.fit_images * widest * 4 * live  # the fit pass, or the head's feature batches
         val = p.batch_size * widest * itemsize * live
         return fit + val
 
@@ -311,25 +313,39 @@ class PopulationEvaluator:
         array = np.asarray(array)
         return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
-    def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, val_x, val_y):
-        slots = tuple(self._sharded(a, True) for a in slots)
-        correct, ok = _evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, self.banks, slots,
-                                      fit_x, fit_y, val_x, val_y)
+    def device_split(self, split: Split) -> tuple:
+        """A split on the devices (replicated) in `protocol.pad_batches` form: images, labels, valid."""
+        return tuple(self._sharded(a, False) for a in core.pad_batches(self.protocol.batch_size, split.images,
+                                                                         split.labels))
+
+    def _gathered(self, *arrays):
         if jax.process_count() > 1:  # results sharded over hosts: every process gets all of them
             from jax.experimental import multihost_utils
 
-            correct, ok = multihost_utils.process_allgather((correct, ok), tiled=True)
-        return np.asarray(jax.device_get(correct)), np.asarray(jax.device_get(ok))
+            arrays = multihost_utils.process_allgather(arrays, tiled=True)
+        return tuple(np.asarray(jax.device_get(a)) for a in arrays)
 
-    def _device_split(self, split: Split):
-        return self._sharded(split.images, False), self._sharded(split.labels, False)
+    def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, scored):
+        slots = tuple(self._sharded(a, True) for a in slots)
+        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, self.banks,
+                                               slots, fit_x, fit_y, *scored))
+
+    def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
+        """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
+        stacked `heads`) on a `device_split`: the forward pass alone, one program."""
+        slots = tuple(self._sharded(a, True) for a in slots)
+        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, self.banks, slots, fits, heads,
+                                                       *scored))
+        if not finite.all():
+            raise EvaluationError("non-finite logits")
+        return correct
 
     def evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """Evaluations of many networks (same order), chunk by chunk."""
         slots = [self.slots(a) for a in archs]
         fit_x = self._sharded(np.asarray(self.evaluator.fit_images), False)
         fit_y = self._sharded(np.asarray(self.evaluator.fit_labels), False)
-        val_x, val_y = self._device_split(split)
+        scored = self.device_split(split)
         correct = np.zeros(len(archs), np.int64)
         start = 0
         while start < len(archs):
@@ -338,7 +354,7 @@ class PopulationEvaluator:
             chunk = chunk + [chunk[-1]] * pad
             stacked = tuple(np.stack([c[j] for c in chunk]) for j in range(3))
             try:
-                c, ok = self._run_chunk(stacked, fit_x, fit_y, val_x, val_y)
+                c, ok = self._run_chunk(stacked, fit_x, fit_y, scored)
             except Exception as e:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
                 if not any(m in str(e) for m in OOM_MARKERS) or self.chunk_size <= len(self.devices):
                     raise
@@ -347,8 +363,6 @@ class PopulationEvaluator:
             n = self.chunk_size - pad
             if not ok[:n].all():
                 bad = [archs[start + i].describe() for i in np.flatnonzero(~ok[:n])]
-                from modulenet_jax.evaluate import EvaluationError
-
                 raise EvaluationError(f"non-finite values while evaluating {bad[0]} (and {len(bad) - 1} more)")
             correct[start:start + n] = c[:n]
             start += n

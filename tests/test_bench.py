@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from modulenet_jax.evaluate import Protocol
+from modulenet_jax.protocol import Protocol
 
 pytest.importorskip("torch")
 from benchmarks import throughput  # noqa: E402

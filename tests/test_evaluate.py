@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from modulenet_jax.assemble import fit_linear_map
-from modulenet_jax.evaluate import EvaluationError, Evaluator, Protocol, fit_logistic_head, fit_ridge_head
+from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
+from modulenet_jax.protocol import EvaluationError, Protocol
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo import layers
@@ -122,8 +124,8 @@ def _sharing_population(tiny_kb):
 
 def _counting_steps(monkeypatch) -> list:
     steps = []
-    step = Evaluator._step
-    monkeypatch.setattr(Evaluator, "_step", lambda self, *a: steps.append(a[1]) or step(self, *a))
+    step = Evaluator.step
+    monkeypatch.setattr(Evaluator, "step", lambda self, *a: steps.append(a[1]) or step(self, *a))
     return steps
 
 

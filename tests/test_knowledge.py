@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from modulenet_jax import zoo
-from modulenet_jax.assemble import FittedNetwork, preprocess
+from modulenet_jax.assemble import preprocess
+from modulenet_jax.protocol import FittedNetwork
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 from tests.conftest import random_models

@@ -10,7 +10,8 @@ import pytest
 from modulenet_jax import zoo
 from modulenet_jax.config import load_config
 from modulenet_jax.data import Dataset, Split
-from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.search.runner import Run, make_space, search
@@ -180,12 +181,22 @@ def test_search_runs_on_the_mixed_space(kb, tmp_path):
         assert set(rec) >= {"error", "params", "flops", "modules"}
 
 
-def test_levels_are_crossover_groups_and_the_loop_evaluates_them(kb):
-    from modulenet_jax.search.runner import choose_strategy
+def test_levels_are_crossover_groups_and_the_loop_evaluates_them(kb, monkeypatch):
+    """A mixed space cannot be fused: where `auto` would pick the fused program (an
+    accelerator), it falls back to the per-module path and says why; `fused` is refused."""
+    import ml_collections
+
+    from modulenet_jax.search import runner
 
     space = MixedSpace(kb, max_depth=2)
     assert [g.stage for g in space.genes if g.kind == "stem"] == [0]
     assert {g.stage for g in space.genes if g.kind != "stem"} == set(range(1, len(space.levels) + 1))
-    assert choose_strategy("auto", space) == "loop"
-    with pytest.raises(ValueError, match="needs a staged space"):
-        choose_strategy("fused", space)
+    monkeypatch.setattr(runner, "choose_strategy", lambda strategy: "fused")  # as on a GPU
+    config = ml_collections.ConfigDict({"evaluator": {"strategy": "auto", "chunk_size": None}})
+    logged = []
+    assert runner.make_population(config, space, None, None, None, logged.append) is None
+    assert logged == ["evaluating module by module: the fused program cannot run this space "
+                      "(a mixed-family space has slots whose candidates differ in shape)"]
+    config.evaluator.strategy = "fused"
+    with pytest.raises(ValueError, match="evaluator.strategy=fused cannot run this space"):
+        runner.make_population(config, space, None, None, None, logged.append)

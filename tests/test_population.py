@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from modulenet_jax.data import protocol_split
-from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.population import PopulationEvaluator
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -28,14 +29,50 @@ def _setup(kb, dataset, granularity="block", protocol=PROTOCOL, n=6, seed=0):
     return space, fit, archs, protocol_split(dataset, "val")
 
 
-@pytest.mark.parametrize("bn", ["source", "recalibrate"])
-def test_population_equals_one_by_one(tiny_kb, tiny_dataset, bn):
-    protocol = Protocol(**{**PROTOCOL.__dict__, "bn": bn})
-    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, protocol=protocol)
-    loop = Evaluator(tiny_kb, protocol, fit)
+# Protocol variants both drivers must agree on (fields not named keep PROTOCOL's values).
+VARIANTS = {
+    "logistic+stitch+recalibrate": {},
+    "ridge+stitch+source": {"head": "ridge", "bn": "source"},
+    "logistic+plain+source": {"stitch": False, "bn": "source"},
+    "ridge+plain+recalibrate": {"head": "ridge", "stitch": False},
+    "tuned-stitches+source": {"stitch_steps": 2, "bn": "source", "stitch_images": 32},
+}
+
+
+def _both_paths(kb, dataset, protocol):
+    space, fit, archs, val = _setup(kb, dataset, protocol=protocol, n=4)
+    loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
     fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop).evaluate(archs, val)
+    return fused, one_by_one
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_population_equals_one_by_one(tiny_kb, tiny_dataset, variant):
+    """The fused program and the per-module path are two drivers of one protocol: in fp32 they
+    count exactly the same correct predictions, for every head, stitch and BN setting."""
+    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]}))
     assert fused == one_by_one
+
+
+def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):
+    """`protocol.input_size`: 32 px images resized to the 40 px the sources were cut at, on both paths."""
+    from modulenet_jax.knowledge import KnowledgeBase
+    from tests.conftest import random_models
+
+    kb = KnowledgeBase.build(random_models(), input_size=40)
+    fused, one_by_one = _both_paths(kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "input_size": 40}))
+    assert fused == one_by_one
+    assert kb.record(kb.modules_of("cifar_resnet8")[0].id).input_resolution == 40
+
+
+def test_population_in_bfloat16_stays_close_to_one_by_one(tiny_kb, tiny_dataset):
+    """bf16 rounds differently in the two programs (fusion changes where values are rounded to
+    bf16): the correct counts may differ, by at most 2 of 64 images per network here."""
+    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "dtype": "bfloat16"}))
+    diffs = [abs(f.correct - o.correct) for f, o in zip(fused, one_by_one)]
+    assert max(diffs) <= 2, diffs
+    assert [(f.params, f.flops) for f in fused] == [(o.params, o.flops) for o in one_by_one]
 
 
 def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):

@@ -8,9 +8,10 @@ import optax
 import pytest
 
 from modulenet_jax import zoo
-from modulenet_jax.assemble import apply_stitch, fit_linear_map, fit_stitch, preprocess
+from modulenet_jax.assemble import apply_stitch, fit_linear_map, op_of, preprocess
 from modulenet_jax.data import Split
-from modulenet_jax.evaluate import Evaluator, Protocol
+from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.protocol import ModuleFit, Protocol, chain_logits
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 from modulenet_jax.tune import optimizer, tune_stitches
@@ -24,7 +25,7 @@ def test_stitch_recovers_a_known_linear_map(c_out, c_in):
     m = jax.random.normal(km, (c_out, c_in))
     b = jax.random.normal(kb, (c_in,))
     target = jnp.einsum("nhwc,cd->nhwd", a, m, precision="highest") + b
-    stitch = fit_stitch(a, target, 0.0)
+    stitch = fit_linear_map(a, target, 0.0)
     assert stitch["kernel"].shape == (c_out, c_in) and stitch["bias"].shape == (c_in,)
     np.testing.assert_allclose(np.asarray(stitch["kernel"]), np.asarray(m), atol=2e-4)
     np.testing.assert_allclose(np.asarray(stitch["bias"]), np.asarray(b), atol=2e-4)
@@ -75,8 +76,14 @@ def test_tuning_lowers_the_loss_and_leaves_modules_alone(two_sources):
     fit = _split(64)
     fitted = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source"), fit).fit(arch)
     x = preprocess(jnp.asarray(fit.images), fitted.mean, fitted.std)
-    stitches, head, losses = tune_stitches(fitted.specs, fitted.params, fitted.stitches, fitted.head, x,
-                                           jnp.asarray(fit.labels), steps=20, learning_rate=1e-3)
+    ops, junctions = tuple(op_of(s) for s in fitted.specs), tuple(s is not None for s in fitted.stitches)
+
+    def forward(params, stitches, head, x):
+        return chain_logits(ops, junctions, [ModuleFit(p, s) for p, s in zip(params, stitches)], head, x)
+
+    stitches, head, losses = jax.jit(tune_stitches, static_argnames=("forward", "steps"))(
+        forward, fitted.params, fitted.stitches, fitted.head, x, jnp.asarray(fit.labels), steps=20,
+        learning_rate=1e-3)
     assert losses.shape == (21,) and float(losses[-1]) < float(losses[0])
     assert stitches[0] is None and all(s is not None for s in stitches[1:])
     assert not np.allclose(np.asarray(stitches[1]["kernel"]), np.asarray(fitted.stitches[1]["kernel"]))

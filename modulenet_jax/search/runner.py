@@ -22,10 +22,11 @@ import numpy as np
 
 from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
-from modulenet_jax.evaluate import PREFIX_MEMORY_MB, Evaluation, Evaluator, Protocol, evaluate_published
+from modulenet_jax.evaluate import PREFIX_MEMORY_MB, Evaluation, Evaluator, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
-from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.population import FusionError, PopulationEvaluator
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
@@ -106,20 +107,34 @@ def load_data(cfg) -> Dataset:
 STRATEGIES = ("auto", "loop", "fused")
 
 
-def choose_strategy(strategy: str, space=None, protocol: Protocol | None = None) -> str:
+def choose_strategy(strategy: str) -> str:
     """`auto`: the fused population program on accelerators, one call per module on a CPU
-    (where vmapping over different kernels is slower than a loop). The fused program needs a
-    staged space (its slots' candidates share shapes) and closed-form stitches: a mixed space
-    or `protocol.stitch_steps > 0` takes the loop under `auto` and is refused under `fused`."""
+    (where vmapping over different kernels is slower than a loop)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
-    fusable = not isinstance(space, MixedSpace) and not (protocol is not None and protocol.stitch_steps)
-    if strategy == "fused" and not fusable:
-        raise ValueError("evaluator.strategy=fused needs a staged space and protocol.stitch_steps=0; "
-                         "use loop (or auto)")
     if strategy == "auto":
-        return "loop" if jax.devices()[0].platform == "cpu" or not fusable else "fused"
+        return "loop" if jax.devices()[0].platform == "cpu" else "fused"
     return strategy
+
+
+def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator,
+                    log: Callable[[str], None] = print) -> PopulationEvaluator | None:
+    """The fused population evaluator the config's `evaluator.strategy` asks for, or None for
+    the per-module path. The fused program needs a staged space whose slot candidates share
+    their shapes and ops: under `auto` another space falls back to the per-module path (the
+    reason logged), under `fused` it is an error."""
+    strategy = config.evaluator.strategy
+    if choose_strategy(strategy) != "fused":
+        return None
+    try:
+        if isinstance(space, MixedSpace):
+            raise FusionError("a mixed-family space has slots whose candidates differ in shape")
+        return PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size, evaluator=evaluator)
+    except FusionError as e:
+        if strategy == "fused":
+            raise ValueError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
+        log(f"evaluating module by module: the fused program cannot run this space ({e})")
+        return None
 
 
 @dataclasses.dataclass
@@ -161,7 +176,8 @@ class Run:
                 yield start + i, ev, seconds
 
     @classmethod
-    def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None) -> "Run":
+    def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None,
+                    log: Callable[[str], None] = print) -> "Run":
         kb = kb or load_knowledge(config.knowledge)
         dataset = dataset or load_data(config.data)
         protocol = Protocol(**config.protocol.to_dict())
@@ -171,10 +187,7 @@ class Run:
         algorithm = make_algorithm(space, config.search, config.seed)
         prefix_memory = int(config.evaluator.get("prefix_memory_mb", PREFIX_MEMORY_MB)) << 20
         evaluator = Evaluator(kb, protocol, fit, prefix_memory=prefix_memory)
-        population = None
-        if choose_strategy(config.evaluator.strategy, space, protocol) == "fused":
-            population = PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size,
-                                             evaluator=evaluator)
+        population = make_population(config, space, protocol, fit, evaluator, log)
         return cls(config, kb, space, evaluator, algorithm, dataset, val, tuple(config.search.objectives),
                    population)
 
@@ -345,7 +358,7 @@ def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, o
 
 def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = print) -> dict:
     """Search, then the final table and the plot: the main job."""
-    run = Run.from_config(config)
+    run = Run.from_config(config, log=log)
     log(f"space: {run.space.describe()}")
     result = search(run, out_dir, resume, log)
     rows = final_table(run, result["front"], out_dir, log)

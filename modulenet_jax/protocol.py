@@ -1,0 +1,340 @@
+"""The evaluation protocol, defined once: pure functions over a state pytree.
+
+A candidate network is scored without tuning its convolutions. Module by module, in forward
+order (`step`): at a junction a 1x1 stitch is solved by ridge least squares towards the input
+the module saw in its own source (`source_inputs`), BatchNorm statistics are recalibrated on
+the fit images (or kept as published), and the fit activations, the head's feature batches
+and any scored batches move one module on. Then `finish` fits the classifier head on pooled
+features (and `tune` optionally trains the stitches and the head by a few Adam steps), and
+`score_batch` counts correct predictions of a held-out batch.
+
+In optax's `(init, update)` spirit: `start` makes the `State`, `step` updates it. Two drivers
+run these same functions: `evaluate.Evaluator` (one compiled call per op, walking the
+shared-prefix schedule; CPUs) and `population.PopulationEvaluator` (the step scanned over
+slots and vmapped over a population chunk; accelerators). A protocol variant written here
+reaches both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modulenet_jax.assemble import fit_linear_map, head_logits, op_of, pool, preprocess, run_module, run_op, stitched
+from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
+from modulenet_jax.tune import tune_stitches
+
+BN_MODES = ("source", "recalibrate")
+HEADS = ("ridge", "logistic")
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation that produced non-finite values (a NaN fitness is never reported)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a candidate is scored. Every field is a setting of the config's `protocol` block.
+
+    - `stitch`: fit a 1x1 stitch at every junction (False: modules meet as they are);
+    - `stitch_images`: how many fit images the stitches are solved on (<= `fit_images`);
+    - `stitch_ridge`: relative ridge penalty of the stitch solves;
+    - `bn`: `source` keeps each module's published BatchNorm statistics, `recalibrate`
+      replaces them, module by module, with the statistics of the fit images;
+    - `head`: `ridge` (closed form, penalty `head_ridge`) or `logistic` (L-BFGS, `head_steps`
+      iterations, L2 penalty `head_l2` on standardised features);
+    - `fit_images`: train images used for BatchNorm and the head (the stitches use the first
+      `stitch_images` of them);
+    - `batch_size`: images per compiled call when scoring (and for the head's features
+      without recalibration);
+    - `dtype`: `float32`, or `bfloat16` convolutions and products with fp32 accumulation
+      (stitch solves, BN statistics and the head stay in fp32);
+    - `stitch_steps`: after the least-squares fits, Adam steps (learning rate `stitch_lr`) on
+      the stitches and the head together, on the cross-entropy of the first `stitch_images`
+      fit images, every module param frozen (see `tune.py`); 0 (the default) keeps the
+      closed-form fits;
+    - `input_size`: resize the (normalised) images to this size before the first module, for
+      sources trained at another resolution (e.g. torchvision's 224 px models on 32 px
+      CIFAR); None (the default) feeds them as they are.
+    """
+
+    stitch: bool = True
+    stitch_images: int = 512
+    stitch_ridge: float = 1e-3
+    bn: str = "recalibrate"
+    head: str = "logistic"
+    head_l2: float = 1e-3
+    head_ridge: float = 1e-3
+    head_steps: int = 100
+    fit_images: int = 2048
+    batch_size: int = 500
+    dtype: str = "float32"
+    stitch_steps: int = 0
+    stitch_lr: float = 1e-3
+    input_size: int | None = None
+
+    def __post_init__(self):
+        if self.bn not in BN_MODES:
+            raise ValueError(f"protocol.bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"protocol.head must be one of {HEADS}, got {self.head!r}")
+        if not 0 < self.stitch_images <= self.fit_images:
+            raise ValueError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
+                             f"got {self.stitch_images}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.batch_size < 1 or self.head_steps < 1:
+            raise ValueError("protocol.batch_size and protocol.head_steps must be positive")
+        if self.stitch_steps < 0 or not self.stitch_lr > 0:
+            raise ValueError(f"protocol.stitch_steps must be >= 0 and protocol.stitch_lr > 0, got "
+                             f"{self.stitch_steps} and {self.stitch_lr}")
+        if self.input_size is not None and self.input_size < 1:
+            raise ValueError(f"protocol.input_size must be None or positive, got {self.input_size}")
+
+    @property
+    def jnp_dtype(self):
+        return jnp.float32 if self.dtype == "float32" else jnp.bfloat16
+
+    @property
+    def recalibrate(self) -> bool:
+        return self.bn == "recalibrate"
+
+
+class ModuleFit(NamedTuple):
+    """What the protocol fitted for one module: its params as used (BatchNorm statistics
+    recalibrated or as published) and the junction stitch before it (None: no stitch)."""
+
+    params: Any
+    stitch: Any
+
+
+class State(NamedTuple):
+    """The protocol part-way through a network: activations after its first modules.
+
+    `fit`: the fit pass, what stitches and BN statistics are fitted on (every fit image with
+    BN recalibration, else the first `stitch_images`); `features`: without recalibration,
+    every fit image in fixed-size batches (the head's features); `scored`: batches of a split
+    carried along to be scored at the end (empty: the driver scores afterwards)."""
+
+    fit: jax.Array
+    features: tuple = ()
+    scored: tuple = ()
+
+
+def prepare(protocol: Protocol, images, mean, std):
+    """uint8 images -> the first module's input: normalised, resized, in the protocol's dtype."""
+    return preprocess(images, mean, std, protocol.jnp_dtype, protocol.input_size)
+
+
+def pad_batches(batch_size: int, *arrays):
+    """`arrays` (same length on axis 0) as fixed-size batches `(nb, batch_size, ...)`, the last
+    one padded with zeros, and `valid` `(nb, batch_size)` marking the real rows: every batch
+    has one shape, so each program compiles once. numpy in, numpy out; jax in, jax out."""
+    n = len(arrays[0])
+    nb = max(1, -(-n // batch_size))
+    pad = nb * batch_size - n
+    xp = np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+
+    def one(a):
+        if pad:
+            a = xp.concatenate([a, xp.zeros((pad,) + a.shape[1:], a.dtype)])
+        return a.reshape((nb, batch_size) + a.shape[1:])
+
+    return (*map(one, arrays), (xp.arange(nb * batch_size) < n).reshape(nb, batch_size))
+
+
+def source_inputs(protocol: Protocol, kb, source: str, fit_images) -> dict:
+    """{module name: the input it receives inside `source`} on the stitch images: the targets
+    of the stitches (B in `fit_linear_map`)."""
+    model = kb.source_model(source)
+    x = prepare(protocol, fit_images[:protocol.stitch_images], jnp.asarray(model.mean, jnp.float32),
+                jnp.asarray(model.std, jnp.float32))
+    inputs = {}
+    for rec in kb.modules_of(source):
+        inputs[rec.spec.name] = x
+        if rec.spec.kind == "head":
+            break
+        x, _ = run_module(rec.spec, kb.module_params(rec.id), x)
+    return inputs
+
+
+def start(protocol: Protocol, fit_images, mean, std, scored=()) -> State:
+    """The state before the first module: the fit pass, the head's feature batches (without
+    recalibration) and the scored batches (`scored`: uint8 batches), preprocessed."""
+    if protocol.recalibrate:
+        return State(prepare(protocol, fit_images, mean, std), (), tuple(prepare(protocol, b, mean, std) for b in scored))
+    batches = pad_batches(protocol.batch_size, fit_images)[0]
+    return State(prepare(protocol, fit_images[:protocol.stitch_images], mean, std),
+                 tuple(prepare(protocol, batches[i], mean, std) for i in range(len(batches))),
+                 tuple(prepare(protocol, b, mean, std) for b in scored))
+
+
+def solve_stitch(protocol: Protocol, x, target):
+    """The junction's stitch: ridge least squares from the first `stitch_images` activations
+    `x` to the module's source input `target`."""
+    return fit_linear_map(x[:protocol.stitch_images], target, protocol.stitch_ridge)
+
+
+def _masked(y, x, active):
+    return y if active is None else jnp.where(active, y, x)
+
+
+def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None):
+    """One module on the fit pass `x`: its stitch (solved where `junction` may hold; a stitch
+    that is not used is zero), BatchNorm statistics (with recalibration), and forward.
+    `junction` and `active` are Python bools/None when known while tracing, or boolean arrays
+    inside the fused program (`active` False: the slot is past the network's depth and passes
+    `x` through). Returns `(y, ModuleFit)`."""
+    stitch = None
+    if protocol.stitch and junction is not False:
+        stitch = solve_stitch(protocol, x, target)
+        if junction is not True:
+            used = junction if active is None else junction & active
+            stitch = jax.tree_util.tree_map(lambda a: jnp.where(used, a, jnp.zeros_like(a)), stitch)
+    y, params_used = run_op(op, params, stitched(stitch, x, junction), protocol.recalibrate)
+    return _masked(y, x, active), ModuleFit(params_used, stitch)
+
+
+def apply_module(op: tuple, fit: ModuleFit, x, junction=True, active=None):
+    """One fitted module on a batch: its stitch (at a junction) and forward."""
+    y, _ = run_op(op, fit.params, stitched(fit.stitch, x, junction))
+    return _masked(y, x, active)
+
+
+def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,
+         fit=fit_module, apply=apply_module) -> tuple[State, ModuleFit]:
+    """One module further: fit it on the fit pass, then move every carried batch through it.
+
+    `fit`/`apply` default to `fit_module`/`apply_module`; the per-module driver passes their
+    compiled forms so that each compiles once per op and is reused for every batch."""
+    y, module_fit = fit(protocol, op, params, state.fit, target, junction, active)
+
+    def forward(x):
+        return apply(op, module_fit, x, junction, active)
+
+    return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored))), module_fit
+
+
+def head_features(protocol: Protocol, state: State, n: int):
+    """Pooled features of the `n` fit images after the last module: the fit pass itself with
+    recalibration, else the feature batches (padding cut off)."""
+    if protocol.recalibrate:
+        return pool(state.fit)
+    return jnp.concatenate([pool(x) for x in state.features])[:n]
+
+
+def fit_head(protocol: Protocol, features, labels, num_classes: int):
+    """The classifier head on pooled features, as the protocol says (ridge or logistic)."""
+    if protocol.head == "ridge":
+        return fit_ridge_head(features, labels, num_classes, protocol.head_ridge)
+    return fit_logistic_head(features, labels, num_classes, protocol.head_l2, protocol.head_steps)
+
+
+def finish(protocol: Protocol, state: State, labels, num_classes: int):
+    """The head fitted on the state's features of the fit images."""
+    return fit_head(protocol, head_features(protocol, state, len(labels)), labels, num_classes)
+
+
+def _is_fit(node) -> bool:
+    return isinstance(node, ModuleFit)
+
+
+def tune(protocol: Protocol, network_logits, fits, head, x, labels):
+    """`(fits, head)` after `protocol.stitch_steps` Adam steps on the stitches and the head
+    (every module param frozen), on `x`: the preprocessed first `stitch_images` fit images.
+
+    `fits` is any pytree of `ModuleFit`s and `network_logits(fits, head, x)` the driver's
+    forward through them, so both drivers tune through the same `tune_stitches`."""
+    params = jax.tree_util.tree_map(lambda f: f.params, fits, is_leaf=_is_fit)
+    stitches = jax.tree_util.tree_map(lambda f: f.stitch, fits, is_leaf=_is_fit)
+
+    def forward(params, stitches, head, x):
+        joined = jax.tree_util.tree_map(lambda f, p, s: ModuleFit(p, s), fits, params, stitches, is_leaf=_is_fit)
+        return network_logits(joined, head, x)
+
+    stitches, head, _ = tune_stitches(forward, params, stitches, head, x, labels, protocol.stitch_steps,
+                                      protocol.stitch_lr)
+    tuned = jax.tree_util.tree_map(lambda f, s: ModuleFit(f.params, s), fits, stitches, is_leaf=_is_fit)
+    return tuned, head
+
+
+def fit_is_finite(fits, head):
+    """Are the head and every stitch finite? (A NaN fitness is never reported.)"""
+    stitches = [f.stitch for f in jax.tree_util.tree_leaves(fits, is_leaf=_is_fit) if f.stitch is not None]
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves((stitches, head))]))
+
+
+def score_logits(logits, labels, valid):
+    """(correct predictions among the `valid` rows, are their logits finite)."""
+    hits = (jnp.argmax(logits, axis=-1) == labels) & valid
+    finite = jnp.all(jnp.isfinite(logits) | ~valid[:, None])
+    return jnp.sum(hits), finite
+
+
+def score_batch(head, x, labels, valid):
+    """`score_logits` of the head on the last module's activations `x`."""
+    return score_logits(head_logits(head, pool(x)), labels, valid)
+
+
+def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
+    """Logits of a network given as a chain of fitted modules (the per-module form)."""
+    for op, junction, fit in zip(ops, junctions, fits):
+        x = apply_module(op, fit, x, junction)
+    return head_logits(head, pool(x))
+
+
+# The compiled forms the per-module driver calls: each compiles once per op (and protocol) and
+# is reused for every network and batch of that shape.
+compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction"))
+compiled_apply_module = jax.jit(apply_module, static_argnames=("op", "junction"))
+compiled_score_batch = jax.jit(score_batch)
+_score_logits = jax.jit(score_logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedNetwork:
+    """An architecture with everything the protocol fitted: per-module params (BN statistics
+    recalibrated or as published), stitches (None where there is no junction) and the head;
+    `input_size` is the size images are resized to first (None: kept as they are)."""
+
+    specs: tuple
+    params: tuple
+    stitches: tuple
+    head: Any
+    mean: Any
+    std: Any
+    input_size: int | None = None
+
+    @property
+    def fits(self) -> tuple[ModuleFit, ...]:
+        return tuple(ModuleFit(p, s) for p, s in zip(self.params, self.stitches))
+
+    def features(self, images, dtype=jnp.float32):
+        """Pooled features of uint8 images, one compiled call per module."""
+        x = preprocess(images, self.mean, self.std, dtype, self.input_size)
+        for spec, fit in zip(self.specs, self.fits):
+            x = compiled_apply_module(op_of(spec), fit, x, fit.stitch is not None)
+        return pool(x)
+
+    def logits(self, images, dtype=jnp.float32):
+        return head_logits(self.head, self.features(images, dtype))
+
+
+def count_correct(logits_fn, split, batch_size: int, dtype=jnp.float32) -> tuple[int, int]:
+    """`logits_fn(images, dtype)` over a split in fixed-size batches (`pad_batches`); returns
+    (correct, total). Raises `EvaluationError` on non-finite logits."""
+    images, labels, valid = pad_batches(batch_size, split.images, split.labels)
+    correct = 0
+    for i in range(len(images)):
+        c, finite = _score_logits(logits_fn(jnp.asarray(images[i]), dtype), jnp.asarray(labels[i]),
+                                  jnp.asarray(valid[i]))
+        if not bool(finite):
+            raise EvaluationError("non-finite logits")
+        correct += int(c)
+    return correct, len(split)
+
+
