@@ -1,7 +1,7 @@
 """Writes what an accelerator session needs and cannot fetch: the CIFAR ResNet knowledge base and
 a dataset bundle (train images in the protocol's seeded order + the validation split).
 
-    python benchmarks/prepare_device_bundle.py --out .device   # ~55 MB; carry it with the run
+    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device   # ~55 MB; carry it with the run
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def load_kb(path):
 
 
 def main(argv=None):
-    from converters.knowledge import build_from_pretrained
+    from modulenet_jax.converters.knowledge import build_from_pretrained
     from modulenet_jax.data import load_dataset, save_bundle
 
     p = argparse.ArgumentParser(description=__doc__)

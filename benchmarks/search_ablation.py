@@ -4,7 +4,7 @@ network is evaluated once whatever variant asks for it), for several seeds; the 
 hypervolume of the validation front in (error, parameters / largest source's parameters),
 reference point (1, 1.1).
 
-    python benchmarks/search_ablation.py --config configs/cifar10_resnet.py --out runs/ablation \\
+    python -m modulenet_jax.benchmarks.search_ablation --config configs/cifar10_resnet.py --out runs/ablation \\
         --seeds 0 1 --set search.population=12 search.generations=6 protocol.fit_images=512 \\
         protocol.stitch_images=256 data.val_size=500
 """

@@ -233,7 +233,7 @@ class Bench:
         """(runner, impl name, device): true fp32 (no TF32) or bf16, eager or compiled."""
         import torch
 
-        from benchmarks.torch_baseline import TorchRunner
+        from .torch_baseline import TorchRunner
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -242,7 +242,7 @@ class Bench:
         return TorchRunner(self.kb, device, tdtype, compile_), "torch-compile" if compile_ else "torch-eager", device
 
     def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        from benchmarks.torch_baseline import timed
+        from .torch_baseline import timed
 
         runner, impl, device = self._torch_runner(dtype, compile_)
         flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
@@ -270,7 +270,7 @@ class Bench:
     def w1_paired(self, archs, dtype, n: int, rounds: int):
         """W1 on the per-module JAX path against PyTorch eager network by network, alternating
         (JAX, PyTorch) so that the drifts of a shared machine hit both alike: per-network ratios."""
-        from benchmarks.torch_baseline import timed
+        from .torch_baseline import timed
 
         if self.strategy != "loop" or self._over_budget(f"W1 paired {dtype}"):
             return
@@ -342,7 +342,7 @@ class Bench:
                              correct=[r.correct for r in res]))
 
     def w2_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        from benchmarks.torch_baseline import source_inputs_torch, timed
+        from .torch_baseline import source_inputs_torch, timed
 
         runner, impl, device = self._torch_runner(dtype, compile_)
         targets = source_inputs_torch(self.kb, runner, self.fit.images, self.protocol.stitch_images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import cifar_resnet, torchvision_models
+from . import cifar_resnet, torchvision_models
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.pretrained import fetch, get_pretrained
 from modulenet_jax.zoo import get_model

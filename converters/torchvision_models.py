@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchvision
 
-from converters.common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from .common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
 from modulenet_jax.pretrained import _sha256
 from modulenet_jax.zoo import get_model, tv_efficientnet, tv_vgg
 

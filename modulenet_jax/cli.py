@@ -1,7 +1,7 @@
 """The `modulenet` command: a thin layer over the library (every step is importable).
 
 Human-readable output by default, `--json` for scripts. Checkpoint conversion imports
-`converters` (and so torch) only in the commands that read PyTorch files.
+`modulenet_jax.converters` (and so torch) only in the commands that read PyTorch files.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _emit(args, payload: dict, human) -> None:
 # -- convert ------------------------------------------------------------------------------
 
 def cmd_convert(args) -> int:
-    from converters.knowledge import convert_checkpoint
+    from modulenet_jax.converters.knowledge import convert_checkpoint
     from modulenet_jax.checkpoints import save_model
     from modulenet_jax.cost import count_params
 
@@ -68,11 +68,11 @@ def cmd_kb_build(args) -> int:
     from modulenet_jax.knowledge import KnowledgeBase
 
     if args.pretrained:
-        from converters.knowledge import build_from_pretrained
+        from modulenet_jax.converters.knowledge import build_from_pretrained
 
         kb = build_from_pretrained(args.pretrained, args.weights_dir)
     elif args.checkpoints:
-        from converters.knowledge import build_from_checkpoints
+        from modulenet_jax.converters.knowledge import build_from_checkpoints
 
         kb = build_from_checkpoints(args.checkpoints)
     else:
@@ -138,7 +138,7 @@ def cmd_evaluate(args) -> int:
     from modulenet_jax.evaluate import evaluate_published
 
     if args.weights:
-        from converters.knowledge import convert_checkpoint
+        from modulenet_jax.converters.knowledge import convert_checkpoint
         from modulenet_jax.knowledge import KnowledgeBase
 
         name, params = convert_checkpoint(args.weights, args.source)
@@ -213,7 +213,7 @@ def cmd_fidelity(args) -> int:
 def cmd_bench(args) -> int:
     import dataclasses
 
-    from benchmarks import throughput
+    from modulenet_jax.benchmarks import throughput
     from modulenet_jax.config import load_config
     from modulenet_jax.evaluate import Protocol
     from modulenet_jax.knowledge import KnowledgeBase

@@ -87,11 +87,11 @@ def load_knowledge(cfg) -> KnowledgeBase:
     if cfg.get("path"):
         return KnowledgeBase.load(cfg.path)
     if cfg.get("weights") is not None:
-        from converters.knowledge import build_from_torchvision  # torch lives in converters/
+        from modulenet_jax.converters.knowledge import build_from_torchvision  # torch lives in converters/
 
         return build_from_torchvision(tuple(cfg.sources), cfg.weights, cfg.get("input_size"),
                                       cfg.get("weights_seed", 0), tuple(cfg.weights_dirs))
-    from converters.knowledge import build_from_pretrained  # torch lives in converters/
+    from modulenet_jax.converters.knowledge import build_from_pretrained  # torch lives in converters/
 
     return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
 
