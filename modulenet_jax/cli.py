@@ -2,6 +2,11 @@
 
 Human-readable output by default, `--json` for scripts. Checkpoint conversion imports
 `modulenet_jax.converters` (and so torch) only in the commands that read PyTorch files.
+
+Bad input (a `UserError`, or a path that is missing or of the wrong kind) prints one line,
+`modulenet <command>: error: <message>`, and exits with status 2, as argparse does for bad
+arguments; `--debug` shows its traceback instead. Any other exception is a bug: it is not
+caught, so its traceback shows and the status is 1. Ctrl-C exits with status 130.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+from modulenet_jax.errors import UserError
+
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _console():
@@ -129,12 +138,16 @@ def cmd_search(args) -> int:
 def cmd_evaluate(args) -> int:
     from modulenet_jax.data import load_dataset, protocol_split
 
+    if not args.config and not (args.source and (args.weights or args.kb)):
+        raise UserError("give --source NAME with --weights FILE or --kb DIR (a source as published), "
+                        "or --config with --genotype '[...]' or --source NAME (under the config's protocol)")
+    if args.config and not (args.genotype or args.source):
+        raise UserError("--config needs the network: --genotype '[...]' or --source NAME")
+    genotype = _parse_genotype(args.genotype) if args.genotype else None
     dataset = load_dataset(args.data)
     split = protocol_split(dataset, args.split, args.size)
     if args.config:
-        return _evaluate_protocol(args, dataset, split)
-    if not args.source:
-        raise SystemExit("modulenet evaluate: give --source (with --weights or --kb), or --config")
+        return _evaluate_protocol(args, dataset, split, genotype)
     from modulenet_jax.evaluate import evaluate_published
 
     if args.weights:
@@ -143,12 +156,10 @@ def cmd_evaluate(args) -> int:
 
         name, params = convert_checkpoint(args.weights, args.source)
         kb = KnowledgeBase.build([(args.source, name, params, str(args.weights))])
-    elif args.kb:
+    else:
         from modulenet_jax.knowledge import KnowledgeBase
 
         kb = KnowledgeBase.load(args.kb)
-    else:
-        raise SystemExit("modulenet evaluate: --source needs --weights or --kb")
     correct, total = evaluate_published(kb, args.source, split, args.batch_size)
     payload = {"source": args.source, "mode": "published", "split": split.description,
                "correct": correct, "total": total, "accuracy": correct / total}
@@ -157,19 +168,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _evaluate_protocol(args, dataset, split) -> int:
+def _parse_genotype(text: str):
+    """`--genotype`: a JSON list of integers, as `front.json` and `history.jsonl` write them."""
     import numpy as np
 
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--genotype {text!r} is not JSON ({e}); give a list of integers, e.g. '[0, 3, 1]'") from e
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise UserError(f"--genotype {text!r} is not a list of integers; give one like '[0, 3, 1]'")
+    return np.asarray(values, np.int64)
+
+
+def _evaluate_protocol(args, dataset, split, genotype) -> int:
     from modulenet_jax.config import load_config
     from modulenet_jax.search.runner import Run
 
     run = Run.from_config(load_config(args.config, args.set), dataset=dataset)
-    if args.genotype:
-        genotype = np.asarray(json.loads(args.genotype), np.int64)
-    elif args.source:
+    if genotype is None:
         genotype = run.space.encode_source(args.source)
-    else:
-        raise SystemExit("modulenet evaluate --config: give --genotype '[...]' or --source NAME")
     arch = run.space.decode(genotype)
     ev = run.evaluator.evaluate(arch, split)
     payload = {"architecture": arch.describe(), "mode": "protocol", "split": split.description,
@@ -184,24 +202,24 @@ def _evaluate_protocol(args, dataset, split) -> int:
 
 def cmd_fidelity(args) -> int:
     from modulenet_jax.config import load_config
-    from modulenet_jax.evaluate import Protocol
     from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
     from modulenet_jax.finetune import FinetuneConfig
-    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
     from modulenet_jax.space import Architecture
 
-    config = load_config(args.config, args.set)
-    kb = load_knowledge(config.knowledge)
-    dataset = load_data(config.data)
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown --variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    config = load_config(args.config, args.set)
+    protocol = make_protocol(config.protocol)
+    kb = load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
     networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
     networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
     ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = measure(kb, dataset, Protocol(**config.protocol.to_dict()), {v: VARIANTS[v] for v in args.variants},
+    report = measure(kb, dataset, protocol, {v: VARIANTS[v] for v in args.variants},
                      networks, ft, args.val_size, config.data.fit_seed, args.out, log)
     _emit(args, {k: v for k, v in report.items() if k != "rows"},
           lambda: print((Path(args.out) / "report.md").read_text()))
@@ -215,14 +233,13 @@ def cmd_bench(args) -> int:
 
     from modulenet_jax.benchmarks import throughput
     from modulenet_jax.config import load_config
-    from modulenet_jax.evaluate import Protocol
     from modulenet_jax.knowledge import KnowledgeBase
-    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
 
     config = load_config(args.config, args.set)
+    protocol = make_protocol(config.protocol)
     kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
     dataset = load_data(config.data)
-    protocol = Protocol(**config.protocol.to_dict())
     if args.batch_size:
         protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
@@ -245,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host runs; see the README)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an input error or an interrupt instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, help_, fn):
@@ -345,12 +364,20 @@ def main(argv=None) -> int:
         import jax
 
         jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
+    command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None))))
     try:
         return args.fn(args)
-    except (FileNotFoundError, KeyError, ValueError, ConnectionError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"modulenet {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    except (UserError, *PATH_ERRORS) as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split())  # one line, even where a wrapped library message had several
+        print(f"modulenet {command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"modulenet {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

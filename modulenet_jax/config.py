@@ -13,6 +13,8 @@ from pathlib import Path
 
 import ml_collections
 
+from modulenet_jax.errors import UserError
+
 
 def load_config(path, overrides=()) -> ml_collections.ConfigDict:
     path = Path(path)
@@ -22,32 +24,29 @@ def load_config(path, overrides=()) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path}: a config file must define get_config()")
+        raise UserError(f"{path}: a config file must define get_config() returning an ml_collections.ConfigDict")
     config = module.get_config()
     config.lock()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
+            raise UserError(f"override {item!r} must look like key.sub=value, e.g. search.generations=20")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node:
-                raise KeyError(f"override {key!r}: no config field {p!r}")
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"override {key!r}: no config field {leaf!r} (fields: {', '.join(node.keys())})")
-        current = node[leaf]
+        parent, leaf, current = None, None, config
+        for name in key.split("."):
+            if not isinstance(current, ml_collections.ConfigDict) or name not in current:
+                fields = ", ".join(current.keys()) if isinstance(current, ml_collections.ConfigDict) else "none"
+                raise UserError(f"override {key!r}: no config field {name!r} (fields there: {fields})")
+            parent, leaf, current = current, name, current[name]
         if isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
-        with node.ignore_type():
-            node[leaf] = value
+        with parent.ignore_type():
+            parent[leaf] = value
     return config
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from modulenet_jax.config import load_config
+from modulenet_jax.errors import UserError
 from modulenet_jax.search.runner import Run, final_table, plot_front, search
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet.py"
@@ -80,7 +81,7 @@ def test_a_different_config_does_not_resume(tiny_kb, tiny_dataset, tmp_path):
 
 
 def test_config_overrides_are_checked():
-    with pytest.raises(KeyError, match="no config field 'populaton'"):
+    with pytest.raises(UserError, match="no config field 'populaton'"):
         load_config(CONFIG, ["search.populaton=3"])
     with pytest.raises(FileNotFoundError):
         load_config("configs/nope.py")

@@ -22,7 +22,9 @@ import numpy as np
 
 from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
-from modulenet_jax.evaluate import PREFIX_MEMORY_MB, Evaluation, Evaluator, Protocol, evaluate_published
+from modulenet_jax.errors import UserError
+from modulenet_jax.evaluate import (OBJECTIVES, PREFIX_MEMORY_MB, Evaluation, Evaluator, Protocol,
+                                     evaluate_published)
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import PopulationEvaluator
@@ -65,7 +67,7 @@ def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
     if kind == "mixed":
         return MixedSpace(kb, max_depth=cfg.max_depth, sources=sources, min_reduction=cfg.get("min_reduction"))
     if kind != "stages":
-        raise ValueError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
+        raise UserError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
     return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth, sources=sources)
 
 
@@ -78,7 +80,7 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
                      crossover=cfg.crossover)
     if cfg.algorithm == "random":
         return RandomSearch(space, cfg.population, seed, initial=initial)
-    raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
+    raise UserError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
 
 
 def load_knowledge(cfg) -> KnowledgeBase:
@@ -103,6 +105,14 @@ def load_data(cfg) -> Dataset:
     return load_dataset(cfg.fallback, cfg.get("data_dir"))
 
 
+def make_protocol(cfg) -> Protocol:
+    """The config's `protocol` section as a `Protocol`: a field out of range is the config's error."""
+    try:
+        return Protocol(**cfg.to_dict())
+    except ValueError as e:
+        raise UserError(f"{e}; fix it in the config or with --set protocol.<field>=...") from e
+
+
 STRATEGIES = ("auto", "loop", "fused")
 
 
@@ -112,10 +122,10 @@ def choose_strategy(strategy: str, space=None, protocol: Protocol | None = None)
     staged space (its slots' candidates share shapes) and closed-form stitches: a mixed space
     or `protocol.stitch_steps > 0` takes the loop under `auto` and is refused under `fused`."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise UserError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
     fusable = not isinstance(space, MixedSpace) and not (protocol is not None and protocol.stitch_steps)
     if strategy == "fused" and not fusable:
-        raise ValueError("evaluator.strategy=fused needs a staged space and protocol.stitch_steps=0; "
+        raise UserError("evaluator.strategy=fused needs a staged space and protocol.stitch_steps=0; "
                          "use loop (or auto)")
     if strategy == "auto":
         return "loop" if jax.devices()[0].platform == "cpu" or not fusable else "fused"
@@ -162,10 +172,16 @@ class Run:
 
     @classmethod
     def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None) -> "Run":
+        unknown = sorted(set(config.search.objectives) - set(OBJECTIVES))
+        if unknown:
+            raise UserError(f"search.objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+        protocol = make_protocol(config.protocol)
         kb = kb or load_knowledge(config.knowledge)
         dataset = dataset or load_data(config.data)
-        protocol = Protocol(**config.protocol.to_dict())
         fit = protocol_split(dataset, "train", protocol.fit_images, seed=config.data.fit_seed)
+        if len(fit) < protocol.fit_images:
+            raise UserError(f"protocol.fit_images is {protocol.fit_images}, but {dataset.name} has only {len(fit)} "
+                            f"train images; lower protocol.fit_images")
         val = protocol_split(dataset, "val", config.data.val_size)
         space = make_space(kb, config.space)
         algorithm = make_algorithm(space, config.search, config.seed)
@@ -194,7 +210,7 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
     cfg_path, state_path, hist_path = out / "config.json", out / "state.json", out / "history.jsonl"
     if cfg_path.is_file() and resume:
         if cfg_path.read_text() != config_json:
-            raise ValueError(f"{out} holds a run of a different config; choose a new --out, or "
+            raise UserError(f"{out} holds a run of a different config; choose a new --out, or "
                              f"pass --restart to start this folder over")
     elif not resume:
         for p in (state_path, hist_path):
