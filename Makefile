@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch/torchvision only serve converters/ and the PyTorch baselines; these releases install
 # from this project's CI machines' disk, elsewhere pip downloads them.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-CONFIG ?= configs/cifar10_resnet.py
+CONFIG ?= cifar10_resnet
 OUT ?= runs/cifar10_resnet
 
 .PHONY: setup search test clean

@@ -1,6 +1,6 @@
 """The default search: CIFAR-10 JPEG + the four CIFAR ResNets, sized for a 2-core CPU.
 
-    modulenet search --config configs/cifar10_resnet.py --out runs/cifar10_resnet
+    modulenet search --config cifar10_resnet --out runs/cifar10_resnet
 
 Knowledge base: resnet20/32/44/56 (akamaster), from ../shared/weights/cifar-resnet when it
 is there, else downloaded. Data: ../shared/data/cifar10-jpeg when it is there, else TFDS

@@ -21,6 +21,7 @@ from modulenet_jax.errors import UserError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+CONFIG_HELP = "a packaged config's name (e.g. cifar10_resnet) or a path to a .py file"
 
 
 def _console():
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_kb_show)
 
     sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
-    sr.add_argument("--config", required=True, help="a config file, e.g. configs/cifar10_resnet.py")
+    sr.add_argument("--config", required=True, help=CONFIG_HELP)
     sr.add_argument("--out", help="run folder (default runs/<config name>)")
     sr.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     sr.add_argument("--restart", action="store_true", help="start the run folder over instead of resuming")
@@ -308,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--source", help="a source model name (as published with --weights/--kb)")
     e.add_argument("--weights", help="the source's PyTorch checkpoint")
     e.add_argument("--kb", help="a knowledge base folder holding the source")
-    e.add_argument("--config", help="evaluate under this config's protocol and space")
+    e.add_argument("--config", help="evaluate under this config's protocol and space: " + CONFIG_HELP)
     e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
     e.add_argument("--batch-size", type=int, default=500)
 
     f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
             cmd_fidelity)
-    f.add_argument("--config", required=True, help="knowledge base, data and base protocol")
+    f.add_argument("--config", required=True, help="knowledge base, data and base protocol: " + CONFIG_HELP)
     f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"])
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)
-    bn.add_argument("--config", default="configs/cifar10_resnet.py", help="knowledge base, data, protocol, space")
+    bn.add_argument("--config", default="cifar10_resnet", help="knowledge base, data, protocol, space: " + CONFIG_HELP)
     bn.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")

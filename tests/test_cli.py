@@ -10,9 +10,9 @@ from modulenet_jax import cli
 from modulenet_jax.cli import main
 from modulenet_jax.data import save_bundle
 from modulenet_jax.space import SearchSpace
-from tests.conftest import CHECKPOINTS, CIFAR_JPEG, ROOT, needs_shared
+from tests.conftest import CHECKPOINTS, CIFAR_JPEG, needs_shared
 
-CONFIG = ROOT / "configs" / "cifar10_resnet.py"
+CONFIG = "cifar10_resnet"  # found by name among the packaged configs
 
 
 def _json(capsys, argv):
@@ -52,7 +52,7 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
 
 
 def _genotype_args(saved, genotype: str) -> list[str]:
-    return ["evaluate", "--config", str(CONFIG), "--set", f"knowledge.path={saved / 'kb'}", "protocol.fit_images=64",
+    return ["evaluate", "--config", CONFIG, "--set", f"knowledge.path={saved / 'kb'}", "protocol.fit_images=64",
             "protocol.stitch_images=32", "protocol.batch_size=32", "--data", str(saved / "tiny.npz"),
             "--genotype", genotype]
 
@@ -60,11 +60,13 @@ def _genotype_args(saved, genotype: str) -> list[str]:
 # (name, argv from the `saved` folder and the tiny space's number of genes, what the message says)
 BAD_INPUT = [
     ("config path", lambda d, n: ["search", "--config", str(d / "nope.py")], "no config file at"),
-    ("unknown --set key", lambda d, n: ["search", "--config", str(CONFIG), "--set", "search.populaton=3"],
+    ("unknown config name", lambda d, n: ["fidelity", "--config", "cifar10_resnett"],
+     "no packaged config 'cifar10_resnett'; known: cifar10_resnet, cifar10_resnet_gpu"),
+    ("unknown --set key", lambda d, n: ["search", "--config", CONFIG, "--set", "search.populaton=3"],
      "no config field 'populaton' (fields there: algorithm, continue_run_prob"),
-    ("--set without =", lambda d, n: ["search", "--config", str(CONFIG), "--set", "search.population"],
+    ("--set without =", lambda d, n: ["search", "--config", CONFIG, "--set", "search.population"],
      "must look like key.sub=value"),
-    ("--set value out of range", lambda d, n: ["search", "--config", str(CONFIG), "--set", "protocol.bn='x'"],
+    ("--set value out of range", lambda d, n: ["search", "--config", CONFIG, "--set", "protocol.bn='x'"],
      "protocol.bn must be one of"),
     ("unknown pretrained source", lambda d, n: ["kb", "build", "--pretrained", "cifar_resnet99", "--out", str(d / "k")],
      "no known pretrained checkpoint 'cifar_resnet99'; known: cifar_resnet20"),
