@@ -3,7 +3,7 @@
 Needs no config file, pymoo or TFDS (the device image has neither): it reads a saved
 knowledge base and a dataset bundle, both made here by `prepare_device_bundle.py`:
 
-    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device
+    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device [--data ... --weights-dir ...]
     python -m modulenet_jax.benchmarks.device_session --kb .device/kb.npz --data .device/cifar10.npz --out "$OUT"
 
 Results: OUT/bench/<device>.{json,md,png} and OUT/fidelity/report.{json,md}.

@@ -33,7 +33,6 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "cifar10"            # TFDS name, or a folder with train/ and test/ ImageFolders
-    c.data.fallback = ml_collections.FieldReference(None, field_type=str)
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.fit_seed = 0
     c.data.val_size = 1000

@@ -1,6 +1,8 @@
 """Configs: the packaged ones are found by name, any `.py` file by path, and an unknown name
 is an error that lists the known ones."""
 
+import json
+
 import pytest
 
 from modulenet_jax.config import load_config, packaged_configs, to_dict
@@ -42,3 +44,10 @@ def test_overrides_are_checked():
                                             "search.objectives=['error', 'flops']", "protocol.stitch_ridge=1"])
     assert config.knowledge.weights_dirs == ("../shared/weights/cifar-resnet",)
     assert config.search.objectives == ("error", "flops") and config.protocol.stitch_ridge == 1.0
+
+
+@pytest.mark.parametrize("name", packaged_configs())
+def test_no_config_holds_a_path_of_this_machine(name):
+    """Data and weights are named (a TFDS dataset, the download cache); local copies are overrides."""
+    text = json.dumps(to_dict(load_config(name)))
+    assert str(ROOT.parent) not in text and '"/' not in text

@@ -99,10 +99,8 @@ def load_knowledge(cfg) -> KnowledgeBase:
 
 
 def load_data(cfg) -> Dataset:
-    source = cfg.source
-    if not cfg.get("fallback") or source in ("cifar10", "cifar100") or Path(source).is_dir():
-        return load_dataset(source, cfg.get("data_dir"))
-    return load_dataset(cfg.fallback, cfg.get("data_dir"))
+    """The configured dataset: `source` a TFDS name, an ImageFolder root or a `.npz` bundle."""
+    return load_dataset(cfg.source, cfg.get("data_dir"))
 
 
 def make_protocol(cfg) -> Protocol:
