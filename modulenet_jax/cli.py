@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from modulenet_jax.errors import UserError
+from modulenet_jax.errors import UserError, require_extra
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -237,6 +237,14 @@ def cmd_bench(args) -> int:
     from modulenet_jax.knowledge import KnowledgeBase
     from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
 
+    baselines = []  # what asks for PyTorch: checked before anything is loaded or timed
+    if args.torch_modes:
+        baselines.append(f"--torch-modes {' '.join(args.torch_modes)}")
+    if args.paired:
+        baselines.append(f"--paired {args.paired}")
+    if baselines:
+        require_extra("torch", "torch", f"timing the PyTorch baselines ({', '.join(baselines)})",
+                      instead="pass --torch-modes with no value (and no --paired) to time JAX alone")
     config = load_config(args.config, args.set)
     protocol = make_protocol(config.protocol)
     kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
@@ -340,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--populations", nargs="+", type=int, default=[1, 8, 64, 256])
     bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
-    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
+                    help="PyTorch baselines to time (the torch extra); with no value, JAX alone")
     bn.add_argument("--torch-max-w1", type=int, default=64, help="most networks PyTorch runs per W1 point")
     bn.add_argument("--torch-max-w2", type=int, default=16, help="most networks PyTorch runs per W2 point")
     bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
