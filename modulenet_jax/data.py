@@ -21,6 +21,7 @@ from modulenet_jax.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TFDS_NAMES = ("cifar10", "cifar100")
 SPLITS = ("train", "test", "val", "final")
+PREPARE_MODULES = ("tensorflow", "importlib_resources")  # what TFDS imports to prepare a dataset: extra `prepare`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +112,12 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
     except ImportError as e:
-        if "tensorflow" not in str(e).lower():
+        if not any(m in str(e).lower() for m in PREPARE_MODULES):
             raise
         raise UserError(
-            f"TFDS dataset {name!r} is not prepared and preparing it needs TensorFlow ({e}): "
-            f"pip install 'modulenet-jax[prepare]', or pass a prepared --data folder") from None
+            f"TFDS dataset {name!r} is not prepared, and preparing it needs the prepare extra ({e}): "
+            f"pip install 'modulenet-jax[prepare]', or give an ImageFolder root or .npz bundle instead "
+            f"(--data, or --set data.source=...)") from None
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
