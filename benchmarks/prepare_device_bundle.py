@@ -1,8 +1,8 @@
 """Writes what an accelerator session needs and cannot fetch: the CIFAR ResNet knowledge base and
 a dataset bundle (train images in the protocol's seeded order + the validation split).
 
-    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device \
-        --data ../shared/data/cifar10-jpeg --weights-dir ../shared/weights/cifar-resnet   # ~55 MB; carry it with the run
+    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device \\
+        --data ../shared/data/cifar10-jpeg --weights-dir ../shared/weights/cifar-resnet   # ~55 MB, for the run
 
 Without `--data` and `--weights-dir`, CIFAR-10 comes from TFDS and the checkpoints from the
 download cache (downloaded if missing), as in the default config.

@@ -1,7 +1,7 @@
 """The largest difference between every torchvision zoo family and torchvision itself.
 
-    python -m modulenet_jax.benchmarks.torchvision_equivalence             # every model at 32 px, one or two per family at 224
-    python -m modulenet_jax.benchmarks.torchvision_equivalence --all-224   # every model at 224 px as well
+    python -m modulenet_jax.benchmarks.torchvision_equivalence            # every model at 32 px, 1-2 per family at 224
+    python -m modulenet_jax.benchmarks.torchvision_equivalence --all-224  # every model at 224 px as well
 
 Each model is torchvision's with random weights and random BatchNorm statistics
 (`modulenet_jax.converters.verify.randomized_model`), converted, and run on 2 random images in fp32, eval

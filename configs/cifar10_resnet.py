@@ -1,4 +1,4 @@
-"""The default search: CIFAR-10 JPEG + the four CIFAR ResNets, sized for a 2-core CPU.
+"""The default search: CIFAR-10 + the four CIFAR ResNets, sized for a 2-core CPU.
 
     modulenet search --config cifar10_resnet --out runs/cifar10_resnet
 
@@ -8,7 +8,7 @@ names its data and weights and holds no path of its own, so a run folder's confi
 same from any checkout; local copies are overrides (what `make search` passes when ../shared
 is beside the checkout):
 
-    modulenet search --config cifar10_resnet --set data.source=../shared/data/cifar10-jpeg \
+    modulenet search --config cifar10_resnet --set data.source=../shared/data/cifar10-jpeg \\
         "knowledge.weights_dirs=('../shared/weights/cifar-resnet',)"
 
 Produces a run folder with the history, the Pareto front (JSON, PNG) and the final table

@@ -18,7 +18,8 @@ def convert_checkpoint(path, model_name: str | None = None):
     """`(model_name, params)` of a checkpoint, by the converter of the model's family."""
     family = "cifar_resnet" if model_name is None else get_model(model_name).family
     if family not in CONVERTERS:
-        raise UserError(f"no converter for {model_name!r} (family {family}); families with one: {', '.join(CONVERTERS)}")
+        raise UserError(f"no converter for {model_name!r} (family {family}); families with one: "
+                        f"{', '.join(CONVERTERS)}")
     return CONVERTERS[family](path, model_name)
 
 

@@ -69,7 +69,8 @@ class MixedSpace(IntegerGenotypes):
         self.sources = tuple(sources or kb.sources)
         for s in self.sources:
             if s not in kb.sources:
-                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has {', '.join(kb.sources)}")
+                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
+                                f"{', '.join(kb.sources)}")
         if max_depth is not None and max_depth < 0:
             raise UserError(f"space.max_depth must be >= 0, got {max_depth}")
         records = [r for s in self.sources for r in kb.modules_of(s)]

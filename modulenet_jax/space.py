@@ -154,7 +154,8 @@ class SearchSpace(IntegerGenotypes):
         self.sources = tuple(sources or kb.sources)
         for s in self.sources:
             if s not in kb.sources:
-                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has {', '.join(kb.sources)}")
+                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
+                                f"{', '.join(kb.sources)}")
         self.stems = [r for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "stem"]
         stages = sorted({r.spec.stage for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "block"})
         if stages != list(range(1, len(stages) + 1)):

@@ -72,8 +72,8 @@ def test_reading_checkpoints_names_the_extra(refused, name):
 def test_bench_baselines_name_the_extra_and_the_jax_only_way(refused):
     for name, asked in (("bench, torch modes", "--torch-modes eager"), ("bench, paired", "--paired 2")):
         status, err = refused[name]
-        assert err == (f"modulenet bench: error: timing the PyTorch baselines ({asked}) needs torch, which is not installed: "
-                       f"{EXTRA}, or pass --torch-modes with no value (and no --paired) to time JAX alone\n")
+        assert err == (f"modulenet bench: error: timing the PyTorch baselines ({asked}) needs torch, which is not "
+                       f"installed: {EXTRA}, or pass --torch-modes with no value (and no --paired) to time JAX alone\n")
         assert status == 2
 
 
