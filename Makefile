@@ -6,8 +6,16 @@ BIN := $(VENV)/bin
 # torch/torchvision only serve converters/ and the PyTorch baselines; these releases install
 # from this project's CI machines' disk, elsewhere pip downloads them.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-CONFIG ?= configs/cifar10_resnet.py
+CONFIG ?= cifar10_resnet
 OUT ?= runs/cifar10_resnet
+# The config names its data (TFDS cifar10) and weights (download cache); ../shared beside the
+# checkout holds both, and then the search reads them from there. The paths stay relative, so
+# the run folder's config.json is the same from a clone anywhere (a resumed run compares it).
+SHARED ?= ../shared
+SHARED_DATA := $(wildcard $(SHARED)/data/cifar10-jpeg)
+SHARED_WEIGHTS := $(wildcard $(SHARED)/weights/cifar-resnet)
+LOCAL := $(if $(SHARED_DATA),data.source=$(SHARED_DATA)) \
+         $(if $(SHARED_WEIGHTS),"knowledge.weights_dirs=('$(SHARED_WEIGHTS)',)")
 
 .PHONY: setup search test clean
 
@@ -21,7 +29,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 search: setup
-	$(BIN)/modulenet search --config $(CONFIG) --out $(OUT)
+	$(BIN)/modulenet search --config $(CONFIG) --out $(OUT) $(if $(strip $(LOCAL)),--set $(LOCAL))
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 runs it for `layers.conv2d` and as PyTorch runs `F.conv2d` (oneDNN, channels-last), timed
 alternately in one process on the same input, batch 500, fp32.
 
-    python -m benchmarks.conv_kernels --out benchmarks/results --name cpu-2core-amd-epyc-conv
+    python -m modulenet_jax.benchmarks.conv_kernels --out benchmarks/results --name cpu-2core-amd-epyc-conv
 
 Apply `cpu_runtime.configure()` first, as the `modulenet` command does (this script does).
 """
@@ -19,7 +19,7 @@ cpu_runtime.configure()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import device_name, write_report  # noqa: E402
+from .throughput import device_name, write_report  # noqa: E402
 from modulenet_jax.zoo import layers  # noqa: E402
 
 # (input channels, output channels, input resolution, stride): every 3x3 conv shape of a CIFAR ResNet

@@ -3,8 +3,8 @@
 Needs no config file, pymoo or TFDS (the device image has neither): it reads a saved
 knowledge base and a dataset bundle, both made here by `prepare_device_bundle.py`:
 
-    python benchmarks/prepare_device_bundle.py --out .device
-    python benchmarks/device_session.py --kb .device/kb.npz --data .device/cifar10.npz --out "$OUT"
+    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device [--data ... --weights-dir ...]
+    python -m modulenet_jax.benchmarks.device_session --kb .device/kb.npz --data .device/cifar10.npz --out "$OUT"
 
 Results: OUT/bench/<device>.{json,md,png} and OUT/fidelity/report.{json,md}.
 """
@@ -21,8 +21,8 @@ import traceback
 
 import jax
 
-from benchmarks import throughput
-from benchmarks.prepare_device_bundle import load_kb
+from . import throughput
+from .prepare_device_bundle import load_kb
 from modulenet_jax.data import load_dataset
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes

@@ -2,7 +2,7 @@
 history evaluated together (`Evaluator.evaluate_many`, prefixes shared) and one network at a
 time, on the same machine, alternating; the evaluations must be identical.
 
-    python -m benchmarks.prefix_sharing --run runs/cifar10_resnet --out benchmarks/results \\
+    python -m modulenet_jax.benchmarks.prefix_sharing --run runs/cifar10_resnet --out benchmarks/results \\
         --name cpu-prefix-sharing
 
 The config is the run's own `config.json`; the figures are written as JSON and markdown.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from benchmarks.throughput import device_name, write_report
+from .throughput import device_name, write_report
 from modulenet_jax.prefix import PrefixSchedule
 from modulenet_jax.search.runner import Run, _read_history
 from modulenet_jax.space import Architecture

@@ -1,7 +1,11 @@
 """Writes what an accelerator session needs and cannot fetch: the CIFAR ResNet knowledge base and
 a dataset bundle (train images in the protocol's seeded order + the validation split).
 
-    python benchmarks/prepare_device_bundle.py --out .device   # ~55 MB; carry it with the run
+    python -m modulenet_jax.benchmarks.prepare_device_bundle --out .device \\
+        --data ../shared/data/cifar10-jpeg --weights-dir ../shared/weights/cifar-resnet   # ~55 MB, for the run
+
+Without `--data` and `--weights-dir`, CIFAR-10 comes from TFDS and the checkpoints from the
+download cache (downloaded if missing), as in the default config.
 """
 
 from __future__ import annotations
@@ -11,8 +15,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def save_kb(kb, path) -> None:
@@ -42,18 +44,18 @@ def load_kb(path):
 
 
 def main(argv=None):
-    from converters.knowledge import build_from_pretrained
+    from modulenet_jax.converters.knowledge import build_from_pretrained
     from modulenet_jax.data import load_dataset, save_bundle
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=".device")
-    p.add_argument("--data", default=str(SHARED / "data" / "cifar10-jpeg"))
-    p.add_argument("--weights-dir", default=str(SHARED / "weights" / "cifar-resnet"))
+    p.add_argument("--data", default="cifar10", help="a TFDS name, an ImageFolder root or a .npz bundle")
+    p.add_argument("--weights-dir", nargs="*", default=(), help="folders searched for the checkpoints first")
     p.add_argument("--train", type=int, default=10240)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_kb(build_from_pretrained([f"cifar_resnet{d}" for d in (20, 32, 44, 56)], [args.weights_dir]), out / "kb.npz")
+    save_kb(build_from_pretrained([f"cifar_resnet{d}" for d in (20, 32, 44, 56)], args.weights_dir), out / "kb.npz")
     save_bundle(load_dataset(args.data), out / "cifar10.npz", args.train, test_split="val", seed=0)
     print(f"wrote {out}/kb.npz and {out}/cifar10.npz")
 

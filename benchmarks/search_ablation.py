@@ -4,7 +4,7 @@ network is evaluated once whatever variant asks for it), for several seeds; the 
 hypervolume of the validation front in (error, parameters / largest source's parameters),
 reference point (1, 1.1).
 
-    python benchmarks/search_ablation.py --config configs/cifar10_resnet.py --out runs/ablation \\
+    python -m modulenet_jax.benchmarks.search_ablation --config cifar10_resnet --out runs/ablation \\
         --seeds 0 1 --set search.population=12 search.generations=6 protocol.fit_images=512 \\
         protocol.stitch_images=256 data.val_size=500
 """
@@ -34,7 +34,7 @@ VARIANTS = {
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/cifar10_resnet.py")
+    p.add_argument("--config", default="cifar10_resnet", help="a packaged config's name or a .py file")
     p.add_argument("--set", nargs="*", default=())
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default="runs/ablation")

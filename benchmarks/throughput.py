@@ -213,7 +213,7 @@ class Bench:
         """(runner, impl name, device): true fp32 (no TF32) or bf16, eager or compiled."""
         import torch
 
-        from benchmarks.torch_baseline import TorchRunner
+        from .torch_baseline import TorchRunner
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -222,7 +222,7 @@ class Bench:
         return TorchRunner(self.kb, device, tdtype, compile_), "torch-compile" if compile_ else "torch-eager", device
 
     def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        from benchmarks.torch_baseline import timed
+        from .torch_baseline import timed
 
         runner, impl, device = self._torch_runner(dtype, compile_)
         flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
@@ -250,7 +250,7 @@ class Bench:
     def w1_paired(self, archs, dtype, n: int, rounds: int):
         """W1 on the per-module JAX path against PyTorch eager network by network, alternating
         (JAX, PyTorch) so that the drifts of a shared machine hit both alike: per-network ratios."""
-        from benchmarks.torch_baseline import timed
+        from .torch_baseline import timed
 
         if self.strategy != "loop" or self._over_budget(f"W1 paired {dtype}"):
             return
@@ -322,7 +322,7 @@ class Bench:
                              correct=[r.correct for r in res]))
 
     def w2_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
-        from benchmarks.torch_baseline import source_inputs_torch, timed
+        from .torch_baseline import source_inputs_torch, timed
 
         runner, impl, device = self._torch_runner(dtype, compile_)
         targets = source_inputs_torch(self.kb, runner, self.fit.images, self.protocol.stitch_images)
@@ -370,10 +370,12 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     if paired and "W1" in workloads and "eager" in torch_modes:
         for dtype in dtypes:
             bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
-    import torch
-
-    return {"device": bench.device, "jax": jax.__version__, "torch": torch.__version__,
-            "torch_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    try:
+        import torch
+    except ModuleNotFoundError:  # JAX timed alone: no baseline ran
+        torch = None
+    return {"device": bench.device, "jax": jax.__version__, "torch": torch and torch.__version__,
+            "torch_device": torch and (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
             "strategy": bench.strategy, "protocol": dataclasses.asdict(protocol), "validation_images": len(bench.val),
             "results": [dataclasses.asdict(r) for r in bench.results], "paired": bench.paired,
             "skipped": bench.skipped,
@@ -420,8 +422,9 @@ def _rate(rate: float) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Device: **{report['device']}** (PyTorch on {report['torch_device']}); jax {report['jax']}, "
-             f"torch {report['torch']}; {report['validation_images']} validation images; JAX strategy "
+    torch = (f"PyTorch on {report['torch_device']}); jax {report['jax']}, torch {report['torch']}" if report["torch"]
+             else f"no PyTorch baseline); jax {report['jax']}")
+    lines = [f"Device: **{report['device']}** ({torch}; {report['validation_images']} validation images; JAX strategy "
              f"`{report['strategy']}`; total {report['seconds']} s.", "",
              "| workload | impl | dtype | population | networks timed | rate | unit | TFLOP/s | % of peak | compile s | mean correct |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]

@@ -1,10 +1,10 @@
 """The largest difference between every torchvision zoo family and torchvision itself.
 
-    python -m benchmarks.torchvision_equivalence             # every model at 32 px, one or two per family at 224
-    python -m benchmarks.torchvision_equivalence --all-224   # every model at 224 px as well
+    python -m modulenet_jax.benchmarks.torchvision_equivalence            # every model at 32 px, 1-2 per family at 224
+    python -m modulenet_jax.benchmarks.torchvision_equivalence --all-224  # every model at 224 px as well
 
 Each model is torchvision's with random weights and random BatchNorm statistics
-(`converters.verify.randomized_model`), converted, and run on 2 random images in fp32, eval
+(`modulenet_jax.converters.verify.randomized_model`), converted, and run on 2 random images in fp32, eval
 mode. Per family and input size it prints the largest |jax - torch| / max |torch| over the
 models checked: over every module (each on torchvision's own input to it) and over the
 logits (end to end). The acceptance bound is 1e-4. Prints a markdown table (the one in
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from converters.torchvision_models import FAMILIES, convert, torch_state_dict
-from converters.verify import AT_224, TOLERANCE, compare, randomized_model, single_torch_thread
+from modulenet_jax.converters.torchvision_models import FAMILIES, convert, torch_state_dict
+from modulenet_jax.converters.verify import AT_224, TOLERANCE, compare, randomized_model, single_torch_thread
 from modulenet_jax import zoo
 
 

@@ -1,21 +1,23 @@
-"""The default search: CIFAR-10 JPEG + the four CIFAR ResNets, sized for a 2-core CPU.
+"""The default search: CIFAR-10 + the four CIFAR ResNets, sized for a 2-core CPU.
 
-    modulenet search --config configs/cifar10_resnet.py --out runs/cifar10_resnet
+    modulenet search --config cifar10_resnet --out runs/cifar10_resnet
 
-Knowledge base: resnet20/32/44/56 (akamaster), from ../shared/weights/cifar-resnet when it
-is there, else downloaded. Data: ../shared/data/cifar10-jpeg when it is there, else TFDS
-`cifar10`. Produces a run folder with the history, the Pareto front (JSON, PNG) and the
-final table (front + sources on the odd test positions, same protocol). Sized for a 2-core
-CPU (about 10 minutes): 512 fit images, 500 validation and 2,000 final-test images (class-
-balanced subsets), a population of 12 for 8 generations; `cifar10_resnet_gpu.py` is the
-full-size variant.
+Knowledge base: resnet20/32/44/56 (akamaster), from the folders in `knowledge.weights_dirs`,
+else the download cache, else downloaded (SHA-256 checked). Data: TFDS `cifar10`. The config
+names its data and weights and holds no path of its own, so a run folder's config.json is the
+same from any checkout; local copies are overrides (what `make search` passes when ../shared
+is beside the checkout):
+
+    modulenet search --config cifar10_resnet --set data.source=../shared/data/cifar10-jpeg \\
+        "knowledge.weights_dirs=('../shared/weights/cifar-resnet',)"
+
+Produces a run folder with the history, the Pareto front (JSON, PNG) and the final table
+(front + sources on the odd test positions, same protocol). Sized for a 2-core CPU (about 10
+minutes): 512 fit images, 500 validation and 2,000 final-test images (class-balanced
+subsets), a population of 12 for 8 generations; `cifar10_resnet_gpu` is the full-size variant.
 """
 
-from pathlib import Path
-
 import ml_collections
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def get_config():
@@ -23,8 +25,7 @@ def get_config():
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = str(SHARED / "data" / "cifar10-jpeg")
-    c.data.fallback = "cifar10"          # TFDS name used when `source` is not there
+    c.data.source = "cifar10"            # TFDS name, ImageFolder root with train/ and test/, or .npz bundle
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.fit_seed = 0                  # which train images the protocol fits on
     c.data.val_size = 500                # of the 5,000 even test positions (class-balanced)
@@ -32,7 +33,7 @@ def get_config():
     c.knowledge = ml_collections.ConfigDict()
     c.knowledge.path = ml_collections.FieldReference(None, field_type=str)  # a saved knowledge base
     c.knowledge.sources = ("cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56")
-    c.knowledge.weights_dirs = (str(SHARED / "weights" / "cifar-resnet"),)
+    c.knowledge.weights_dirs = ()        # folders searched for the checkpoints before the download cache
 
     c.space = ml_collections.ConfigDict()
     c.space.granularity = "run"

@@ -1,6 +1,6 @@
 """Mixed-family search on CIFAR-10 over torchvision's ImageNet models.
 
-    modulenet search --config configs/cifar10_torchvision.py --out runs/cifar10_torchvision
+    modulenet search --config cifar10_torchvision --out runs/cifar10_torchvision
 
 Knowledge base: torchvision's resnet18, resnet34, vgg11_bn and mobilenet_v2 with their
 `DEFAULT` ImageNet weights, fetched by torchvision's own download mechanism (cached under
@@ -15,7 +15,7 @@ front JSON/PNG, final table with every source under the same protocol).
 Offline (no network: random weights, the shared JPEG copy of CIFAR-10, small sizes; the
 accuracy means nothing, but every shape, stitch and step runs):
 
-    modulenet search --config configs/cifar10_torchvision.py --out runs/cifar10_torchvision_offline \\
+    modulenet search --config cifar10_torchvision --out runs/cifar10_torchvision_offline \\
         --set knowledge.weights=random data.source=../shared/data/cifar10-jpeg knowledge.input_size=32 \\
               protocol.fit_images=256 protocol.stitch_images=128 protocol.batch_size=128 \\
               protocol.head_steps=30 protocol.stitch_steps=2 data.val_size=256 final.size=256 \\
@@ -33,7 +33,6 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "cifar10"            # TFDS name, or a folder with train/ and test/ ImageFolders
-    c.data.fallback = ml_collections.FieldReference(None, field_type=str)
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.fit_seed = 0
     c.data.val_size = 1000
@@ -60,7 +59,7 @@ def get_config():
     c.protocol.stitch_ridge = 1e-3
     c.protocol.stitch_steps = 0          # > 0: Adam steps on stitches + head, convs frozen
     c.protocol.stitch_lr = 1e-3
-    c.protocol.bn = "recalibrate"        # as configs/cifar10_resnet.py (chosen by the fidelity measurement)
+    c.protocol.bn = "recalibrate"        # as cifar10_resnet (chosen by the fidelity measurement)
     c.protocol.head = "logistic"
     c.protocol.head_l2 = 1e-3
     c.protocol.head_ridge = 1e-3

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from converters.common import BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from .common import BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$")
 

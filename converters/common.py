@@ -10,12 +10,13 @@ import jax
 import numpy as np
 import torch
 
+from modulenet_jax.errors import UserError
 from modulenet_jax.zoo import get_model
 from modulenet_jax.zoo.common import unflatten
 
 
-class ConversionError(ValueError):
-    """A checkpoint that does not fit the architecture it was converted to."""
+class ConversionError(UserError):
+    """A checkpoint that does not fit the architecture it was converted to (or is no checkpoint)."""
 
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
@@ -34,8 +35,9 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         raise ConversionError(
             f"{path}: refused to load: the file needs pickled code, which is never executed "
             f"(torch.load(weights_only=True) said: {str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError) as e:
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except (RuntimeError, EOFError, KeyError) as e:  # torch.load's KeyError: a file that is no pickle at all
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}); give a "
+                              f".pth/.th file saved with torch.save") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

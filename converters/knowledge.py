@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import cifar_resnet, torchvision_models
+from . import cifar_resnet, torchvision_models
+from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.pretrained import fetch, get_pretrained
 from modulenet_jax.zoo import get_model
@@ -17,7 +18,8 @@ def convert_checkpoint(path, model_name: str | None = None):
     """`(model_name, params)` of a checkpoint, by the converter of the model's family."""
     family = "cifar_resnet" if model_name is None else get_model(model_name).family
     if family not in CONVERTERS:
-        raise KeyError(f"no converter for {model_name!r}; families: {', '.join(CONVERTERS)}")
+        raise UserError(f"no converter for {model_name!r} (family {family}); families with one: "
+                        f"{', '.join(CONVERTERS)}")
     return CONVERTERS[family](path, model_name)
 
 

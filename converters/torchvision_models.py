@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torchvision
 
-from converters.common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from .common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from modulenet_jax.errors import UserError
 from modulenet_jax.pretrained import _sha256
 from modulenet_jax.zoo import get_model, tv_efficientnet, tv_vgg
 
@@ -41,7 +42,7 @@ Resolve = Callable[[str], "tuple[str, ...] | None"]
 def torchvision_name(model_name: str) -> str:
     """`tv_resnet18` -> `resnet18`, the name torchvision's builders and weights use."""
     if not model_name.startswith(PREFIX):
-        raise ValueError(f"{model_name!r} is not a torchvision zoo model (those are named {PREFIX}*)")
+        raise UserError(f"{model_name!r} is not a torchvision zoo model (those are named {PREFIX}*)")
     get_model(model_name)
     return model_name[len(PREFIX):]
 
@@ -360,7 +361,7 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str) -> dict:
 def convert_file(path, model_name: str | None = None):
     """`(model_name, params)` of a local `.pth` state_dict (read with `weights_only=True`)."""
     if model_name is None:
-        raise ValueError(f"{path}: say which torchvision model it holds (e.g. --model tv_resnet18)")
+        raise UserError(f"{path}: say which torchvision model it holds (e.g. --model tv_resnet18)")
     return model_name, convert(load_state_dict(path), model_name)
 
 
@@ -376,12 +377,12 @@ def weights_enum(model_name: str, weights: str):
     enum = torchvision.models.get_model_weights(torchvision_name(model_name))
     short = weights.split(".")[-1]
     if "." in weights and weights.split(".")[0] != enum.__name__:
-        raise ValueError(f"{weights!r} are not weights of {model_name} (its weights are {enum.__name__}.*)")
+        raise UserError(f"{weights!r} are not weights of {model_name} (its weights are {enum.__name__}.*)")
     try:
         return enum[short]
     except KeyError:
-        raise ValueError(f"{model_name} has no torchvision weights {weights!r}; known: "
-                         f"{', '.join(enum.__members__)}") from None
+        raise UserError(f"{model_name} has no torchvision weights {weights!r}; known: "
+                        f"{', '.join(enum.__members__)}") from None
 
 
 def _local_copy(url: str, weights_dirs) -> Path | None:
@@ -392,7 +393,8 @@ def _local_copy(url: str, weights_dirs) -> Path | None:
         path = Path(d) / name
         if path.is_file():
             if digest and not _sha256(path).startswith(digest.group(1)):
-                raise ValueError(f"{path}: SHA-256 does not start with {digest.group(1)}; the file is corrupt")
+                raise UserError(f"{path}: SHA-256 does not start with {digest.group(1)}; the file is corrupt: "
+                                f"delete or replace it")
             return path
     return None
 
@@ -413,7 +415,8 @@ def load_state_dict_for(model_name: str, weights: str, seed: int = 0, weights_di
     try:
         sd = w.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except OSError as e:
-        raise ConnectionError(f"could not fetch torchvision weights {w} from {w.url}: {e}") from None
+        raise UserError(f"could not fetch torchvision weights {w} from {w.url} ({e}); check the network, or "
+                        f"put {w.url.rsplit('/', 1)[-1]} into a folder of knowledge.weights_dirs") from None
     return {k: v.detach().cpu().numpy() for k, v in sd.items()}, str(w)
 
 

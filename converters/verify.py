@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from converters.torchvision_models import convert, torch_state_dict, torchvision_name
+from .torchvision_models import convert, torch_state_dict, torchvision_name
 from modulenet_jax.assemble import run_module
 from modulenet_jax.zoo import get_model
 

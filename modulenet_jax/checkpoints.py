@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from modulenet_jax import zoo
+from modulenet_jax.errors import UserError
 
 SPEC_FILE = "model.json"
 PARAMS_DIR = "params"
@@ -33,7 +34,8 @@ def load_tree(path):
 
 
 def check_params(model_name: str, params) -> None:
-    """Raises if `params` does not have exactly the structure and shapes `model_name` expects."""
+    """A `UserError` unless `params` has exactly the structure and shapes `model_name` expects."""
+    fix = f"these params are not {model_name}'s: convert the checkpoint again with the right --model"
     model = zoo.get_model(model_name)
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
@@ -41,13 +43,13 @@ def check_params(model_name: str, params) -> None:
     for path, leaf in flat_e.items():
         name = jax.tree_util.keystr(path)
         if path not in flat_p:
-            raise ValueError(f"{model_name}: params have no {name}")
+            raise UserError(f"{model_name}: params have no {name}; {fix}")
         if tuple(np.shape(flat_p[path])) != tuple(leaf.shape):
-            raise ValueError(f"{model_name}: {name} has shape {tuple(np.shape(flat_p[path]))}, "
-                             f"expected {tuple(leaf.shape)}")
+            raise UserError(f"{model_name}: {name} has shape {tuple(np.shape(flat_p[path]))}, "
+                            f"expected {tuple(leaf.shape)}; {fix}")
     for path in flat_p:
         if path not in flat_e:
-            raise ValueError(f"{model_name}: unexpected param {jax.tree_util.keystr(path)}")
+            raise UserError(f"{model_name}: unexpected param {jax.tree_util.keystr(path)}; {fix}")
 
 
 def save_model(path, model_name: str, params, metadata: dict | None = None) -> Path:

@@ -1,7 +1,12 @@
 """The `modulenet` command: a thin layer over the library (every step is importable).
 
 Human-readable output by default, `--json` for scripts. Checkpoint conversion imports
-`converters` (and so torch) only in the commands that read PyTorch files.
+`modulenet_jax.converters` (and so torch) only in the commands that read PyTorch files.
+
+Bad input (a `UserError`, or a path that is missing or of the wrong kind) prints one line,
+`modulenet <command>: error: <message>`, and exits with status 2, as argparse does for bad
+arguments; `--debug` shows its traceback instead. Any other exception is a bug: it is not
+caught, so its traceback shows and the status is 1. Ctrl-C exits with status 130.
 """
 
 from __future__ import annotations
@@ -11,7 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+from modulenet_jax.errors import UserError, require_extra
+
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+CONFIG_HELP = "a packaged config's name (e.g. cifar10_resnet) or a path to a .py file"
 
 
 def _console():
@@ -49,7 +59,7 @@ def _emit(args, payload: dict, human) -> None:
 # -- convert ------------------------------------------------------------------------------
 
 def cmd_convert(args) -> int:
-    from converters.knowledge import convert_checkpoint
+    from modulenet_jax.converters.knowledge import convert_checkpoint
     from modulenet_jax.checkpoints import save_model
     from modulenet_jax.cost import count_params
 
@@ -68,11 +78,11 @@ def cmd_kb_build(args) -> int:
     from modulenet_jax.knowledge import KnowledgeBase
 
     if args.pretrained:
-        from converters.knowledge import build_from_pretrained
+        from modulenet_jax.converters.knowledge import build_from_pretrained
 
         kb = build_from_pretrained(args.pretrained, args.weights_dir)
     elif args.checkpoints:
-        from converters.knowledge import build_from_checkpoints
+        from modulenet_jax.converters.knowledge import build_from_checkpoints
 
         kb = build_from_checkpoints(args.checkpoints)
     else:
@@ -129,26 +139,28 @@ def cmd_search(args) -> int:
 def cmd_evaluate(args) -> int:
     from modulenet_jax.data import load_dataset, protocol_split
 
+    if not args.config and not (args.source and (args.weights or args.kb)):
+        raise UserError("give --source NAME with --weights FILE or --kb DIR (a source as published), "
+                        "or --config with --genotype '[...]' or --source NAME (under the config's protocol)")
+    if args.config and not (args.genotype or args.source):
+        raise UserError("--config needs the network: --genotype '[...]' or --source NAME")
+    genotype = _parse_genotype(args.genotype) if args.genotype else None
     dataset = load_dataset(args.data)
     split = protocol_split(dataset, args.split, args.size)
     if args.config:
-        return _evaluate_protocol(args, dataset, split)
-    if not args.source:
-        raise SystemExit("modulenet evaluate: give --source (with --weights or --kb), or --config")
+        return _evaluate_protocol(args, dataset, split, genotype)
     from modulenet_jax.evaluate import evaluate_published
 
     if args.weights:
-        from converters.knowledge import convert_checkpoint
+        from modulenet_jax.converters.knowledge import convert_checkpoint
         from modulenet_jax.knowledge import KnowledgeBase
 
         name, params = convert_checkpoint(args.weights, args.source)
         kb = KnowledgeBase.build([(args.source, name, params, str(args.weights))])
-    elif args.kb:
+    else:
         from modulenet_jax.knowledge import KnowledgeBase
 
         kb = KnowledgeBase.load(args.kb)
-    else:
-        raise SystemExit("modulenet evaluate: --source needs --weights or --kb")
     correct, total = evaluate_published(kb, args.source, split, args.batch_size)
     payload = {"source": args.source, "mode": "published", "split": split.description,
                "correct": correct, "total": total, "accuracy": correct / total}
@@ -157,19 +169,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _evaluate_protocol(args, dataset, split) -> int:
+def _parse_genotype(text: str):
+    """`--genotype`: a JSON list of integers, as `front.json` and `history.jsonl` write them."""
     import numpy as np
 
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--genotype {text!r} is not JSON ({e}); give a list of integers, e.g. '[0, 3, 1]'") from e
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise UserError(f"--genotype {text!r} is not a list of integers; give one like '[0, 3, 1]'")
+    return np.asarray(values, np.int64)
+
+
+def _evaluate_protocol(args, dataset, split, genotype) -> int:
     from modulenet_jax.config import load_config
     from modulenet_jax.search.runner import Run
 
     run = Run.from_config(load_config(args.config, args.set), dataset=dataset)
-    if args.genotype:
-        genotype = np.asarray(json.loads(args.genotype), np.int64)
-    elif args.source:
+    if genotype is None:
         genotype = run.space.encode_source(args.source)
-    else:
-        raise SystemExit("modulenet evaluate --config: give --genotype '[...]' or --source NAME")
     arch = run.space.decode(genotype)
     ev = run.evaluator.evaluate(arch, split)
     payload = {"architecture": arch.describe(), "mode": "protocol", "split": split.description,
@@ -184,24 +203,24 @@ def _evaluate_protocol(args, dataset, split) -> int:
 
 def cmd_fidelity(args) -> int:
     from modulenet_jax.config import load_config
-    from modulenet_jax.protocol import Protocol
     from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
     from modulenet_jax.finetune import FinetuneConfig
-    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
     from modulenet_jax.space import Architecture
 
-    config = load_config(args.config, args.set)
-    kb = load_knowledge(config.knowledge)
-    dataset = load_data(config.data)
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown --variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    config = load_config(args.config, args.set)
+    protocol = make_protocol(config.protocol)
+    kb = load_knowledge(config.knowledge)
+    dataset = load_data(config.data)
     networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
     networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
     ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = measure(kb, dataset, Protocol(**config.protocol.to_dict()), {v: VARIANTS[v] for v in args.variants},
+    report = measure(kb, dataset, protocol, {v: VARIANTS[v] for v in args.variants},
                      networks, ft, args.val_size, config.data.fit_seed, args.out, log)
     _emit(args, {k: v for k, v in report.items() if k != "rows"},
           lambda: print((Path(args.out) / "report.md").read_text()))
@@ -213,16 +232,23 @@ def cmd_fidelity(args) -> int:
 def cmd_bench(args) -> int:
     import dataclasses
 
-    from benchmarks import throughput
+    from modulenet_jax.benchmarks import throughput
     from modulenet_jax.config import load_config
-    from modulenet_jax.protocol import Protocol
     from modulenet_jax.knowledge import KnowledgeBase
-    from modulenet_jax.search.runner import load_data, load_knowledge
+    from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
 
+    baselines = []  # what asks for PyTorch: checked before anything is loaded or timed
+    if args.torch_modes:
+        baselines.append(f"--torch-modes {' '.join(args.torch_modes)}")
+    if args.paired:
+        baselines.append(f"--paired {args.paired}")
+    if baselines:
+        require_extra("torch", "torch", f"timing the PyTorch baselines ({', '.join(baselines)})",
+                      instead="pass --torch-modes with no value (and no --paired) to time JAX alone")
     config = load_config(args.config, args.set)
+    protocol = make_protocol(config.protocol)
     kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
     dataset = load_data(config.data)
-    protocol = Protocol(**config.protocol.to_dict())
     if args.batch_size:
         protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
@@ -245,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host runs; see the README)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an input error or an interrupt instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, help_, fn):
@@ -275,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_kb_show)
 
     sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
-    sr.add_argument("--config", required=True, help="a config file, e.g. configs/cifar10_resnet.py")
+    sr.add_argument("--config", required=True, help=CONFIG_HELP)
     sr.add_argument("--out", help="run folder (default runs/<config name>)")
     sr.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     sr.add_argument("--restart", action="store_true", help="start the run folder over instead of resuming")
@@ -289,14 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--source", help="a source model name (as published with --weights/--kb)")
     e.add_argument("--weights", help="the source's PyTorch checkpoint")
     e.add_argument("--kb", help="a knowledge base folder holding the source")
-    e.add_argument("--config", help="evaluate under this config's protocol and space")
+    e.add_argument("--config", help="evaluate under this config's protocol and space: " + CONFIG_HELP)
     e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
     e.add_argument("--batch-size", type=int, default=500)
 
     f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
             cmd_fidelity)
-    f.add_argument("--config", required=True, help="knowledge base, data and base protocol")
+    f.add_argument("--config", required=True, help="knowledge base, data and base protocol: " + CONFIG_HELP)
     f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"])
@@ -312,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)
-    bn.add_argument("--config", default="configs/cifar10_resnet.py", help="knowledge base, data, protocol, space")
+    bn.add_argument("--config", default="cifar10_resnet", help="knowledge base, data, protocol, space: " + CONFIG_HELP)
     bn.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
@@ -320,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--populations", nargs="+", type=int, default=[1, 8, 64, 256])
     bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
-    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
+                    help="PyTorch baselines to time (the torch extra); with no value, JAX alone")
     bn.add_argument("--torch-max-w1", type=int, default=64, help="most networks PyTorch runs per W1 point")
     bn.add_argument("--torch-max-w2", type=int, default=16, help="most networks PyTorch runs per W2 point")
     bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
@@ -345,12 +374,20 @@ def main(argv=None) -> int:
         import jax
 
         jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
+    command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None))))
     try:
         return args.fn(args)
-    except (FileNotFoundError, KeyError, ValueError, ConnectionError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"modulenet {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    except (UserError, *PATH_ERRORS) as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split())  # one line, even where a wrapped library message had several
+        print(f"modulenet {command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"modulenet {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

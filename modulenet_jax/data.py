@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from modulenet_jax.errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TFDS_NAMES = ("cifar10", "cifar100")
 SPLITS = ("train", "test", "val", "final")
+PREPARE_MODULES = ("tensorflow", "importlib_resources")  # what TFDS imports to prepare a dataset: extra `prepare`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,7 @@ def load_image_folder(root, use_cache: bool = True) -> tuple[np.ndarray, np.ndar
             images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"{root}: images differ in size ({sorted(shapes)[:3]}...); resize them first")
+        raise UserError(f"{root}: images differ in size ({sorted(shapes)[:3]}...); resize them to one size first")
     images = np.stack(images)
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -109,11 +112,12 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
     except ImportError as e:
-        if "tensorflow" not in str(e).lower():
+        if not any(m in str(e).lower() for m in PREPARE_MODULES):
             raise
-        raise RuntimeError(
-            f"TFDS dataset {name!r} is not prepared and preparing it needs TensorFlow ({e}): "
-            f"pip install 'modulenet-jax[prepare]', or pass a prepared --data folder") from None
+        raise UserError(
+            f"TFDS dataset {name!r} is not prepared, and preparing it needs the prepare extra ({e}): "
+            f"pip install 'modulenet-jax[prepare]', or give an ImageFolder root or .npz bundle instead "
+            f"(--data, or --set data.source=...)") from None
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
@@ -189,7 +193,7 @@ def load_dataset(source: str, data_dir=None) -> Dataset:
         class_lists[split] = classes
         splits[split] = Split(images, labels, len(classes), f"{root.name}:{split}")
     if class_lists["train"] != class_lists["test"]:
-        raise ValueError(f"{root}: train and test have different class folders")
+        raise UserError(f"{root}: train/ and test/ have different class folders; give both the same classes")
     return Dataset(root.name, splits["train"], splits["test"])
 
 
@@ -227,4 +231,4 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
         idx = positions[evenly_spaced(len(positions), size)]
         which = {"test": "", "val": " even", "final": " odd"}[split]
         return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")
-    raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")

@@ -20,6 +20,7 @@ import numpy as np
 from modulenet_jax import protocol as core
 from modulenet_jax.assemble import op_of, preprocess, run_module, stitch_cost
 from modulenet_jax.data import Split
+from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.prefix import PrefixSchedule
 from modulenet_jax.protocol import EvaluationError, FittedNetwork, Protocol, count_correct
@@ -74,10 +75,12 @@ class Evaluator:
     def __init__(self, kb: KnowledgeBase, protocol: Protocol, fit: Split,
                  prefix_memory: int | None = PREFIX_MEMORY_MB << 20):
         if len(fit) < protocol.fit_images:
-            raise ValueError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}")
+            raise UserError(f"the fit split has {len(fit)} images, the protocol needs {protocol.fit_images}; "
+                            f"lower protocol.fit_images")
         if protocol.input_size is not None and kb.input_size not in (None, protocol.input_size):
-            raise ValueError(f"protocol.input_size is {protocol.input_size} but the knowledge base was cut at "
-                             f"{kb.input_size} px (its resolutions and FLOPs are for that size)")
+            raise UserError(f"protocol.input_size is {protocol.input_size} but the knowledge base was cut at "
+                            f"{kb.input_size} px (its resolutions and FLOPs are for that size); set "
+                            f"protocol.input_size={kb.input_size} or rebuild the knowledge base at that size")
         self.kb = kb
         self.protocol = protocol
         self.num_classes = fit.num_classes

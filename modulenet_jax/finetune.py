@@ -22,6 +22,7 @@ import optax
 from modulenet_jax.assemble import apply_stitch, preprocess
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
+from modulenet_jax.errors import UserError
 from modulenet_jax.protocol import FittedNetwork
 from modulenet_jax.zoo.registry import get_op
 
@@ -122,7 +123,7 @@ def finetune(net: FittedNetwork, train: Split, config: FinetuneConfig) -> Fitted
     n = min(config.images, len(train))
     steps = config.epochs * (n // config.batch_size)
     if steps < 1:
-        raise ValueError(f"fine-tuning needs at least {config.batch_size} train images, got {n}")
+        raise UserError(f"fine-tuning needs at least {config.batch_size} train images (--batch-size), got {n}")
     modules, stitches, head = list(net.params), list(net.stitches), net.head
     mod_state = [_init(config, steps, p) for p in modules]
     st_state = [None if st is None else _init(config, steps, st) for st in stitches]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from modulenet_jax import zoo
 from modulenet_jax.checkpoints import check_params, load_tree, save_tree
 from modulenet_jax.cost import count_flops, count_params
+from modulenet_jax.errors import UserError
 from modulenet_jax.zoo.registry import ModuleSpec
 
 INDEX_FILE = "index.json"
@@ -84,7 +85,7 @@ class KnowledgeBase:
         sources, records, params = [], [], {}
         for source, model_name, model_params, weights in models:
             if source in params:
-                raise ValueError(f"duplicate source name {source!r}")
+                raise UserError(f"duplicate source name {source!r}; give each source model its own name")
             model = zoo.get_model(model_name)
             check_params(model_name, model_params)
             size = input_size or model.input_size
@@ -104,7 +105,7 @@ class KnowledgeBase:
             sources.append(Source(source, model_name, weights))
             params[source] = model_params
         if not sources:
-            raise ValueError("a knowledge base needs at least one source model")
+            raise UserError("a knowledge base needs at least one source model")
         sizes = {input_size or zoo.get_model(s.model).input_size for s in sources}
         return cls(sources, records, params, sizes.pop() if len(sizes) == 1 else input_size)
 
@@ -118,10 +119,15 @@ class KnowledgeBase:
         r = self.record(module_id)
         return self.params[r.source][r.spec.name]
 
+    def source(self, name: str) -> Source:
+        """The source model called `name` (an error naming the base's sources if there is none)."""
+        if name not in self.sources:
+            raise UserError(f"no source {name!r} in the knowledge base; its sources: {', '.join(self.sources)}")
+        return self.sources[name]
+
     def modules_of(self, source: str) -> tuple[ModuleRecord, ...]:
         """The records of one source, in the order of its forward pass."""
-        if source not in self.sources:
-            raise KeyError(f"no source {source!r}; sources: {', '.join(self.sources)}")
+        self.source(source)
         return tuple(r for r in self.records if r.source == source)
 
     def predecessor(self, module_id: str) -> str | None:
@@ -131,7 +137,7 @@ class KnowledgeBase:
         return None if prev is None else f"{r.source}/{prev}"
 
     def source_model(self, source: str):
-        return zoo.get_model(self.sources[source].model)
+        return zoo.get_model(self.source(source).model)
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -151,8 +157,8 @@ class KnowledgeBase:
                                     f"build one with `modulenet kb build`")
         index = json.loads((path / INDEX_FILE).read_text())
         if index.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: knowledge base format {index.get('format')}, "
-                             f"this version reads {FORMAT_VERSION}")
+            raise UserError(f"{path}: knowledge base format {index.get('format')}, this version reads "
+                            f"{FORMAT_VERSION}; build it again with `modulenet kb build`")
         sources = [Source(**s) for s in index["sources"]]
         params = load_tree(path / PARAMS_DIR)
         for s in sources:

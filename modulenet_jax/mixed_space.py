@@ -33,6 +33,7 @@ import dataclasses
 
 import numpy as np
 
+from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase, ModuleRecord
 from modulenet_jax.space import Architecture, Gene, GenotypeError, IntegerGenotypes
 
@@ -68,9 +69,10 @@ class MixedSpace(IntegerGenotypes):
         self.sources = tuple(sources or kb.sources)
         for s in self.sources:
             if s not in kb.sources:
-                raise ValueError(f"unknown source {s!r}; the knowledge base has {', '.join(kb.sources)}")
+                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
+                                f"{', '.join(kb.sources)}")
         if max_depth is not None and max_depth < 0:
-            raise ValueError(f"max_depth must be >= 0, got {max_depth}")
+            raise UserError(f"space.max_depth must be >= 0, got {max_depth}")
         records = [r for s in self.sources for r in kb.modules_of(s)]
         self.stems = [r for r in records if r.spec.kind == "stem"]
         blocks = [r for r in records if r.spec.kind == "block"]
@@ -80,7 +82,8 @@ class MixedSpace(IntegerGenotypes):
         self.min_reduction = min_reduction
         for stem in self.stems:
             if min_reduction is not None and self._count(stem) == 0:
-                raise ValueError(f"no network from stem {stem.id} reaches reduction {min_reduction}")
+                raise UserError(f"no network from stem {stem.id} reaches reduction {min_reduction}; lower "
+                                f"space.min_reduction")
         self.genes = self._genes()
         self._depth_gene = [i for i, g in enumerate(self.genes) if g.kind == "depth"]
 
@@ -183,9 +186,9 @@ class MixedSpace(IntegerGenotypes):
         return Architecture(tuple(self._walk(genotype, repair=False).modules))
 
     def encode_source(self, source: str) -> np.ndarray:
-        """The genotype of a source model itself; `ValueError` if the space cannot hold it."""
+        """The genotype of a source model itself; a `UserError` if the space cannot hold it."""
         if source not in self.sources:
-            raise ValueError(f"{source!r} is not a source of this space")
+            raise UserError(f"{source!r} is not a source of this space; its sources: {', '.join(self.sources)}")
         recs = [r for r in self.kb.modules_of(source) if r.spec.kind != "head"]
         stem, blocks = recs[0], recs[1:]
         g = np.zeros(self.num_genes, np.int64)
@@ -196,22 +199,22 @@ class MixedSpace(IntegerGenotypes):
             here = [b for b in blocks if b.spec.reduction == lv.reduction]
             pools = self._pools(lv, r0)
             if len(here) > len(pools):
-                raise ValueError(f"{source} has {len(here)} blocks at reduction {lv.reduction}, the space "
-                                 f"takes at most {len(pools)} there")
+                raise UserError(f"{source} has {len(here)} blocks at reduction {lv.reduction}, the space "
+                                f"takes at most {len(pools)} there (space.max_depth)")
             g[di] = len(here)
             for p, b in enumerate(here):
                 if b not in pools[p]:
-                    raise ValueError(f"{b.id} cannot be position {p} at reduction {lv.reduction}")
+                    raise UserError(f"{b.id} cannot be position {p} at reduction {lv.reduction}")
                 g[di + 1 + p] = pools[p].index(b)
             placed += len(here)
         if placed != len(blocks):
-            raise ValueError(f"{source}: some blocks are at reductions the space does not have")
+            raise UserError(f"{source}: some blocks are at reductions the space does not have")
         try:
             self.validate(g)
         except GenotypeError as e:
-            raise ValueError(f"{source} is not a network of this space: {e}") from None
+            raise UserError(f"{source} is not a network of this space: {e}") from None
         if self.decode(g).modules != tuple(r.id for r in recs):
-            raise ValueError(f"{source} does not decode back to itself (its blocks skip a level)")
+            raise UserError(f"{source} does not decode back to itself (its blocks skip a level)")
         return g
 
     def continue_run_value(self, genotype, gene_index: int) -> int | None:
@@ -275,7 +278,7 @@ def _resolutions(records) -> dict[int, int]:
     for red, by_res in sorted(seen.items()):
         if len(by_res) > 1:
             clash = ", ".join(f"{mid} gives {res}" for res, mid in sorted(by_res.items()))
-            raise ValueError(f"the sources disagree on the resolution at reduction {red} ({clash}); build the "
+            raise UserError(f"the sources disagree on the resolution at reduction {red} ({clash}); build the "
                              f"knowledge base at an input size divisible by {max(seen)}")
         out[red] = next(iter(by_res))
     return out

@@ -13,6 +13,8 @@ import os
 import urllib.request
 from pathlib import Path
 
+from modulenet_jax.errors import UserError
+
 AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
 
 
@@ -48,7 +50,7 @@ def get_pretrained(name: str) -> Pretrained:
     try:
         return PRETRAINED[name]
     except KeyError:
-        raise KeyError(f"no known pretrained checkpoint {name!r}; known: {', '.join(sorted(PRETRAINED))}") from None
+        raise UserError(f"no known pretrained checkpoint {name!r}; known: {', '.join(sorted(PRETRAINED))}") from None
 
 
 def fetch(name: str, search_dirs=(), download: bool = True) -> Path:
@@ -58,7 +60,8 @@ def fetch(name: str, search_dirs=(), download: bool = True) -> Path:
         path = d / info.filename
         if path.is_file():
             if not _sha256(path).startswith(info.sha256_prefix):
-                raise ValueError(f"{path}: SHA-256 does not start with {info.sha256_prefix}; the file is corrupt")
+                raise UserError(f"{path}: SHA-256 does not start with {info.sha256_prefix}; the file is corrupt: "
+                                f"delete it (it is downloaded again) or replace it with {info.url}")
             return path
     if not download:
         raise FileNotFoundError(f"{info.filename} is not in {[str(d) for d in search_dirs]} or the cache")
@@ -68,9 +71,11 @@ def fetch(name: str, search_dirs=(), download: bool = True) -> Path:
     try:
         urllib.request.urlretrieve(info.url, tmp)
     except OSError as e:
-        raise ConnectionError(f"could not download {info.url}: {e}") from None
+        raise UserError(f"could not download {info.url} ({e}); check the network, or put {info.filename} "
+                        f"into a folder of knowledge.weights_dirs / --weights-dir") from None
     if not _sha256(tmp).startswith(info.sha256_prefix):
         tmp.unlink()
-        raise ValueError(f"downloaded {info.url} does not match SHA-256 prefix {info.sha256_prefix}")
+        raise UserError(f"downloaded {info.url} does not match SHA-256 prefix {info.sha256_prefix}; fetch the "
+                        f"file by hand and put it into a folder of knowledge.weights_dirs / --weights-dir")
     tmp.replace(dest)
     return dest

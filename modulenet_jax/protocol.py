@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modulenet_jax.assemble import fit_linear_map, head_logits, op_of, pool, preprocess, run_module, run_op, stitched
+from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
 
@@ -79,21 +80,21 @@ class Protocol:
 
     def __post_init__(self):
         if self.bn not in BN_MODES:
-            raise ValueError(f"protocol.bn must be one of {BN_MODES}, got {self.bn!r}")
+            raise UserError(f"protocol.bn must be one of {BN_MODES}, got {self.bn!r}")
         if self.head not in HEADS:
-            raise ValueError(f"protocol.head must be one of {HEADS}, got {self.head!r}")
+            raise UserError(f"protocol.head must be one of {HEADS}, got {self.head!r}")
         if not 0 < self.stitch_images <= self.fit_images:
-            raise ValueError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
+            raise UserError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
                              f"got {self.stitch_images}")
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
+            raise UserError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.batch_size < 1 or self.head_steps < 1:
-            raise ValueError("protocol.batch_size and protocol.head_steps must be positive")
+            raise UserError("protocol.batch_size and protocol.head_steps must be positive")
         if self.stitch_steps < 0 or not self.stitch_lr > 0:
-            raise ValueError(f"protocol.stitch_steps must be >= 0 and protocol.stitch_lr > 0, got "
+            raise UserError(f"protocol.stitch_steps must be >= 0 and protocol.stitch_lr > 0, got "
                              f"{self.stitch_steps} and {self.stitch_lr}")
         if self.input_size is not None and self.input_size < 1:
-            raise ValueError(f"protocol.input_size must be None or positive, got {self.input_size}")
+            raise UserError(f"protocol.input_size must be None or positive, got {self.input_size}")
 
     @property
     def jnp_dtype(self):

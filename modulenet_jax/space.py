@@ -23,12 +23,13 @@ import math
 
 import numpy as np
 
+from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase, ModuleRecord
 
 GRANULARITIES = ("stage", "run", "block")
 
 
-class GenotypeError(ValueError):
+class GenotypeError(UserError):
     """A genotype outside the search space."""
 
 
@@ -128,7 +129,7 @@ class IntegerGenotypes:
         """Is the source model itself a network of this space?"""
         try:
             self.encode_source(source)
-        except ValueError:
+        except UserError:
             return False
         return True
 
@@ -147,17 +148,19 @@ class SearchSpace(IntegerGenotypes):
     def __init__(self, kb: KnowledgeBase, granularity: str = "block", min_depth: int = 1,
                  max_depth: int | None = None, sources: tuple[str, ...] | None = None):
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+            raise UserError(f"space.granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.kb = kb
         self.granularity = granularity
         self.sources = tuple(sources or kb.sources)
         for s in self.sources:
             if s not in kb.sources:
-                raise ValueError(f"unknown source {s!r}; the knowledge base has {', '.join(kb.sources)}")
+                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
+                                f"{', '.join(kb.sources)}")
         self.stems = [r for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "stem"]
         stages = sorted({r.spec.stage for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "block"})
         if stages != list(range(1, len(stages) + 1)):
-            raise ValueError(f"sources have stages {stages}; expected 1..S")
+            raise UserError(f"the sources have stages {stages}, not 1..S; choose sources of one family "
+                            f"(space.sources) or the mixed space (space.kind='mixed')")
         self.num_stages = len(stages)
         # blocks[s][src] = the stage-s blocks of source src, in order
         self.blocks = {s: {src: [r for r in kb.modules_of(src) if r.spec.kind == "block" and r.spec.stage == s]
@@ -280,7 +283,7 @@ class SearchSpace(IntegerGenotypes):
     def encode_source(self, source: str) -> np.ndarray:
         """The genotype of a source model itself (for seeding a search with the sources)."""
         if source not in self.sources:
-            raise ValueError(f"{source!r} is not a source of this space")
+            raise UserError(f"{source!r} is not a source of this space; its sources: {', '.join(self.sources)}")
         g = [self.sources.index(source)]
         for s in range(1, self.num_stages + 1):
             blocks = self.blocks[s][source]
@@ -289,7 +292,8 @@ class SearchSpace(IntegerGenotypes):
                 continue
             lo, hi = self.depth_range[s]
             if not lo <= len(blocks) <= hi:
-                raise ValueError(f"{source} has {len(blocks)} blocks in stage {s}, outside the depth range {lo}..{hi}")
+                raise UserError(f"{source} has {len(blocks)} blocks in stage {s}, outside the depth range {lo}..{hi}; "
+                                f"widen space.min_depth/space.max_depth")
             g.append(len(blocks))
             for p in range(hi):
                 if p >= len(blocks):

@@ -34,7 +34,7 @@ def cifar_test():
 @pytest.fixture(scope="session")
 def real_kb():
     """Knowledge base of the four real CIFAR ResNets."""
-    from converters.knowledge import build_from_checkpoints
+    from modulenet_jax.converters.knowledge import build_from_checkpoints
 
     return build_from_checkpoints([CHECKPOINTS[d] for d in (20, 32, 44, 56)])
 

@@ -9,7 +9,7 @@ import pytest
 from modulenet_jax.protocol import Protocol
 
 pytest.importorskip("torch")
-from benchmarks import throughput  # noqa: E402
+from modulenet_jax.benchmarks import throughput  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.cifar_resnet import convert_file
+from modulenet_jax.converters.cifar_resnet import convert_file
 from modulenet_jax import zoo
 from modulenet_jax.assemble import preprocess
 from modulenet_jax.cost import count_flops, count_params

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from converters.cifar_resnet import convert
-from converters.common import ConversionError, load_state_dict
+from modulenet_jax.converters.cifar_resnet import convert
+from modulenet_jax.converters.common import ConversionError, load_state_dict
 from tests.conftest import CHECKPOINTS, needs_shared
 from tests.torch_cifar_resnet import CifarResNet
 

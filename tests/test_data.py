@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.data import Dataset, Split, load_dataset, load_image_folder, protocol_split
+from modulenet_jax.errors import UserError
 from tests.conftest import CIFAR_JPEG, needs_shared
 
 
@@ -72,6 +73,19 @@ def test_tfds_cifar10_through_mock_data():
     assert ds.train.images.shape == (20, 32, 32, 3) and ds.train.images.dtype == np.uint8
     assert ds.num_classes == 10 and len(ds.test) == 20
     assert len(protocol_split(ds, "val")) == 10
+
+
+@pytest.mark.parametrize("missing", ["tensorflow", "importlib_resources"])
+def test_preparing_tfds_without_the_prepare_extra_names_it(monkeypatch, missing):
+    import tensorflow_datasets as tfds
+
+    def data_source(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    with pytest.raises(UserError, match=r"not prepared, and preparing it needs the prepare extra .* "
+                                        r"pip install 'modulenet-jax\[prepare\]'"):
+        load_dataset("cifar10")
 
 
 @needs_shared

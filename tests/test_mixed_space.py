@@ -168,7 +168,7 @@ def test_evaluator_stitches_across_families(kb):
 
 
 def test_search_runs_on_the_mixed_space(kb, tmp_path):
-    config = load_config("configs/cifar10_torchvision.py", [
+    config = load_config("cifar10_torchvision", [
         "knowledge.input_size=32", "protocol.fit_images=64", "protocol.stitch_images=32", "protocol.head=ridge",
         "protocol.batch_size=32", "data.val_size=32", "search.population=4", "search.generations=2",
         "space.max_depth=1", "space.min_reduction=8"])

@@ -2,6 +2,7 @@
 even when killed in the middle of a generation."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,19 @@ def test_a_different_config_does_not_resume(tiny_kb, tiny_dataset, tmp_path):
         search(_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=5"]), tmp_path, log=lambda m: None)
 
 
-def test_config_overrides_are_checked():
-    with pytest.raises(KeyError, match="no config field 'populaton'"):
-        load_config(CONFIG, ["search.populaton=3"])
-    with pytest.raises(FileNotFoundError):
-        load_config("configs/nope.py")
+def test_a_clone_elsewhere_resumes_the_run_folder(tiny_kb, tiny_dataset, tmp_path):
+    """config.json holds nothing derived from where the checkout is: the config file of a clone
+    in another folder gives the same config.json, so the run resumes instead of being refused."""
+    def run(clone):
+        shutil.copytree(CONFIG.parent, tmp_path / clone / "configs")
+        config = load_config(tmp_path / clone / "configs" / CONFIG.name, SMALL + ["search.generations=1"])
+        return Run.from_config(config, kb=tiny_kb, dataset=tiny_dataset)
+
+    search(run("clone-a"), tmp_path / "run", log=lambda m: None)
+    logs = []
+    search(run("elsewhere/clone-b"), tmp_path / "run", log=logs.append)
+    assert logs[0].startswith(f"resuming {tmp_path / 'run'} after generation 1")
+    assert str(tmp_path) not in (tmp_path / "run" / "config.json").read_text()
 
 
 def test_fused_and_loop_strategies_give_the_same_search(tiny_kb, tiny_dataset, tmp_path):

@@ -1,7 +1,7 @@
 """Every torchvision zoo model against torchvision's own forward pass (fp32, eval mode).
 
 Random weights with random BatchNorm statistics, biases, norm affines and layer scales
-(`converters.verify.randomized_model`); every module on torchvision's own input to it and
+(`modulenet_jax.converters.verify.randomized_model`); every module on torchvision's own input to it and
 the whole model end to end must agree within 1e-4 x the output's scale. Every model is
 checked at 32x32; one or two per family also at 224x224 (the big variants only at 32 to
 keep CI time low).
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from converters.torchvision_models import FAMILIES, convert, torch_state_dict
-from converters.verify import AT_224, TOLERANCE, compare, randomized_model, single_torch_thread
+from modulenet_jax.converters.torchvision_models import FAMILIES, convert, torch_state_dict
+from modulenet_jax.converters.verify import AT_224, TOLERANCE, compare, randomized_model, single_torch_thread
 from modulenet_jax import zoo
 from modulenet_jax.cost import count_params
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from converters.knowledge import build_from_torchvision
-from converters.torchvision_models import convert, torch_state_dict
-from converters.verify import TOLERANCE, randomized_model, single_torch_thread
+from modulenet_jax.converters.knowledge import build_from_torchvision
+from modulenet_jax.converters.torchvision_models import convert, torch_state_dict
+from modulenet_jax.converters.verify import TOLERANCE, randomized_model, single_torch_thread
 from modulenet_jax import zoo
 from modulenet_jax.assemble import run_module
 from modulenet_jax.cost import count_params

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from modulenet_jax.errors import UserError
 from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, crowding_distance,
                                        non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state, unseen)
 from modulenet_jax.search.operators import CROSSOVERS, binary_tournament, mutate, stage_crossover, uniform_crossover
@@ -38,11 +39,12 @@ class NSGA2(SearchAlgorithm):
                  initial: tuple[np.ndarray, ...] = (), crossover_prob: float = 0.9,
                  mutation_prob: float | None = None, continue_run_prob: float = 0.0, crossover: str = "stage"):
         if crossover not in CROSSOVERS:
-            raise ValueError(f"crossover must be one of {CROSSOVERS}, got {crossover!r}")
+            raise UserError(f"search.crossover must be one of {CROSSOVERS}, got {crossover!r}")
         if population_size < 2:
-            raise ValueError("population_size must be at least 2")
+            raise UserError(f"search.population must be at least 2, got {population_size}")
         if len(initial) > population_size:
-            raise ValueError(f"{len(initial)} seeds do not fit a population of {population_size}")
+            raise UserError(f"{len(initial)} source models do not fit a population of {population_size}; raise "
+                            f"search.population or set search.seed_sources=False")
         self.space = space
         self.population_size = population_size
         self.crossover_prob = crossover_prob

@@ -22,7 +22,8 @@ import numpy as np
 
 from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
-from modulenet_jax.evaluate import PREFIX_MEMORY_MB, Evaluation, Evaluator, evaluate_published
+from modulenet_jax.errors import UserError
+from modulenet_jax.evaluate import OBJECTIVES, PREFIX_MEMORY_MB, Evaluation, Evaluator, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import FusionError, PopulationEvaluator
@@ -66,7 +67,7 @@ def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
     if kind == "mixed":
         return MixedSpace(kb, max_depth=cfg.max_depth, sources=sources, min_reduction=cfg.get("min_reduction"))
     if kind != "stages":
-        raise ValueError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
+        raise UserError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
     return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth, sources=sources)
 
 
@@ -79,7 +80,7 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
                      crossover=cfg.crossover)
     if cfg.algorithm == "random":
         return RandomSearch(space, cfg.population, seed, initial=initial)
-    raise ValueError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
+    raise UserError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
 
 
 def load_knowledge(cfg) -> KnowledgeBase:
@@ -88,20 +89,26 @@ def load_knowledge(cfg) -> KnowledgeBase:
     if cfg.get("path"):
         return KnowledgeBase.load(cfg.path)
     if cfg.get("weights") is not None:
-        from converters.knowledge import build_from_torchvision  # torch lives in converters/
+        from modulenet_jax.converters.knowledge import build_from_torchvision  # torch lives in converters/
 
         return build_from_torchvision(tuple(cfg.sources), cfg.weights, cfg.get("input_size"),
                                       cfg.get("weights_seed", 0), tuple(cfg.weights_dirs))
-    from converters.knowledge import build_from_pretrained  # torch lives in converters/
+    from modulenet_jax.converters.knowledge import build_from_pretrained  # torch lives in converters/
 
     return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
 
 
 def load_data(cfg) -> Dataset:
-    source = cfg.source
-    if not cfg.get("fallback") or source in ("cifar10", "cifar100") or Path(source).is_dir():
-        return load_dataset(source, cfg.get("data_dir"))
-    return load_dataset(cfg.fallback, cfg.get("data_dir"))
+    """The configured dataset: `source` a TFDS name, an ImageFolder root or a `.npz` bundle."""
+    return load_dataset(cfg.source, cfg.get("data_dir"))
+
+
+def make_protocol(cfg) -> Protocol:
+    """The config's `protocol` section as a `Protocol`: a field out of range is the config's error."""
+    try:
+        return Protocol(**cfg.to_dict())
+    except ValueError as e:
+        raise UserError(f"{e}; fix it in the config or with --set protocol.<field>=...") from e
 
 
 STRATEGIES = ("auto", "loop", "fused")
@@ -111,7 +118,7 @@ def choose_strategy(strategy: str) -> str:
     """`auto`: the fused population program on accelerators, one call per module on a CPU
     (where vmapping over different kernels is slower than a loop)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise UserError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
         return "loop" if jax.devices()[0].platform == "cpu" else "fused"
     return strategy
@@ -132,7 +139,7 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
         return PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size, evaluator=evaluator)
     except FusionError as e:
         if strategy == "fused":
-            raise ValueError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
+            raise UserError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
         log(f"evaluating module by module: the fused program cannot run this space ({e})")
         return None
 
@@ -178,10 +185,16 @@ class Run:
     @classmethod
     def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None,
                     log: Callable[[str], None] = print) -> "Run":
+        unknown = sorted(set(config.search.objectives) - set(OBJECTIVES))
+        if unknown:
+            raise UserError(f"search.objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+        protocol = make_protocol(config.protocol)
         kb = kb or load_knowledge(config.knowledge)
         dataset = dataset or load_data(config.data)
-        protocol = Protocol(**config.protocol.to_dict())
         fit = protocol_split(dataset, "train", protocol.fit_images, seed=config.data.fit_seed)
+        if len(fit) < protocol.fit_images:
+            raise UserError(f"protocol.fit_images is {protocol.fit_images}, but {dataset.name} has only {len(fit)} "
+                            f"train images; lower protocol.fit_images")
         val = protocol_split(dataset, "val", config.data.val_size)
         space = make_space(kb, config.space)
         algorithm = make_algorithm(space, config.search, config.seed)
@@ -207,7 +220,7 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
     cfg_path, state_path, hist_path = out / "config.json", out / "state.json", out / "history.jsonl"
     if cfg_path.is_file() and resume:
         if cfg_path.read_text() != config_json:
-            raise ValueError(f"{out} holds a run of a different config; choose a new --out, or "
+            raise UserError(f"{out} holds a run of a different config; choose a new --out, or "
                              f"pass --restart to start this folder over")
     elif not resume:
         for p in (state_path, hist_path):

@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from modulenet_jax.errors import UserError
+
 Params = Mapping[str, Any]
 Op = Callable[..., Any]
 
@@ -149,7 +151,7 @@ def get_model(name: str) -> ModelDef:
     try:
         return _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -1,0 +1,1 @@
+"""Experiment configs shipped with the package, found by name (`modulenet search --config cifar10_resnet`)."""
