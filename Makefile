@@ -31,8 +31,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 search: setup
 	$(BIN)/modulenet search --config $(CONFIG) --out $(OUT) $(if $(strip $(LOCAL)),--set $(LOCAL))
 
+# Two workers (pytest-xdist): XLA compiles on one core, so two test processes keep both cores
+# busy; compiled programs persist in .jax_cache between runs (tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .jax_cache

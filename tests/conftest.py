@@ -13,6 +13,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# Compiled programs persist between test runs (and reach the tests' subprocesses through
+# JAX_COMPILATION_CACHE_DIR): a rerun skips XLA's compiler, the results are the same programs'.
+COMPILE_CACHE = ROOT / ".jax_cache"
+jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "cifar-resnet"
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg"

@@ -136,6 +136,8 @@ def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monke
     from modulenet_jax.prefix import PrefixSchedule
 
     archs = _sharing_population(tiny_kb)
+    if kw.get("stitch_steps"):  # tuning compiles per network: a sharing subset (a random one, its later-changed kin)
+        archs = archs[4:10] + archs[-2:]
     alone = []
     for a in archs:
         ev, val = _evaluator(tiny_kb, tiny_dataset, **kw)
@@ -146,7 +148,7 @@ def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monke
     assert together == alone
     schedule = PrefixSchedule.of([a.modules for a in archs])
     assert len(steps) == schedule.modules_computed([len(a.modules) for a in archs])
-    assert len(steps) <= sum(len(a.modules) for a in archs) // 2 + 2  # 38 of 74 here
+    assert len(steps) <= sum(len(a.modules) for a in archs) // 2 + 2  # 38 of 74 here (25 of 53 tuned)
 
 
 def test_a_prefix_memory_budget_costs_only_recomputation(tiny_kb, tiny_dataset, monkeypatch):

@@ -1,6 +1,7 @@
 """Fused population evaluation: equals one-by-one evaluation, shards across devices, compiles
 once per search, and splits a chunk that runs out of device memory."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -94,7 +95,9 @@ def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
     pe = PopulationEvaluator(space, protocol, fit, chunk_size=4)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, *a, **k: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+        # lowering to a new program happens on every compile, also when the persistent cache has it
+        lambda event, *a, **k: compiles.append(event) if event == "/jax/core/compile/jaxpr_to_mlir_module_duration"
+        else None)
     pe.evaluate(archs[:5], val)  # "generation 1": 5 networks -> two chunks of 4 (the last padded)
     first = len(compiles)
     assert first >= 1
@@ -104,8 +107,8 @@ def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
 
 def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
     space, fit, archs, val = _setup(tiny_kb, tiny_dataset)
+    expected = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2).evaluate(archs, val)  # the program the split runs
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8)
-    expected = pe.evaluate(archs, val)
     real, sizes = pe._run_chunk, []
 
     def capped(slots, *data):  # a device that only fits chunks of 2
@@ -122,28 +125,54 @@ def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
         pe.evaluate(archs, val)
 
 
-def test_sharded_equals_single_device():
-    """Eight forced host devices give the same fitness as one, to the last bit (fp32)."""
-    code = textwrap.dedent("""
-        import json, jax
-        from tests.conftest import random_models
-        from modulenet_jax.knowledge import KnowledgeBase
-        from tests.test_population import PROTOCOL, _setup
-        from modulenet_jax.population import PopulationEvaluator
-        import tests.conftest as c
-        kb = KnowledgeBase.build(random_models())
-        ds = c.tiny_dataset.__wrapped__()
-        space, fit, archs, val = _setup(kb, ds, n=6)
-        assert len(jax.devices()) == 8
-        many = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8).evaluate(archs, val)
-        one = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, devices=jax.devices()[:1]).evaluate(archs, val)
-        assert many == one, (many, one)
-        print(json.dumps([e.correct for e in many]))
-    """)
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+@pytest.fixture(scope="module")
+def one_device_counts(tiny_kb, tiny_dataset) -> str:
+    """Correct counts of the multi-device tests' networks on this process's single device."""
+    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=2)
+    evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4, devices=jax.devices()[:1]).evaluate(archs, val)
+    return "RESULT " + json.dumps([e.correct for e in evs])
+
+
+# What a subprocess runs first: this process's XLA settings and compile cache, its own device count.
+_SUBPROCESS_PRELUDE = """
+import json, os, sys
+from modulenet_jax import cpu_runtime
+cpu_runtime.configure()
+import jax
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+"""
+
+
+def _subprocess_env(devices: int) -> dict:
+    from tests.conftest import COMPILE_CACHE
+
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+            "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE)}
+
+
+_EVALUATE = """
+from tests.conftest import random_models
+from modulenet_jax.knowledge import KnowledgeBase
+from tests.test_population import PROTOCOL, _setup
+from modulenet_jax.population import PopulationEvaluator
+import tests.conftest as c
+kb = KnowledgeBase.build(random_models())
+space, fit, archs, val = _setup(kb, c.tiny_dataset.__wrapped__(), n=2)
+evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4).evaluate(archs, val)
+print("RESULT " + json.dumps([e.correct for e in evs]))
+"""
+
+
+def _result(out: str) -> str:
+    return [line for line in out.splitlines() if line.startswith("RESULT ")][-1]
+
+
+def test_sharded_equals_single_device(one_device_counts):
+    """Four forced host devices, one network each, give the same fitness as one device, to the last bit (fp32)."""
+    code = _SUBPROCESS_PRELUDE + "assert len(jax.devices()) == 4\n" + _EVALUATE
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_subprocess_env(4), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert _result(r.stdout) == one_device_counts
 
 
 def _free_port() -> int:
@@ -152,42 +181,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_device():
-    """`jax.distributed` as on several hosts: two processes of four CPU devices each (gloo
-    collectives) shard one population chunk over all eight devices, and every process gets
+def test_two_processes_equal_one_device(one_device_counts):
+    """`jax.distributed` as on several hosts: two processes of two CPU devices each (gloo
+    collectives) shard one population chunk over all four devices, and every process gets
     the fitness that one device computes alone, to the last bit (fp32)."""
-    code = textwrap.dedent("""
-        import json, sys, jax
+    code = _SUBPROCESS_PRELUDE + textwrap.dedent("""
         role, port = sys.argv[1], sys.argv[2]
-        if role != "single":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2,
-                                       process_id=int(role))
-            assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
-        from tests.conftest import random_models
-        from modulenet_jax.knowledge import KnowledgeBase
-        from tests.test_population import PROTOCOL, _setup
-        from modulenet_jax.population import PopulationEvaluator
-        import tests.conftest as c
-        kb = KnowledgeBase.build(random_models())
-        space, fit, archs, val = _setup(kb, c.tiny_dataset.__wrapped__(), n=6)
-        devices = jax.devices()[:1] if role == "single" else None
-        evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, devices=devices).evaluate(archs, val)
-        print("RESULT " + json.dumps([e.correct for e in evs]))
-    """)
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=int(role))
+        assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    """) + _EVALUATE
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", code, role, port], cwd=ROOT, env=env, text=True,
+    procs = [subprocess.Popen([sys.executable, "-c", code, role, port], cwd=ROOT, env=_subprocess_env(2), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for role in ("0", "1")]
-    single = subprocess.run([sys.executable, "-c", code, "single", port], cwd=ROOT, env=env, capture_output=True,
-                            text=True)
-    runs = [(single.returncode, single.stdout, single.stderr)]
     for p in procs:
         out, err = p.communicate(timeout=900)
-        runs.append((p.returncode, out, err))
-    results = []
-    for rc, out, err in runs:
-        assert rc == 0, err[-3000:]
-        results.append([line for line in out.splitlines() if line.startswith("RESULT ")][-1])
-    assert results[1] == results[0] and results[2] == results[0], results
+        assert p.returncode == 0, err[-3000:]
+        assert _result(out) == one_device_counts
