@@ -223,7 +223,7 @@ class Evaluator:
 
 def _state_bytes(state: core.State) -> int:
     """Bytes of a state's activations (its fitted params are small and shared)."""
-    return sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
+    return sum(x.nbytes for x in jax.tree_util.tree_leaves((state.fit, state.features, state.scored)))
 
 
 def published_logits(kb: KnowledgeBase, source: str, input_size: int | None = None):

@@ -29,7 +29,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
 
-BN_MODES = ("source", "recalibrate")
+BN_MODES = ("source", "recalibrate", "from_junction")
 HEADS = ("ridge", "logistic")
 
 
@@ -45,7 +45,9 @@ class Protocol:
     - `stitch_images`: how many fit images the stitches are solved on (<= `fit_images`);
     - `stitch_ridge`: relative ridge penalty of the stitch solves;
     - `bn`: `source` keeps each module's published BatchNorm statistics, `recalibrate`
-      replaces them, module by module, with the statistics of the fit images;
+      replaces them, module by module, with the statistics of the fit images, and
+      `from_junction` keeps them up to the first junction (where the activations are exactly
+      the source's) and recalibrates from it on (a source network keeps all of its own);
     - `head`: `ridge` (closed form, penalty `head_ridge`) or `logistic` (L-BFGS, `head_steps`
       iterations, L2 penalty `head_l2` on standardised features);
     - `fit_images`: train images used for BatchNorm and the head (the stitches use the first
@@ -101,8 +103,15 @@ class Protocol:
         return jnp.float32 if self.dtype == "float32" else jnp.bfloat16
 
     @property
-    def recalibrate(self) -> bool:
-        return self.bn == "recalibrate"
+    def fit_pass_all(self) -> bool:
+        """Does the fit pass carry every fit image (BN statistics may be recalibrated), or only
+        the stitch images (the head's features then come from separate batches)?"""
+        return self.bn != "source"
+
+    def calibrates(self, mixed):
+        """Are a module's BN statistics recalibrated, given whether a junction lies at or before
+        it (`mixed`: a bool, or a boolean array inside the fused program)?"""
+        return {"source": False, "recalibrate": True, "from_junction": mixed}[self.bn]
 
 
 class ModuleFit(NamedTuple):
@@ -116,14 +125,17 @@ class ModuleFit(NamedTuple):
 class State(NamedTuple):
     """The protocol part-way through a network: activations after its first modules.
 
-    `fit`: the fit pass, what stitches and BN statistics are fitted on (every fit image with
-    BN recalibration, else the first `stitch_images`); `features`: without recalibration,
-    every fit image in fixed-size batches (the head's features); `scored`: batches of a split
-    carried along to be scored at the end (empty: the driver scores afterwards)."""
+    `fit`: the fit pass, what stitches and BN statistics are fitted on (every fit image when
+    BN statistics may be recalibrated, else the first `stitch_images`); `features`: with the
+    published statistics throughout, every fit image in fixed-size batches (the head's
+    features); `scored`: batches of a split carried along to be scored at the end (empty: the
+    driver scores afterwards); `mixed`: does a junction lie before (a bool, or a boolean array
+    inside the fused program)."""
 
     fit: jax.Array
     features: tuple = ()
     scored: tuple = ()
+    mixed: Any = False
 
 
 def prepare(protocol: Protocol, images, mean, std):
@@ -166,7 +178,7 @@ def source_inputs(protocol: Protocol, kb, source: str, fit_images) -> dict:
 def start(protocol: Protocol, fit_images, mean, std, scored=()) -> State:
     """The state before the first module: the fit pass, the head's feature batches (without
     recalibration) and the scored batches (`scored`: uint8 batches), preprocessed."""
-    if protocol.recalibrate:
+    if protocol.fit_pass_all:
         return State(prepare(protocol, fit_images, mean, std), (), tuple(prepare(protocol, b, mean, std) for b in scored))
     batches = pad_batches(protocol.batch_size, fit_images)[0]
     return State(prepare(protocol, fit_images[:protocol.stitch_images], mean, std),
@@ -184,19 +196,19 @@ def _masked(y, x, active):
     return y if active is None else jnp.where(active, y, x)
 
 
-def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None):
+def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False):
     """One module on the fit pass `x`: its stitch (solved where `junction` may hold; a stitch
-    that is not used is zero), BatchNorm statistics (with recalibration), and forward.
-    `junction` and `active` are Python bools/None when known while tracing, or boolean arrays
-    inside the fused program (`active` False: the slot is past the network's depth and passes
-    `x` through). Returns `(y, ModuleFit)`."""
+    that is not used is zero), BatchNorm statistics (recalibrated where `calibrate` holds), and
+    forward. `junction`, `active` and `calibrate` are Python bools (None: no mask) when known
+    while tracing, or boolean arrays inside the fused program (`active` False: the slot is past
+    the network's depth and passes `x` through). Returns `(y, ModuleFit)`."""
     stitch = None
     if protocol.stitch and junction is not False:
         stitch = solve_stitch(protocol, x, target)
         if junction is not True:
             used = junction if active is None else junction & active
             stitch = jax.tree_util.tree_map(lambda a: jnp.where(used, a, jnp.zeros_like(a)), stitch)
-    y, params_used = run_op(op, params, stitched(stitch, x, junction), protocol.recalibrate)
+    y, params_used = run_op(op, params, stitched(stitch, x, junction), calibrate)
     return _masked(y, x, active), ModuleFit(params_used, stitch)
 
 
@@ -212,18 +224,26 @@ def step(protocol: Protocol, op: tuple, params, state: State, target, junction, 
 
     `fit`/`apply` default to `fit_module`/`apply_module`; the per-module driver passes their
     compiled forms so that each compiles once per op and is reused for every batch."""
-    y, module_fit = fit(protocol, op, params, state.fit, target, junction, active)
+    mixed = _or(state.mixed, junction)
+    y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed))
 
     def forward(x):
         return apply(op, module_fit, x, junction, active)
 
-    return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored))), module_fit
+    return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored)), mixed), module_fit
+
+
+def _or(a, b):
+    """`a or b` for Python bools, elementwise for arrays (inside the fused program)."""
+    if isinstance(a, bool) and isinstance(b, bool):
+        return a or b
+    return jnp.logical_or(a, b)
 
 
 def head_features(protocol: Protocol, state: State, n: int):
-    """Pooled features of the `n` fit images after the last module: the fit pass itself with
-    recalibration, else the feature batches (padding cut off)."""
-    if protocol.recalibrate:
+    """Pooled features of the `n` fit images after the last module: the fit pass itself when it
+    carries every fit image, else the feature batches (padding cut off)."""
+    if protocol.fit_pass_all:
         return pool(state.fit)
     return jnp.concatenate([pool(x) for x in state.features])[:n]
 
@@ -290,7 +310,7 @@ def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
 
 # The compiled forms the per-module driver calls: each compiles once per op (and protocol) and
 # is reused for every network and batch of that shape.
-compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction"))
+compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction", "calibrate"))
 compiled_apply_module = jax.jit(apply_module, static_argnames=("op", "junction"))
 compiled_score_batch = jax.jit(score_batch)
 _score_logits = jax.jit(score_logits)

@@ -84,6 +84,30 @@ def test_stitches_at_junctions_and_costs(tiny_kb, tiny_dataset, bn):
         assert not np.allclose(np.asarray(stem_bn["mean"]), np.asarray(tiny_kb.module_params(arch.modules[0])["bn"]["mean"]))
 
 
+def _same(a, b) -> bool:
+    return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
+
+
+def test_from_junction_keeps_the_published_statistics_up_to_the_first_junction(tiny_kb, tiny_dataset):
+    """`bn=from_junction`: modules before the first junction run exactly as in their source (their
+    published BN statistics), every module from the junction on is recalibrated, and a source
+    network keeps all of its own statistics."""
+    ev, _ = _evaluator(tiny_kb, tiny_dataset, bn="from_junction")
+    space = SearchSpace(tiny_kb, "run")
+    g = space.encode_source("cifar_resnet14")
+    stage2 = next(i for i, gene in enumerate(space.genes) if gene.name == "stage2.pos0")
+    g[stage2] = 0  # stage 2 starts with cifar_resnet8's block: the first junction is there
+    arch = space.decode(g)
+    junctions = arch.junctions(tiny_kb)
+    first = junctions.index(True)
+    assert 1 < first < len(arch.modules) - 1
+    fitted = ev.fit(arch)
+    for i, (module_id, used) in enumerate(zip(arch.modules, fitted.params)):
+        assert _same(used, tiny_kb.module_params(module_id)) == (i < first), (i, module_id)
+    source = Architecture.of_source(tiny_kb, "cifar_resnet14")
+    assert all(_same(u, tiny_kb.module_params(m)) for m, u in zip(source.modules, ev.fit(source).params))
+
+
 def test_evaluation_is_deterministic(tiny_kb, tiny_dataset):
     ev, val = _evaluator(tiny_kb, tiny_dataset)
     space = SearchSpace(tiny_kb, "block")
@@ -129,7 +153,8 @@ def _counting_steps(monkeypatch) -> list:
     return steps
 
 
-@pytest.mark.parametrize("kw", [{"bn": "recalibrate"}, {"bn": "source"}, {"stitch_steps": 3}])
+@pytest.mark.parametrize("kw", [{"bn": "recalibrate"}, {"bn": "source"}, {"bn": "from_junction"}, {"stitch_steps": 3}],
+                         ids=["recalibrate", "source", "from_junction", "tuned"])
 def test_shared_prefixes_give_what_one_by_one_gives(tiny_kb, tiny_dataset, monkeypatch, kw):
     """A population evaluated together (each shared module prefix fitted and run once) scores
     exactly what each network scores alone, in fp32; and the prefixes really are shared."""

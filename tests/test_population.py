@@ -36,6 +36,7 @@ VARIANTS = {
     "ridge+stitch+source": {"head": "ridge", "bn": "source"},
     "logistic+plain+source": {"stitch": False, "bn": "source"},
     "ridge+plain+recalibrate": {"head": "ridge", "stitch": False},
+    "logistic+stitch+from_junction": {"bn": "from_junction"},
     "tuned-stitches+source": {"stitch_steps": 2, "bn": "source", "stitch_images": 32},
 }
 

@@ -60,13 +60,16 @@ def batch_stats(x):
     return mean, var
 
 
-def batch_norm(params, x, eps: float, calibrate: bool = False):
-    """Inference BatchNorm; with `calibrate`, first replace the running statistics by `x`'s.
+def batch_norm(params, x, eps: float, calibrate=False):
+    """Inference BatchNorm; with `calibrate`, first replace the running statistics by `x`'s
+    (`calibrate` may be a boolean array, as in a vmapped population: then where it holds).
 
     Returns `(y, params_used)` so a caller can collect recalibrated statistics purely.
     """
-    if calibrate:
+    if calibrate is not False:
         mean, var = batch_stats(x)
+        if calibrate is not True:
+            mean, var = jnp.where(calibrate, mean, params["mean"]), jnp.where(calibrate, var, params["var"])
         params = {**params, "mean": mean, "var": var}
     inv = params["scale"] * lax.rsqrt(params["var"] + eps)
     shift = params["bias"] - params["mean"] * inv
