@@ -16,27 +16,30 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.stats import kendalltau
 
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.finetune import FinetuneConfig, finetune
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.ranking import agreement, kendall
 from modulenet_jax.space import Architecture, SearchSpace
 
-# name -> overrides of the base protocol
+# name -> overrides of the base protocol; each names its BN mode, so a variant means the same
+# whatever the base config's `bn` is
 VARIANTS = {
-    "plain": {"stitch": False},
+    "plain": {"stitch": False, "bn": "source"},
     "plain+bn": {"stitch": False, "bn": "recalibrate"},
-    "stitch": {},
+    "stitch": {"bn": "source"},
     "stitch+bn": {"bn": "recalibrate"},
-    "stitch+ridge": {"head": "ridge"},
+    "stitch+bn-from-junction": {"bn": "from_junction"},
+    "stitch+ridge": {"bn": "source", "head": "ridge"},
     "stitch+bn+ridge": {"bn": "recalibrate", "head": "ridge"},
-    "stitch-256": {"fit_images": 256, "stitch_images": 256},
-    "stitch-2048": {"fit_images": 2048, "stitch_images": 1024},
+    "stitch-256": {"bn": "source", "fit_images": 256, "stitch_images": 256},
+    "stitch-2048": {"bn": "source", "fit_images": 2048, "stitch_images": 1024},
+    "stitch+bn-2048": {"bn": "recalibrate", "fit_images": 2048},
+    "stitch+bn-from-junction-2048": {"bn": "from_junction", "fit_images": 2048},
 }
-
 
 def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, seed: int):
     """`per_granularity` distinct random networks from each granularity's space (sources excluded),
@@ -54,11 +57,6 @@ def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, see
                 archs.append((gran, arch))
         per_kind.append(archs)
     return [a for group in zip(*per_kind) for a in group]
-
-
-def kendall(a, b) -> float:
-    """Kendall's tau-b (ties handled), NaN if either side is constant."""
-    return float(kendalltau(a, b).statistic)
 
 
 def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune_cfg: FinetuneConfig,
@@ -107,13 +105,15 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     rows = [done[a.modules] for _, a in networks if a.modules in done]
     report = {"variants": variants, "base_protocol": dataclasses.asdict(base),
               "finetune": dataclasses.asdict(finetune_cfg), "val": val.description, "networks": len(rows),
-              "tau": {}, "tau_random_only": {}, "tau_by_kind": {}}
+              "tau": {}, "tau_random_only": {}, "tau_by_kind": {}, "agreement": {}, "agreement_random_only": {}}
     tuned = [r["finetuned"] for r in rows]
     random_rows = [r for r in rows if r["kind"] != "source"]
     for name in variants:
-        report["tau"][name] = kendall([r["scores"][name] for r in rows], tuned)
-        report["tau_random_only"][name] = kendall([r["scores"][name] for r in random_rows],
-                                                  [r["finetuned"] for r in random_rows])
+        report["agreement"][name] = agreement([r["scores"][name] for r in rows], tuned)
+        report["agreement_random_only"][name] = agreement([r["scores"][name] for r in random_rows],
+                                                          [r["finetuned"] for r in random_rows])
+        report["tau"][name] = report["agreement"][name]["tau"]
+        report["tau_random_only"][name] = report["agreement_random_only"][name]["tau"]
         for kind in sorted({r["kind"] for r in rows}):
             sub = [r for r in rows if r["kind"] == kind]
             if len(sub) > 2:
@@ -125,15 +125,24 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     return report
 
 
+def _with_interval(a: dict, name: str) -> str:
+    low, high = a[f"{name}_ci"]
+    return f"{a[name]:.3f} [{low:.2f}, {high:.2f}]"
+
+
 def markdown(report: dict) -> str:
     kinds = sorted(report["tau_by_kind"])
-    lines = [f"Fidelity: Kendall's tau between each no-tuning score and the accuracy after fine-tuning "
-             f"({report['networks']} networks; {report['val']}; fine-tune {report['finetune']}).", "",
-             "| variant | tau (all) | tau (random only) | " + " | ".join(f"tau ({k})" for k in kinds) + " |",
-             "| --- | ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
+    lines = [f"Fidelity: rank agreement between each no-tuning score and the accuracy after fine-tuning "
+             f"({report['networks']} networks; {report['val']}; fine-tune {report['finetune']}). Kendall's tau-b "
+             f"and Spearman's rho, each with its 95% paired bootstrap interval (2,000 resamples of the networks).", "",
+             "| variant | tau (all) | rho (all) | tau (random only) | rho (random only) | "
+             + " | ".join(f"tau ({k})" for k in kinds) + " |",
+             "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |"]
     for name in report["variants"]:
         per = " | ".join(f"{report['tau_by_kind'][k].get(name, float('nan')):.3f}" for k in kinds)
-        lines.append(f"| {name} | {report['tau'][name]:.3f} | {report['tau_random_only'][name]:.3f} | {per} |")
+        every, random_only = report["agreement"][name], report["agreement_random_only"][name]
+        lines.append(f"| {name} | {_with_interval(every, 'tau')} | {_with_interval(every, 'rho')} | "
+                     f"{_with_interval(random_only, 'tau')} | {_with_interval(random_only, 'rho')} | {per} |")
     lines += ["", "| kind | junctions | fine-tuned | " + " | ".join(report["variants"]) + " | architecture |",
               "| --- | ---: | ---: | " + " | ".join("---:" for _ in report["variants"]) + " | --- |"]
     for r in report["rows"]:
