@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,7 @@ def load_bundle(path) -> Dataset:
     """A dataset written by `save_bundle` (its train split is already in the protocol's order)."""
     try:
         z = np.load(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: not a readable .npz bundle ({e}); write it again with save_bundle") from None
     with z:
         missing = sorted({"train_images", "train_labels", "test_images", "test_labels", "test_positions",

@@ -1,15 +1,25 @@
 """The run folder stays consistent: an interrupted restart leaves the old run, a failed start
 leaves nothing, a half-done replacement is repaired, a finished search extends to exactly the
-longer run."""
+longer run, and Ctrl-C then resume ends exactly as an uninterrupted run."""
 
 import hashlib
 import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from modulenet_jax.cli import main
+from modulenet_jax.data import save_bundle
 from modulenet_jax.search.run_folder import RunFolder
 from modulenet_jax.search.runner import final_table, search
-from tests.test_runner import _run, _strip
+from tests.conftest import COMPILE_CACHE, ROOT
+from tests.test_runner import SMALL, _run, _strip
 
 
 class Interrupt(Exception):
@@ -123,3 +133,45 @@ def test_extending_removes_the_results_until_the_search_ends_again(tiny_kb, tiny
         search(longer, tmp_path, log=quiet)
     assert not any((tmp_path / n).exists() for n in ("front.json", "final.json", "final.md"))
     assert json.loads((tmp_path / "state.json").read_text())["generation"] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_kb, tiny_dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-files")
+    tiny_kb.save(folder / "kb")
+    save_bundle(tiny_dataset, folder / "tiny.npz", None)
+    return folder
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, capsys):
+    """`modulenet search` sent SIGINT mid-run: it stops cleanly (status 130, one line saying what
+    it kept and the command that resumes it); that command finishes the run as if uninterrupted."""
+    out = tmp_path / "run"
+    args = ["search", "--config", "cifar10_resnet", "--out", str(out), "--set", *SMALL,
+            f"knowledge.path={tiny_files / 'kb'}", f"data.source={tiny_files / 'tiny.npz'}"]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "modulenet_jax.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    history = out / "history.jsonl"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if history.is_file() and len(history.read_text().splitlines()) >= 5:  # in the second generation
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"modulenet search: interrupted: {out} keeps "), err
+    kept, _, command = last.partition("; resume with: ")
+    assert re.search(r"keeps \d+ evaluated networks and [12] finished generations?$", kept), kept
+    resume = shlex.split(command)
+    assert resume[:2] == ["modulenet", "search"] and "--restart" not in resume
+    assert main(resume[1:] + ["--quiet"]) == 0
+    assert main([*args[:4], str(tmp_path / "whole"), *args[5:], "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no log lines, no bars
+    whole = tmp_path / "whole"
+    assert _strip(history.read_text()) == _strip((whole / "history.jsonl").read_text())
+    for name in ("state.json", "front.json", "final.json"):
+        assert (out / name).read_text() == (whole / name).read_text(), name
