@@ -21,8 +21,10 @@ class Progress:
     """Reports how far long steps are; this base class reports nothing."""
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int | None, unit: str = "") -> Iterator[Callable[..., None]]:
-        """A step of `total` units (None: unknown); yields `advance(n=1)`."""
+    def task(self, description: str, total: int | None, unit: str = "",
+             done: int = 0) -> Iterator[Callable[..., None]]:
+        """A step of `total` units (None: unknown) of which `done` are done already (a resumed
+        search); yields `advance(n=1)`."""
         yield lambda n=1: None
 
 
@@ -40,7 +42,8 @@ class RichProgress(Progress):
         self.console = console
         self._bars = Bars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("eta"),
-                          TimeRemainingColumn(), console=console, transient=True)
+                          TimeRemainingColumn(), console=console, transient=True,
+                          speed_estimate_period=24 * 3600)  # the time left from the whole step's pace so far
 
     def __enter__(self) -> "RichProgress":
         self._bars.start()
@@ -54,8 +57,9 @@ class RichProgress(Progress):
         self.console.print(message)
 
     @contextlib.contextmanager
-    def task(self, description, total, unit=""):
-        task_id = self._bars.add_task(description, total=total, unit=unit)
+    def task(self, description, total, unit="", done=0):
+        task_id = self._bars.add_task(description, total=total, completed=done, unit=unit)
+        self._bars.advance(task_id, 0)  # the pace is measured from here (rich ignores the first sample's count)
         try:
             yield lambda n=1: self._bars.advance(task_id, n)
         finally:

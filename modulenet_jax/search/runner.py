@@ -226,8 +226,7 @@ def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: P
         log(f"resuming {folder.target} after generation {run.algorithm.generation} "
             f"({len(cache)} networks already evaluated)")
     generations = run.config.search.generations
-    with progress.task("search", generations, "generations") as advance_search:
-        advance_search(run.algorithm.generation)
+    with progress.task("search", generations, "generations", done=run.algorithm.generation) as advance_search:
         while run.algorithm.generation < generations:
             gen = run.algorithm.generation
             t0 = time.time()
