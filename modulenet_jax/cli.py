@@ -408,7 +408,7 @@ def cmd_runs_compare(args) -> int:
     def human():
         _print_table(f"hypervolume: (validation error, parameters) against ({reference[0]}, {reference[1]:,})",
                      rows, ["run", "algorithm", "generations", "evaluated", "val_images", "front", "hypervolume",
-                            "best_val_accuracy", "best_params"])
+                            "best_accuracy", "best_params"])
         print(f"plot: {plot}")
 
     _emit(args, payload, human)

@@ -63,7 +63,7 @@ class RunSummary:
                 "generations": f"{self.generations_done}/{self.generations}", "evaluated": len(self.history),
                 "val_images": best["total"] if best else None, "front": len(self.front),
                 "hypervolume": round(self.hypervolume(), 6),
-                "best_val_accuracy": best["accuracy"] if best else None,
+                "best_accuracy": best["accuracy"] if best else None,
                 "best_params": best["params"] if best else None}
 
 
