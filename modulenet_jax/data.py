@@ -76,15 +76,18 @@ def _list_image_folder(root: Path):
     return classes, files, np.asarray(labels, np.int32)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """One image file as uint8 RGB; a file that cannot be decoded is a `UserError` naming it."""
+UNDECODABLE_NAMED = 5  # the most undecodable files one error message names
+
+
+def _decode(path: Path) -> np.ndarray | str:
+    """One image file as uint8 RGB, or why it cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"{path}: cannot decode this image ({e}); replace or delete the file") from None
+        return str(e)
 
 
 def load_image_folder(root, use_cache: bool = True,
@@ -93,7 +96,8 @@ def load_image_folder(root, use_cache: bool = True,
 
     The decoded arrays are cached under $MODULENET_CACHE (default ~/.cache/modulenet_jax),
     keyed by the file list, sizes and modification times, so a changed folder is decoded again.
-    A file that cannot be decoded is a `UserError` naming it; so are images of different sizes.
+    Files that cannot be decoded are a `UserError` naming each of them (the first few, and how
+    many there are); so are images of different sizes.
     """
 
     root = Path(root)
@@ -108,15 +112,23 @@ def load_image_folder(root, use_cache: bool = True,
     if use_cache and cache.is_file():
         with np.load(cache) as z:
             return z["images"], z["labels"], classes
-    images = []
+    images, undecodable = [], []
     with progress.task(f"decoding {root}", len(files), "images") as advance:
         for f in files:
-            images.append(_decode(f))
-            if images[-1].shape != images[0].shape:
-                raise UserError(f"{f} is {_size(images[-1])} px, {files[0]} is {_size(images[0])} px; resize the "
+            image = _decode(f)
+            if isinstance(image, str):
+                undecodable.append(f"{f} ({image})")
+            elif images and image.shape != images[0][1].shape:
+                raise UserError(f"{f} is {_size(image)} px, {images[0][0]} is {_size(images[0][1])} px; resize the "
                                 f"images of {root} to one size first")
+            else:
+                images.append((f, image))
             advance()
-    images = np.stack(images)
+    if undecodable:
+        named = "; ".join(undecodable[:UNDECODABLE_NAMED]) + ("; ..." if len(undecodable) > UNDECODABLE_NAMED else "")
+        raise UserError(f"{len(undecodable)} image file{'s' if len(undecodable) > 1 else ''} of {root} cannot be "
+                        f"decoded: {named}; replace or delete them")
+    images = np.stack([image for _, image in images])
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")

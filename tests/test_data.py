@@ -110,13 +110,16 @@ def test_an_image_that_cannot_be_decoded_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
     folder = _image_folder(tmp_path / "junk")
     (folder / "a_cls" / "2.jpg").write_text("not an image")
-    with pytest.raises(UserError, match=r"a_cls/2.jpg: cannot decode this image \(.*\); replace or delete the file"):
+    with pytest.raises(UserError, match=r"^1 image file of .*junk cannot be decoded: .*a_cls/2.jpg \(cannot identify "
+                                        r"image file .*\); replace or delete them$"):
         load_image_folder(folder)
-    folder = _image_folder(tmp_path / "cut")
-    Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "b_cls" / "2.jpg")
-    data = (folder / "b_cls" / "2.jpg").read_bytes()
-    (folder / "b_cls" / "2.jpg").write_bytes(data[:len(data) // 2])
-    with pytest.raises(UserError, match=r"b_cls/2.jpg: cannot decode this image"):
+    folder = _image_folder(tmp_path / "cut", size=32)
+    for name in ("2.jpg", "3.jpg"):
+        Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "b_cls" / name)
+        data = (folder / "b_cls" / name).read_bytes()
+        (folder / "b_cls" / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match=r"^2 image files of .*cut cannot be decoded: .*b_cls/2.jpg \(.*\); "
+                                        r".*b_cls/3.jpg \(.*\); replace or delete them$"):
         load_image_folder(folder)
     assert not (tmp_path / "cache").exists()  # nothing half-decoded is cached
 
