@@ -129,6 +129,7 @@ class KnowledgeBase:
         return records
 
     def record(self, module_id: str) -> ModuleRecord:
+        """The record of a module id (`source/module`; a KeyError naming it if there is none)."""
         try:
             return self._by_id[module_id]
         except KeyError:
@@ -159,6 +160,7 @@ class KnowledgeBase:
         return zoo.get_model(self.source(source).model)
 
     def save(self, path) -> Path:
+        """Writes `index.json` (readable) and the params (orbax) into the folder `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_tree(path / PARAMS_DIR, self.params)
@@ -170,6 +172,7 @@ class KnowledgeBase:
 
     @classmethod
     def load(cls, path) -> "KnowledgeBase":
+        """A knowledge base written by `save` (a `UserError` if the folder is not one, or is corrupt)."""
         path = Path(path)
         if not (path / INDEX_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a knowledge base (no {INDEX_FILE}); "

@@ -38,10 +38,12 @@ class RunSummary:
 
     @property
     def generations(self) -> int:
+        """The run's budget (`search.generations`)."""
         return self.config["search"]["generations"]
 
     @property
     def finished(self) -> bool:
+        """Has the search done its budget? (The final table may still be missing.)"""
         return self.generations_done >= self.generations
 
     @property
@@ -54,6 +56,7 @@ class RunSummary:
         return sorted((self.history[i] for i in pareto_indices(F)), key=lambda r: (r["params"], r["error"]))
 
     def hypervolume(self, reference=HV_REFERENCE) -> float:
+        """`hypervolume` of every network the run evaluated."""
         return hypervolume(self.history, reference)
 
     def describe(self) -> dict:

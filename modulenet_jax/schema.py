@@ -42,6 +42,7 @@ class Kind:
         return self.coerce(value) if self.coerce else value
 
     def problem(self, value) -> str | None:
+        """What is wrong with `value` ("must be ..., got ..."), or None."""
         return None if self.accepts(value) else f"must be {self.description}, got {value!r}"
 
 
@@ -62,21 +63,25 @@ def _between(lo, hi, lo_open=False) -> tuple[str, Callable[[Any], bool]]:
 
 
 def integer(lo=None, hi=None) -> Kind:
+    """An int (not a bool) in [lo, hi]; either bound may be None."""
     text, ok = _between(lo, hi)
     return Kind(f"an integer{text}", lambda v: _is_int(v) and ok(v))
 
 
 def number(lo=None, hi=None, lo_open=False) -> Kind:
+    """An int or float in [lo, hi] (or above lo, `lo_open`); an int given is stored as a float."""
     text, ok = _between(lo, hi, lo_open)
     return Kind(f"a number{text}", lambda v: _is_number(v) and ok(v),
                 lambda v: float(v) if _is_int(v) else v)
 
 
 def optional(kind: Kind) -> Kind:
+    """None, or what `kind` accepts."""
     return Kind(f"None or {kind.description}", lambda v: v is None or kind.accepts(v), kind.coerce)
 
 
 def one_of(*choices: str) -> Kind:
+    """One of the named choices."""
     return Kind("one of " + ", ".join(map(repr, choices)), lambda v: v in choices)
 
 
@@ -85,12 +90,14 @@ def _as_tuple(v):
 
 
 def strings(nonempty=False) -> Kind:
+    """A tuple of strings (a list given is stored as a tuple)."""
     return Kind("a non-empty tuple of strings" if nonempty else "a tuple of strings",
                 lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v) and (len(v) > 0 or not nonempty),
                 _as_tuple)
 
 
 def subset(*choices: str) -> Kind:
+    """A non-empty tuple of distinct choices."""
     return Kind("a non-empty tuple of distinct names from " + ", ".join(map(repr, choices)),
                 lambda v: isinstance(v, tuple) and 0 < len(v) == len(set(v)) and set(v) <= set(choices), _as_tuple)
 

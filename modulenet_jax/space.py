@@ -299,6 +299,7 @@ class SearchSpace(IntegerGenotypes):
         return tuple(g)
 
     def decode(self, genotype) -> Architecture:
+        """The network a valid genotype stands for (README: the genotype layout)."""
         self.validate(genotype)
         mods = [self.stems[int(genotype[0])].id]
         for s, depth, choices in self._stage_genes(genotype):
@@ -375,6 +376,7 @@ class SearchSpace(IntegerGenotypes):
         return total
 
     def describe(self) -> dict:
+        """The space in brief: granularity, sources, number of genes, size, depth ranges."""
         return {"granularity": self.granularity, "sources": list(self.sources),
                 "genes": self.num_genes, "size": self.size(),
                 "depths": {f"stage{s}": list(r) for s, r in self.depth_range.items()}}

@@ -178,9 +178,11 @@ class RunFolder:
     # -- reading and writing ------------------------------------------------------------------
 
     def history(self) -> list[dict]:
+        """Every network evaluated so far (a torn last line cut off)."""
         return read_history(self.path / HISTORY)
 
     def state(self) -> dict | None:
+        """The algorithm's state after its last finished generation (None: none finished)."""
         return _read_json(self.path / STATE, "state") if (self.path / STATE).is_file() else None
 
     def append_history(self, record: dict) -> None:
@@ -190,6 +192,7 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def write_state(self, state: dict) -> None:
+        """The state after a finished generation, written atomically."""
         write_atomic(self.path / STATE, json.dumps(state) + "\n")
 
     def log(self, message: str) -> None:

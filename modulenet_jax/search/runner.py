@@ -57,6 +57,8 @@ def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
 
 
 def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
+    """The config's `search` section as an algorithm, seeded with the sources the space holds
+    (`search.seed_sources`)."""
     initial = tuple(space.encode_source(s) for s in space.sources
                     if cfg.seed_sources and space.fits_source(s))
     if cfg.algorithm == "nsga2":
@@ -332,6 +334,7 @@ def beats(row: dict, sources: list[dict]) -> list[str]:
 
 
 def markdown_table(rows: list[dict], split: str) -> str:
+    """`final.md`: the final table's rows, with the sources each found network beats."""
     sources = [r for r in rows if r["kind"] == "source"]
     lines = [f"Final split: {split}. Protocol accuracy = fitted stitches/BN/head as in the search; "
              f"published = the source's own BN statistics and head.", "",
