@@ -24,7 +24,8 @@ def _data(size, classes=CIFAR10_CLASSES):
 
 @pytest.fixture(scope="module")
 def cifar_named_kb():
-    return KnowledgeBase.build(random_models(), classes={s: CIFAR10_CLASSES for s in ("cifar_resnet8", "cifar_resnet14")})
+    names = {source: CIFAR10_CLASSES for source in ("cifar_resnet8", "cifar_resnet14")}
+    return KnowledgeBase.build(random_models(), classes=names)
 
 
 def test_images_of_another_size_pass_when_the_protocol_resizes_them_to_the_bases(tiny_kb):
