@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -99,13 +100,15 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+def _print_table(title: str | None, rows: list[dict], columns: list[str]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
     def cell(v):
+        if v is None:
+            return "—"
         if isinstance(v, int):
             return f"{v:,}"
         if isinstance(v, float):
@@ -191,11 +194,13 @@ def cmd_search(args) -> int:
 
     config = load_config(args.config, args.set)
     out = args.out or str(Path("runs") / Path(args.config).stem)
+    folder = _identity(out)
     try:
         with _reporting(args) as (log, progress):
             result = run_all(config, out, resume=not args.restart, log=log, progress=progress)
     except KeyboardInterrupt as e:
-        raise Interrupted(_resume_hint(args, out)) from e
+        pending = args.restart and folder is not None and _identity(out) == folder  # a restart replaces the folder
+        raise Interrupted(_resume_hint(args, out, pending)) from e
 
     def human():
         for r in result["final"]:
@@ -208,15 +213,27 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _resume_hint(args, out: str) -> str:
-    """What an interrupted search kept, and the command that goes on from there."""
+def _identity(path: str):
+    """Which folder `path` is (None: none): a restart that took place put another one there."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _resume_hint(args, out: str, restart_pending: bool) -> str:
+    """What an interrupted search kept, and the command that goes on from there (with --restart
+    only if the restart had not yet replaced the old run)."""
     from modulenet_jax.search.run_folder import CONFIG, HISTORY, STATE, read_history
 
-    argv = [a for a in args.argv if a != "--restart"]
+    argv = [a for a in args.argv if a != "--restart" or restart_pending]
     if args.out is None:
         argv += ["--out", out]
     command = shlex.join(["modulenet", *argv])
     folder = Path(out)
+    if restart_pending:
+        return f"the restart had evaluated no network, so {out} holds the old run, whole; restart with: {command}"
     if not (folder / CONFIG).is_file():
         return f"nothing was evaluated yet, so {out} is as it was; start again with: {command}"
     state = json.loads((folder / STATE).read_text()) if (folder / STATE).is_file() else {}
@@ -388,8 +405,9 @@ def cmd_runs_show(args) -> int:
 
     def human():
         columns = [c for c in rows[0] if c != "genotype"] if rows else []
-        _print_table(f"{run.path}: {status}, generation {run.generations_done}/{run.generations}, "
-                     f"{len(run.history)} networks, hypervolume {payload['hypervolume']:.4f}", rows, columns)
+        print(f"{run.path}: {status}, generation {run.generations_done}/{run.generations}, {len(run.history)} "
+              f"networks, hypervolume {payload['hypervolume']:.4f}")
+        _print_table(None, rows, columns)
         print(f"genotypes: {run.path}/front.json (--json shows them); plot: {plot or 'none yet (--plot FILE)'}")
 
     _emit(args, payload, human)

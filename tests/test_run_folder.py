@@ -175,3 +175,24 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
     assert _strip(history.read_text()) == _strip((whole / "history.jsonl").read_text())
     for name in ("state.json", "front.json", "final.json"):
         assert (out / name).read_text() == (whole / name).read_text(), name
+
+
+def test_ctrl_c_in_a_restart_before_its_first_network_keeps_the_old_run_and_says_restart(tiny_files, tmp_path,
+                                                                                        capsys, monkeypatch):
+    from modulenet_jax.evaluate import Evaluator
+
+    args = ["search", "--config", "cifar10_resnet", "--out", str(tmp_path / "run"), "--quiet", "--set", *SMALL,
+            "search.generations=1", f"knowledge.path={tiny_files / 'kb'}", f"data.source={tiny_files / 'tiny.npz'}"]
+    assert main(args) == 0
+    before = snapshot(tmp_path)
+
+    def interrupted(self, arch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Evaluator, "cost", interrupted)
+    capsys.readouterr()
+    assert main([*args, "--restart"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"modulenet search: interrupted: the restart had evaluated no network, so {tmp_path / 'run'} "
+                          f"holds the old run, whole; restart with: modulenet search ") and "--restart" in err, err
+    assert snapshot(tmp_path) == before
