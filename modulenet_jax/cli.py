@@ -217,7 +217,7 @@ def _identity(path: str):
     """Which folder `path` is (None: none): a restart that took place put another one there."""
     try:
         stat = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # none there, or a path through a file: the run folder check says which
         return None
     return stat.st_dev, stat.st_ino
 
