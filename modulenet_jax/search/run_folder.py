@@ -108,15 +108,14 @@ class RunFolder:
                             f"(a new or empty folder)")
         if restart or not (path / CONFIG).is_file():
             return {}
-        stored = _read_json(path / CONFIG, "config")
-        changed = [k for k, v in _flat(config).items() if k not in BUDGET_KEYS and _flat(stored).get(k) != v]
-        changed += [k for k in _flat(stored) if k not in _flat(config)]
+        there, here = _flat(_read_json(path / CONFIG, "config")), _flat(config)
+        changed = [k for k in {**there, **here} if k not in BUDGET_KEYS and there.get(k) != here.get(k)]
         if changed:
             first = changed[0]
             more = f"; and {len(changed) - 1} more" if len(changed) > 1 else ""
-            raise UserError(f"{path} holds a run of a different config ({first}: {_flat(stored).get(first)!r} "
-                            f"there, {_flat(config).get(first)!r} here{more}); choose a new --out, or pass "
-                            f"--restart to start this folder over")
+            raise UserError(f"{path} holds a run of a different config ({first}: {there.get(first)!r} there, "
+                            f"{here.get(first)!r} here{more}); choose a new --out, or pass --restart to start this "
+                            f"folder over")
         state = _read_json(path / STATE, "state") if (path / STATE).is_file() else {}
         if not isinstance(state, dict) or not isinstance(state.get("generation", 0), int):
             raise UserError(f"{path / STATE} does not hold a search state: it was changed outside modulenet; "
