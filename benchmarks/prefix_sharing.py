@@ -20,7 +20,8 @@ import ml_collections
 
 from .throughput import device_name, write_report
 from modulenet_jax.prefix import PrefixSchedule
-from modulenet_jax.search.runner import Run, _read_history
+from modulenet_jax.search.run_folder import read_history
+from modulenet_jax.search.runner import Run
 from modulenet_jax.space import Architecture
 
 
@@ -73,7 +74,7 @@ def main(argv=None):
     config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
     run = Run.from_config(config)
     generations = collections.defaultdict(list)
-    for r in _read_history(folder / "history.jsonl"):
+    for r in read_history(folder / "history.jsonl"):
         generations[r["generation"]].append(Architecture(tuple(r["modules"])))
     rows = measure(run, generations)
     total = {k: sum(r[k] for r in rows) for k in ("networks", "modules", "modules_computed", "shared_s", "alone_s")}

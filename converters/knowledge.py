@@ -8,6 +8,7 @@ from . import cifar_resnet, torchvision_models
 from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.pretrained import fetch, get_pretrained
+from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.zoo import get_model
 
 CONVERTERS = {"cifar_resnet": cifar_resnet.convert_file,
@@ -23,34 +24,42 @@ def convert_checkpoint(path, model_name: str | None = None):
     return CONVERTERS[family](path, model_name)
 
 
-def build_from_pretrained(sources, weights_dirs=()) -> KnowledgeBase:
-    """A knowledge base of known pretrained models, found in `weights_dirs` or downloaded."""
+def build_from_pretrained(sources, weights_dirs=(), progress: Progress = NO_PROGRESS) -> KnowledgeBase:
+    """A knowledge base of known pretrained models, found in `weights_dirs` or downloaded; each
+    source records the classes its checkpoint was trained on."""
     models = []
-    for name in sources:
-        path = fetch(name, weights_dirs)
-        model_name, params = convert_checkpoint(path, get_pretrained(name).model)
-        models.append((name, model_name, params, Path(path).name))
-    return KnowledgeBase.build(models)
+    with progress.task("converting checkpoints", len(sources), "sources") as advance:
+        for name in sources:
+            path = fetch(name, weights_dirs)
+            model_name, params = convert_checkpoint(path, get_pretrained(name).model)
+            models.append((name, model_name, params, Path(path).name))
+            advance()
+    return KnowledgeBase.build(models, classes={name: get_pretrained(name).classes for name in sources},
+                               progress=progress)
 
 
-def build_from_checkpoints(paths, names=None) -> KnowledgeBase:
+def build_from_checkpoints(paths, names=None, progress: Progress = NO_PROGRESS) -> KnowledgeBase:
     """A knowledge base of checkpoint files; each source is named after its model unless `names`."""
     models = []
-    for i, path in enumerate(paths):
-        model_name, params = convert_checkpoint(path)
-        models.append((names[i] if names else model_name, model_name, params, Path(path).name))
-    return KnowledgeBase.build(models)
+    with progress.task("converting checkpoints", len(paths), "files") as advance:
+        for i, path in enumerate(paths):
+            model_name, params = convert_checkpoint(path)
+            models.append((names[i] if names else model_name, model_name, params, Path(path).name))
+            advance()
+    return KnowledgeBase.build(models, progress=progress)
 
 
 def build_from_torchvision(sources, weights: str = "DEFAULT", input_size: int | None = None, seed: int = 0,
-                           weights_dirs=()) -> KnowledgeBase:
+                           weights_dirs=(), progress: Progress = NO_PROGRESS) -> KnowledgeBase:
     """A knowledge base of torchvision models (`tv_*` zoo names), each source named after its
     model. `weights`: a torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`, ...) fetched by
     torchvision's own mechanism unless the file is in `weights_dirs`, or `random`
     (torchvision's initialisation under `torch.manual_seed(seed + i)` for the i-th source).
     `input_size` is the image size the records' resolutions and FLOPs are computed for."""
     models = []
-    for i, name in enumerate(sources):
-        params, label = torchvision_models.load_params(name, weights, seed + i, weights_dirs)
-        models.append((name, name, params, label))
-    return KnowledgeBase.build(models, input_size)
+    with progress.task("converting torchvision models", len(sources), "models") as advance:
+        for i, name in enumerate(sources):
+            params, label = torchvision_models.load_params(name, weights, seed + i, weights_dirs)
+            models.append((name, name, params, label))
+            advance()
+    return KnowledgeBase.build(models, input_size, progress=progress)

@@ -1,18 +1,23 @@
 """The `modulenet` command: a thin layer over the library (every step is importable).
 
-Human-readable output by default, `--json` for scripts. Checkpoint conversion imports
+Human-readable output by default, `--json` for scripts; log lines and progress bars (on a
+terminal) go to stderr, `--quiet` turns both off. Checkpoint conversion imports
 `modulenet_jax.converters` (and so torch) only in the commands that read PyTorch files.
 
-Bad input (a `UserError`, or a path that is missing or of the wrong kind) prints one line,
-`modulenet <command>: error: <message>`, and exits with status 2, as argparse does for bad
-arguments; `--debug` shows its traceback instead. Any other exception is a bug: it is not
-caught, so its traceback shows and the status is 1. Ctrl-C exits with status 130.
+Bad input (a `UserError`, a bad argument, or a path that is missing or of the wrong kind)
+prints one line, `modulenet <command>: error: <message>`, and exits with status 2; `--debug`
+shows its traceback instead. Any other exception is a bug: it is not caught, so its traceback
+shows and the status is 1. Ctrl-C prints one line and exits with status 130 (a search says
+what it kept and the command that resumes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,6 +29,70 @@ PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 CONFIG_HELP = "a packaged config's name (e.g. cifar10_resnet) or a path to a .py file"
 
 
+class UsageError(UserError):
+    """A bad command line (argparse's complaint), told by the parser `prog` it belongs to."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command kept and how to go on."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised (one line, status 2, like every other bad input)."""
+
+    def error(self, message):
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def _number(convert, lowest, what):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or value < lowest:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+POSITIVE = _number(int, 1, "a positive integer")
+COUNT = _number(int, 0, "an integer >= 0")
+POSITIVE_FLOAT = _number(float, 1e-300, "a positive number")
+
+
+@contextlib.contextmanager
+def _reporting(args):
+    """`(log, progress)` for a command: log lines on stderr, and rich's progress bars when
+    stderr is a terminal; with --quiet, neither."""
+    from modulenet_jax.progress import NO_PROGRESS, RichProgress
+
+    if args.quiet:
+        yield (lambda message: None), NO_PROGRESS
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        yield (lambda message: print(message, file=sys.stderr, flush=True)), NO_PROGRESS
+        return
+    with RichProgress(console) as progress:
+        yield progress.print, progress
+
+
+def _check_out(args, flag: str = "--out") -> None:
+    """The output folder can be written: checked before anything is loaded."""
+    from modulenet_jax.checks import check_writable
+
+    check_writable(args.out, flag)
+
+
 def _console():
     from rich.console import Console
 
@@ -31,13 +100,15 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+def _print_table(title: str | None, rows: list[dict], columns: list[str]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
     def cell(v):
+        if v is None:
+            return "—"
         if isinstance(v, int):
             return f"{v:,}"
         if isinstance(v, float):
@@ -63,6 +134,7 @@ def cmd_convert(args) -> int:
     from modulenet_jax.checkpoints import save_model
     from modulenet_jax.cost import count_params
 
+    _check_out(args)
     model_name, params = convert_checkpoint(args.weights, args.model)
     path = save_model(args.out, model_name, params, {"weights": str(Path(args.weights).resolve())})
     payload = {"model": model_name, "out": str(path), "params": count_params(params)}
@@ -77,20 +149,22 @@ def cmd_kb_build(args) -> int:
     from modulenet_jax.checkpoints import load_model
     from modulenet_jax.knowledge import KnowledgeBase
 
-    if args.pretrained:
-        from modulenet_jax.converters.knowledge import build_from_pretrained
+    _check_out(args)
+    with _reporting(args) as (_, progress):
+        if args.pretrained:
+            from modulenet_jax.converters.knowledge import build_from_pretrained
 
-        kb = build_from_pretrained(args.pretrained, args.weights_dir)
-    elif args.checkpoints:
-        from modulenet_jax.converters.knowledge import build_from_checkpoints
+            kb = build_from_pretrained(args.pretrained, args.weights_dir, progress)
+        elif args.checkpoints:
+            from modulenet_jax.converters.knowledge import build_from_checkpoints
 
-        kb = build_from_checkpoints(args.checkpoints)
-    else:
-        models = []
-        for d in args.models:
-            name, params, meta = load_model(d)
-            models.append((Path(d).name, name, params, meta.get("weights", str(d))))
-        kb = KnowledgeBase.build(models)
+            kb = build_from_checkpoints(args.checkpoints, progress=progress)
+        else:
+            models = []
+            for d in args.models:
+                name, params, meta = load_model(d)
+                models.append((Path(d).name, name, params, meta.get("weights", str(d))))
+            kb = KnowledgeBase.build(models, progress=progress)
     kb.save(args.out)
     payload = {"out": args.out, "sources": list(kb.sources), "modules": len(kb.records)}
     _emit(args, payload, lambda: print(f"knowledge base with {len(kb.records)} modules of "
@@ -120,8 +194,13 @@ def cmd_search(args) -> int:
 
     config = load_config(args.config, args.set)
     out = args.out or str(Path("runs") / Path(args.config).stem)
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else (lambda m: _console().print(m))
-    result = run_all(config, out, resume=not args.restart, log=log)
+    folder = _identity(out)
+    try:
+        with _reporting(args) as (log, progress):
+            result = run_all(config, out, resume=not args.restart, log=log, progress=progress)
+    except KeyboardInterrupt as e:
+        pending = args.restart and folder is not None and _identity(out) == folder  # a restart replaces the folder
+        raise Interrupted(_resume_hint(args, out, pending)) from e
 
     def human():
         for r in result["final"]:
@@ -132,6 +211,39 @@ def cmd_search(args) -> int:
 
     _emit(args, result, human)
     return 0
+
+
+def _identity(path: str):
+    """Which folder `path` is (None: none): a restart that took place put another one there."""
+    try:
+        stat = os.stat(path)
+    except OSError:  # none there, or a path through a file: the run folder check says which
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _resume_hint(args, out: str, restart_pending: bool) -> str:
+    """What an interrupted search kept, and the command that goes on from there (with --restart
+    only if the restart had not yet replaced the old run)."""
+    from modulenet_jax.search.run_folder import CONFIG, HISTORY, STATE, read_history
+
+    argv = [a for a in args.argv if a != "--restart" or restart_pending]
+    if args.out is None:
+        argv += ["--out", out]
+    command = shlex.join(["modulenet", *argv])
+    folder = Path(out)
+    if restart_pending:
+        return f"the restart had evaluated no network, so {out} holds the old run, whole; restart with: {command}"
+    if not (folder / CONFIG).is_file():
+        return f"nothing was evaluated yet, so {out} is as it was; start again with: {command}"
+    state = json.loads((folder / STATE).read_text()) if (folder / STATE).is_file() else {}
+    evaluated, done = len(read_history(folder / HISTORY, repair=False)), state.get("generation", 0)
+    return (f"{out} keeps {_count(evaluated, 'evaluated network')} and {_count(done, 'finished generation')}; "
+            f"resume with: {command}")
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 # -- evaluate -----------------------------------------------------------------------------
@@ -145,22 +257,34 @@ def cmd_evaluate(args) -> int:
     if args.config and not (args.genotype or args.source):
         raise UserError("--config needs the network: --genotype '[...]' or --source NAME")
     genotype = _parse_genotype(args.genotype) if args.genotype else None
-    dataset = load_dataset(args.data)
-    split = protocol_split(dataset, args.split, args.size)
+    config = None
     if args.config:
-        return _evaluate_protocol(args, dataset, split, genotype)
+        from modulenet_jax.config import load_config
+
+        config = load_config(args.config, args.set)
+    with _reporting(args) as (_, progress):
+        dataset = load_dataset(args.data, progress=progress)
+    from modulenet_jax.checks import check_size
+
+    check_size(dataset, args.split, args.size, "--size")
+    split = protocol_split(dataset, args.split, args.size)
+    if config is not None:
+        return _evaluate_protocol(args, config, dataset, split, genotype)
+    from modulenet_jax.checks import check_published
     from modulenet_jax.evaluate import evaluate_published
+    from modulenet_jax.knowledge import KnowledgeBase
 
     if args.weights:
         from modulenet_jax.converters.knowledge import convert_checkpoint
-        from modulenet_jax.knowledge import KnowledgeBase
+        from modulenet_jax.pretrained import PRETRAINED
 
         name, params = convert_checkpoint(args.weights, args.source)
-        kb = KnowledgeBase.build([(args.source, name, params, str(args.weights))])
+        known = PRETRAINED.get(args.source)
+        classes = {args.source: known.classes} if known and Path(args.weights).name == known.filename else None
+        kb = KnowledgeBase.build([(args.source, name, params, str(args.weights))], classes=classes)
     else:
-        from modulenet_jax.knowledge import KnowledgeBase
-
         kb = KnowledgeBase.load(args.kb)
+    check_published(kb, args.source, dataset)
     correct, total = evaluate_published(kb, args.source, split, args.batch_size)
     payload = {"source": args.source, "mode": "published", "split": split.description,
                "correct": correct, "total": total, "accuracy": correct / total}
@@ -182,11 +306,11 @@ def _parse_genotype(text: str):
     return np.asarray(values, np.int64)
 
 
-def _evaluate_protocol(args, dataset, split, genotype) -> int:
-    from modulenet_jax.config import load_config
+def _evaluate_protocol(args, config, dataset, split, genotype) -> int:
     from modulenet_jax.search.runner import Run
 
-    run = Run.from_config(load_config(args.config, args.set), dataset=dataset)
+    with _reporting(args) as (log, progress):
+        run = Run.from_config(config, dataset=dataset, log=log, progress=progress, evaluate_only=True)
     if genotype is None:
         genotype = run.space.encode_source(args.source)
     arch = run.space.decode(genotype)
@@ -213,15 +337,16 @@ def cmd_fidelity(args) -> int:
         raise UserError(f"unknown --variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     config = load_config(args.config, args.set)
     protocol = make_protocol(config.protocol)
-    kb = load_knowledge(config.knowledge)
-    dataset = load_data(config.data)
-    networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
-    networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
+    _check_out(args)
     ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.lr, seed=args.seed)
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = measure(kb, dataset, protocol, {v: VARIANTS[v] for v in args.variants},
-                     networks, ft, args.val_size, config.data.fit_seed, args.out, log)
+    with _reporting(args) as (log, progress):
+        dataset = load_data(config.data, progress)
+        kb = load_knowledge(config.knowledge, progress)
+        networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
+        networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
+        report = measure(kb, dataset, protocol, {v: VARIANTS[v] for v in args.variants},
+                         networks, ft, args.val_size, config.data.fit_seed, args.out, log)
     _emit(args, {k: v for k, v in report.items() if k != "rows"},
           lambda: print((Path(args.out) / "report.md").read_text()))
     return 0
@@ -247,37 +372,109 @@ def cmd_bench(args) -> int:
                       instead="pass --torch-modes with no value (and no --paired) to time JAX alone")
     config = load_config(args.config, args.set)
     protocol = make_protocol(config.protocol)
-    kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge)
-    dataset = load_data(config.data)
+    _check_out(args)
     if args.batch_size:
         protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    report = throughput.run(kb, dataset, protocol, granularity=config.space.granularity,
-                            val_size=args.val_size, fit_seed=config.data.fit_seed,
-                            populations=tuple(args.populations), dtypes=tuple(args.dtypes),
-                            workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
-                            torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
-                            strategy=args.strategy, budget_s=args.budget, seed=args.seed, paired=args.paired,
-                            paired_rounds=args.paired_rounds, log=log)
+    with _reporting(args) as (log, progress):
+        dataset = load_data(config.data, progress)
+        kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge, progress)
+        report = throughput.run(kb, dataset, protocol, granularity=config.space.granularity,
+                                val_size=args.val_size, fit_seed=config.data.fit_seed,
+                                populations=tuple(args.populations), dtypes=tuple(args.dtypes),
+                                workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
+                                torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
+                                strategy=args.strategy, budget_s=args.budget, seed=args.seed, paired=args.paired,
+                                paired_rounds=args.paired_rounds, log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
     return 0
 
 
+# -- runs ---------------------------------------------------------------------------------
+
+def cmd_runs_show(args) -> int:
+    from modulenet_jax.runs import front_rows, load_run, plot_runs
+
+    run = load_run(args.run)
+    rows = front_rows(run)
+    plot = plot_runs([run], args.plot, _reference(args)) if args.plot else (
+        run.path / "front.png" if (run.path / "front.png").is_file() else None)
+    status = "finished" if run.finished else "unfinished"
+    payload = {**run.describe(), "status": status, "front": rows, "plot": None if plot is None else str(plot)}
+
+    def human():
+        columns = [c for c in rows[0] if c != "genotype"] if rows else []
+        print(f"{run.path}: {status}, generation {run.generations_done}/{run.generations}, {len(run.history)} "
+              f"networks, hypervolume {payload['hypervolume']:.4f}")
+        _print_table(None, rows, columns)
+        print(f"genotypes: {run.path}/front.json (--json shows them); plot: {plot or 'none yet (--plot FILE)'}")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def cmd_runs_compare(args) -> int:
+    from modulenet_jax.runs import load_run, plot_runs
+
+    runs = [load_run(r) for r in args.runs]
+    reference = _reference(args)
+    rows = [{**r.describe(), "hypervolume": round(r.hypervolume(reference), 6)} for r in runs]
+    plot = plot_runs(runs, args.plot, reference)
+    payload = {"reference": list(reference), "runs": rows, "plot": str(plot)}
+
+    def human():
+        _print_table(f"hypervolume: (validation error, parameters) against ({reference[0]}, {reference[1]:,})",
+                     rows, ["run", "algorithm", "generations", "evaluated", "val_images", "front", "hypervolume",
+                            "best_accuracy", "best_params"])
+        print(f"plot: {plot}")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _reference(args) -> tuple[float, int]:
+    from modulenet_jax.runs import HV_REFERENCE
+
+    return (args.reference[0], int(args.reference[1])) if args.reference else HV_REFERENCE
+
+
+def _add_runs_commands(sub, common) -> None:
+    """`modulenet runs show RUN` and `modulenet runs compare RUN...`."""
+    runs = sub.add_parser("runs", help="show a run folder's front, or compare several runs").add_subparsers(
+        dest="runs_command", required=True)
+    reference = dict(nargs=2, type=POSITIVE_FLOAT, metavar=("ERROR", "PARAMS"),
+                     help="the hypervolume's reference point (default: 1 and 1,000,000; see the README)")
+    show = runs.add_parser("show", parents=[common], help="a run's front as a table (and a plot)",
+                           description="a run's front on the validation split as a table, its hypervolume, "
+                                       "and its plot (finished or not)")
+    show.add_argument("run", help="a run folder")
+    show.add_argument("--plot", help="draw the run as it stands into this PNG file")
+    show.add_argument("--reference", **reference)
+    show.set_defaults(fn=cmd_runs_show)
+    compare = runs.add_parser("compare", parents=[common], help="several runs' fronts and hypervolumes",
+                              description="several runs side by side: fronts, hypervolumes, one plot")
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--plot", default="compare.png", help="the plot of all fronts (default compare.png)")
+    compare.add_argument("--reference", **reference)
+    compare.set_defaults(fn=cmd_runs_compare)
+
+
 # -- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
+    p = _Parser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host runs; see the README)")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an input error or an interrupt instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
 
     def add(name, help_, fn):
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp = sub.add_parser(name, parents=[common], help=help_, description=help_)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -287,9 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output folder")
 
     kb = sub.add_parser("kb", help="build or show a knowledge base").add_subparsers(dest="kb_command", required=True)
-    b = kb.add_parser("build", help="cut source models into modules and save them",
+    b = kb.add_parser("build", parents=[common], help="cut source models into modules and save them",
                       description="cut source models into modules and save them")
-    b.add_argument("--json", action="store_true")
     b.add_argument("--out", required=True)
     g = b.add_mutually_exclusive_group(required=True)
     g.add_argument("--pretrained", nargs="+", help="known pretrained names, e.g. cifar_resnet20 cifar_resnet56")
@@ -297,9 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", nargs="+", help="folders written by `modulenet convert`")
     b.add_argument("--weights-dir", nargs="*", default=(), help="where to look for --pretrained files first")
     b.set_defaults(fn=cmd_kb_build)
-    s = kb.add_parser("show", help="list a knowledge base's modules", description="list a knowledge base's modules")
+    s = kb.add_parser("show", parents=[common], help="list a knowledge base's modules",
+                      description="list a knowledge base's modules")
     s.add_argument("path")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_kb_show)
 
     sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
@@ -313,14 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="a folder with train/ and test/, or a TFDS name")
     e.add_argument("--split", default="test", choices=["train", "test", "val", "final"],
                    help="test: the whole test split; val/final: its even/odd positions")
-    e.add_argument("--size", type=int, help="a class-balanced subset of this many images")
+    e.add_argument("--size", type=POSITIVE, help="a class-balanced subset of this many images")
     e.add_argument("--source", help="a source model name (as published with --weights/--kb)")
     e.add_argument("--weights", help="the source's PyTorch checkpoint")
     e.add_argument("--kb", help="a knowledge base folder holding the source")
     e.add_argument("--config", help="evaluate under this config's protocol and space: " + CONFIG_HELP)
     e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
-    e.add_argument("--genotype", help="with --config: a genotype as a JSON list")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--genotype", help="with --config: a genotype as a JSON list (README: the genotype layout)")
+    e.add_argument("--batch-size", type=POSITIVE, default=500)
 
     f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
             cmd_fidelity)
@@ -328,15 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"])
-    f.add_argument("--per-granularity", type=int, default=12, help="random networks per granularity")
+    f.add_argument("--per-granularity", type=COUNT, default=12, help="random networks per granularity")
     f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn", "stitch+ridge",
                                                      "stitch+bn+ridge", "stitch-256", "stitch-2048"])
-    f.add_argument("--val-size", type=int, default=1000)
-    f.add_argument("--finetune-images", type=int, default=5120)
-    f.add_argument("--epochs", type=int, default=1)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=0.01)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--val-size", type=POSITIVE, default=1000)
+    f.add_argument("--finetune-images", type=POSITIVE, default=5120)
+    f.add_argument("--epochs", type=POSITIVE, default=1)
+    f.add_argument("--batch-size", type=POSITIVE, default=128)
+    f.add_argument("--lr", type=POSITIVE_FLOAT, default=0.01)
+    f.add_argument("--seed", type=COUNT, default=0)
 
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)
@@ -345,48 +541,59 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
     bn.add_argument("--name", help="file stem (default: the device's name)")
-    bn.add_argument("--populations", nargs="+", type=int, default=[1, 8, 64, 256])
+    bn.add_argument("--populations", nargs="+", type=POSITIVE, default=[1, 8, 64, 256])
     bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
                     help="PyTorch baselines to time (the torch extra); with no value, JAX alone")
-    bn.add_argument("--torch-max-w1", type=int, default=64, help="most networks PyTorch runs per W1 point")
-    bn.add_argument("--torch-max-w2", type=int, default=16, help="most networks PyTorch runs per W2 point")
+    bn.add_argument("--torch-max-w1", type=COUNT, default=64, help="most networks PyTorch runs per W1 point")
+    bn.add_argument("--torch-max-w2", type=COUNT, default=16, help="most networks PyTorch runs per W2 point")
     bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
                     help="JAX path: fused (one vmapped program per chunk) or loop (a call per module)")
-    bn.add_argument("--val-size", type=int, default=5000, help="validation images (of the 5,000 even positions)")
-    bn.add_argument("--batch-size", type=int, help="images per batch (default: the config's protocol)")
-    bn.add_argument("--budget", type=float, help="stop starting new measurements after this many seconds")
-    bn.add_argument("--seed", type=int, default=0)
-    bn.add_argument("--paired", type=int, default=0, metavar="N",
+    bn.add_argument("--val-size", type=POSITIVE, default=5000, help="validation images (of the 5,000 even positions)")
+    bn.add_argument("--batch-size", type=POSITIVE, help="images per batch (default: the config's protocol)")
+    bn.add_argument("--budget", type=POSITIVE_FLOAT, help="stop starting new measurements after this many seconds")
+    bn.add_argument("--seed", type=COUNT, default=0)
+    bn.add_argument("--paired", type=COUNT, default=0, metavar="N",
                     help="also time W1 for N networks alternating JAX (loop) and PyTorch eager per network")
-    bn.add_argument("--paired-rounds", type=int, default=2, help="rounds of the paired W1 timing")
+    bn.add_argument("--paired-rounds", type=POSITIVE, default=2, help="rounds of the paired W1 timing")
+    _add_runs_commands(sub, common)
     return p
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())  # one line, even where a wrapped library message had several
 
 
 def main(argv=None) -> int:
     from modulenet_jax import cpu_runtime
 
     cpu_runtime.configure()  # before JAX starts its CPU backend: measured speed-ups, same results
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"{e.prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    args.argv = argv
     if args.distributed:
         import jax
 
         jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
-    command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None))))
+    command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None),
+                                     getattr(args, "runs_command", None))))
     try:
         return args.fn(args)
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:
             raise
-        message = " ".join(str(e).split())  # one line, even where a wrapped library message had several
-        print(f"modulenet {command}: error: {message}", file=sys.stderr)
+        print(f"modulenet {command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.debug:
             raise
-        print(f"modulenet {command}: interrupted", file=sys.stderr)
+        said = f": {_one_line(e)}" if str(e) else ""
+        print(f"modulenet {command}: interrupted{said}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from modulenet_jax.errors import UserError
+from modulenet_jax.progress import NO_PROGRESS, Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TFDS_NAMES = ("cifar10", "cifar100")
@@ -35,13 +37,21 @@ class Split:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"{self.description}: images must be uint8 N x H x W x 3, "
-                             f"got {self.images.dtype} {self.images.shape}")
+            raise UserError(f"{self.description}: images must be RGB, uint8 N x H x W x 3, got "
+                            f"{self.images.dtype} {self.images.shape}; convert them to 8-bit RGB")
         if len(self.labels) != len(self.images):
-            raise ValueError(f"{self.description}: {len(self.labels)} labels for {len(self.images)} images")
+            raise UserError(f"{self.description}: {len(self.labels)} labels for {len(self.images)} images")
+        if len(self.labels) and not 0 <= int(np.min(self.labels)) <= int(np.max(self.labels)) < self.num_classes:
+            raise UserError(f"{self.description}: labels must be in 0..{self.num_classes - 1}, got "
+                            f"{int(np.min(self.labels))}..{int(np.max(self.labels))}")
 
     def __len__(self):
         return len(self.labels)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        return tuple(self.images.shape[1:3])
 
     def take(self, indices, description: str) -> "Split":
         indices = np.asarray(indices)
@@ -66,13 +76,29 @@ def _list_image_folder(root: Path):
     return classes, files, np.asarray(labels, np.int32)
 
 
-def load_image_folder(root, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+UNDECODABLE_NAMED = 5  # the most undecodable files one error message names
+
+
+def _decode(path: Path) -> np.ndarray | str:
+    """One image file as uint8 RGB, or why it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return str(e)
+
+
+def load_image_folder(root, use_cache: bool = True,
+                      progress: Progress = NO_PROGRESS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decodes `root/<class>/<file>` (classes in alphabetical order, files sorted by name).
 
     The decoded arrays are cached under $MODULENET_CACHE (default ~/.cache/modulenet_jax),
     keyed by the file list, sizes and modification times, so a changed folder is decoded again.
+    Files that cannot be decoded are a `UserError` naming each of them (the first few, and how
+    many there are); so are images of different sizes.
     """
-    from PIL import Image
 
     root = Path(root)
     if not root.is_dir():
@@ -86,14 +112,23 @@ def load_image_folder(root, use_cache: bool = True) -> tuple[np.ndarray, np.ndar
     if use_cache and cache.is_file():
         with np.load(cache) as z:
             return z["images"], z["labels"], classes
-    images = []
-    for f in files:
-        with Image.open(f) as im:
-            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise UserError(f"{root}: images differ in size ({sorted(shapes)[:3]}...); resize them to one size first")
-    images = np.stack(images)
+    images, undecodable = [], []
+    with progress.task(f"decoding {root}", len(files), "images") as advance:
+        for f in files:
+            image = _decode(f)
+            if isinstance(image, str):
+                undecodable.append(f"{f} ({image})")
+            elif images and image.shape != images[0][1].shape:
+                raise UserError(f"{f} is {_size(image)} px, {images[0][0]} is {_size(images[0][1])} px; resize the "
+                                f"images of {root} to one size first")
+            else:
+                images.append((f, image))
+            advance()
+    if undecodable:
+        named = "; ".join(undecodable[:UNDECODABLE_NAMED]) + ("; ..." if len(undecodable) > UNDECODABLE_NAMED else "")
+        raise UserError(f"{len(undecodable)} image file{'s' if len(undecodable) > 1 else ''} of {root} cannot be "
+                        f"decoded: {named}; replace or delete them")
+    images = np.stack([image for _, image in images])
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
@@ -102,10 +137,15 @@ def load_image_folder(root, use_cache: bool = True) -> tuple[np.ndarray, np.ndar
     return images, labels, classes
 
 
-def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, int]:
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Reads a prepared TFDS dataset with `tfds.data_source` (no TensorFlow needed to read).
 
     Preparing (downloading) a dataset does need TensorFlow: install the `prepare` extra.
+    Returns the images, the labels and the class names.
     """
     import tensorflow_datasets as tfds
 
@@ -121,7 +161,7 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
-    return images, labels, source.dataset_info.features["label"].num_classes
+    return images, labels, list(source.dataset_info.features["label"].names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +171,24 @@ class Dataset:
     `test_positions` are the positions of the stored test images in the full test split
     (None: all of it, in order), so a bundle that keeps only part of the test split still
     splits it into the protocol's even (`val`) and odd (`final`) positions correctly.
+    `classes` are the class names in label order (None: not known).
     """
 
     name: str
     train: Split
     test: Split
     test_positions: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.train.num_classes != self.test.num_classes:
+            raise UserError(f"{self.name}: the train split has {self.train.num_classes} classes, the test split "
+                            f"{self.test.num_classes}; give both the same classes")
+        if self.classes is not None and len(self.classes) != self.train.num_classes:
+            raise UserError(f"{self.name}: {len(self.classes)} class names for {self.train.num_classes} classes")
+        if self.train.image_size != self.test.image_size:
+            raise UserError(f"{self.name}: train images are {self.train.image_size} px, test images "
+                            f"{self.test.image_size} px; resize them to one size")
 
     @property
     def num_classes(self) -> int:
@@ -154,22 +206,32 @@ def save_bundle(dataset: Dataset, path, train_size: int | None, test_split: str 
     keep = np.flatnonzero((positions - start) % step == 0) if step > 1 else np.arange(len(positions))
     np.savez(path, train_images=train.images, train_labels=train.labels, test_images=dataset.test.images[keep],
              test_labels=dataset.test.labels[keep], test_positions=positions[keep],
-             num_classes=dataset.num_classes, name=dataset.name)
+             num_classes=dataset.num_classes, name=dataset.name, classes=np.asarray(dataset.classes or (), str))
     return path
 
 
 def load_bundle(path) -> Dataset:
     """A dataset written by `save_bundle` (its train split is already in the protocol's order)."""
-    with np.load(path) as z:
+    try:
+        z = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: not a readable .npz bundle ({e}); write it again with save_bundle") from None
+    with z:
+        missing = sorted({"train_images", "train_labels", "test_images", "test_labels", "test_positions",
+                          "num_classes", "name"} - set(z.files))
+        if missing:
+            raise UserError(f"{path}: not a dataset bundle (no {', '.join(missing)}); write it with save_bundle")
         n = int(z["num_classes"])
         name = str(z["name"])
+        classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files and len(z["classes"]) else None
         return Dataset(name, Split(z["train_images"], z["train_labels"], n, f"{name}:train"),
-                       Split(z["test_images"], z["test_labels"], n, f"{name}:test"), z["test_positions"])
+                       Split(z["test_images"], z["test_labels"], n, f"{name}:test"), z["test_positions"], classes)
 
 
-def load_dataset(source: str, data_dir=None) -> Dataset:
+def load_dataset(source: str, data_dir=None, progress: Progress = NO_PROGRESS) -> Dataset:
     """`source` is a TFDS name (cifar10, cifar100), a folder with train/ and test/ ImageFolders,
-    or a `.npz` bundle written by `save_bundle`."""
+    or a `.npz` bundle written by `save_bundle`. Bad data (an image that cannot be decoded,
+    images of different sizes, train and test with different classes) is a `UserError`."""
     if str(source).endswith(".npz"):
         if not Path(source).is_file():
             raise FileNotFoundError(f"no dataset bundle at {source}")
@@ -177,9 +239,9 @@ def load_dataset(source: str, data_dir=None) -> Dataset:
     if source in TFDS_NAMES:
         splits = {}
         for split in ("train", "test"):
-            images, labels, n = load_tfds(source, split, data_dir)
-            splits[split] = Split(images, labels, n, f"{source}:{split}")
-        return Dataset(source, splits["train"], splits["test"])
+            images, labels, classes = load_tfds(source, split, data_dir)
+            splits[split] = Split(images, labels, len(classes), f"{source}:{split}")
+        return Dataset(source, splits["train"], splits["test"], classes=tuple(classes))
     root = Path(source)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -189,12 +251,12 @@ def load_dataset(source: str, data_dir=None) -> Dataset:
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root}: no {split}/ folder (expected {root}/{split}/<class>/<image>)")
-        images, labels, classes = load_image_folder(root / split)
+        images, labels, classes = load_image_folder(root / split, progress=progress)
         class_lists[split] = classes
         splits[split] = Split(images, labels, len(classes), f"{root.name}:{split}")
     if class_lists["train"] != class_lists["test"]:
         raise UserError(f"{root}: train/ and test/ have different class folders; give both the same classes")
-    return Dataset(root.name, splits["train"], splits["test"])
+    return Dataset(root.name, splits["train"], splits["test"], classes=tuple(class_lists["train"]))
 
 
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
@@ -202,6 +264,20 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     if k is None or k >= n:
         return np.arange(n)
     return np.floor(np.arange(k) * (n / k)).astype(np.int64)
+
+
+def _test_positions(dataset: Dataset, split: str) -> np.ndarray:
+    """Indices into `dataset.test` of a protocol split of the test images (`test`, `val`, `final`)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    start, step = {"test": (0, 1), "val": (0, 2), "final": (1, 2)}[split]
+    stored = np.arange(len(dataset.test)) if dataset.test_positions is None else dataset.test_positions
+    return np.flatnonzero((stored - start) % step == 0) if step > 1 else np.arange(len(stored))
+
+
+def available(dataset: Dataset, split: str) -> int:
+    """How many images a protocol split has to draw from."""
+    return len(dataset.train) if split == "train" else len(_test_positions(dataset, split))
 
 
 def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: int = 0) -> Split:
@@ -212,6 +288,9 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
     - `test`: the whole test split (a class-balanced evenly spaced subset if `size` is set);
     - `val`: the even test positions, likewise;
     - `final`: the odd test positions, likewise.
+
+    A `size` beyond what the split has gives the whole split (`checks.check_sizes` refuses
+    such a config before a search starts).
     """
     if split == "train" and dataset.test_positions is not None:
         n = len(dataset.train)  # a bundle's train split is already a seeded random order
@@ -224,11 +303,16 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
         else:
             idx = np.random.default_rng(seed).permutation(n)[:size]
         return dataset.train.take(idx, f"{dataset.name}:train[{len(idx)} of {n}, seed {seed}]")
-    if split in ("test", "val", "final"):
-        start, step = {"test": (0, 1), "val": (0, 2), "final": (1, 2)}[split]
-        stored = np.arange(len(dataset.test)) if dataset.test_positions is None else dataset.test_positions
-        positions = np.flatnonzero((stored - start) % step == 0) if step > 1 else np.arange(len(stored))
-        idx = positions[evenly_spaced(len(positions), size)]
-        which = {"test": "", "val": " even", "final": " odd"}[split]
-        return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")
-    raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    positions = _test_positions(dataset, split)
+    idx = positions[evenly_spaced(len(positions), size)]
+    which = {"test": "", "val": " even", "final": " odd"}[split]
+    return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")
+
+
+def fit_split(dataset: Dataset, protocol, seed: int = 0) -> Split:
+    """The images a protocol fits on: its `fit_images` train images in the order seeded by
+    `seed` (the config's `data.fit_seed`). Too few train images is a `UserError`."""
+    if available(dataset, "train") < protocol.fit_images:
+        raise UserError(f"protocol.fit_images is {protocol.fit_images}, but {dataset.name} has only "
+                        f"{available(dataset, 'train')} train images; lower protocol.fit_images")
+    return protocol_split(dataset, "train", protocol.fit_images, seed)

@@ -116,10 +116,8 @@ class Evaluator:
         return params, flops
 
     def check(self, arch: Architecture) -> None:
-        """Raises `ValueError` unless the architecture is a stem followed by blocks of this base."""
-        kinds = [self.kb.record(m).spec.kind for m in arch.modules]
-        if kinds[0] != "stem" or any(k != "block" for k in kinds[1:]):
-            raise ValueError(f"an architecture is a stem followed by blocks, got {arch.modules}")
+        """Raises `UserError` unless the architecture is a stem followed by blocks of this base that fit."""
+        arch.check(self.kb, self.protocol.stitch)
 
     def start(self, arch: Architecture, scored=()) -> core.State:
         """The protocol's state before the first module (`scored`: uint8 batches carried along)."""

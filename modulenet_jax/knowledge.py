@@ -19,6 +19,7 @@ from modulenet_jax import zoo
 from modulenet_jax.checkpoints import check_params, load_tree, save_tree
 from modulenet_jax.cost import count_flops, count_params
 from modulenet_jax.errors import UserError
+from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.zoo.registry import ModuleSpec
 
 INDEX_FILE = "index.json"
@@ -56,11 +57,17 @@ class ModuleRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A trained model the base was cut from: its architecture and where its weights came from."""
+    """A trained model the base was cut from: its architecture, where its weights came from and,
+    when known, the names of the classes it was trained on (in the order of its outputs)."""
 
     name: str
     model: str
     weights: str
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
 
 
 class KnowledgeBase:
@@ -80,36 +87,49 @@ class KnowledgeBase:
                 raise ValueError(f"record {r.id} has no params")
 
     @classmethod
-    def build(cls, models: Iterable[tuple[str, str, dict, str]], input_size: int | None = None):
-        """Cuts `(source name, model name, params, weights label)` models into modules."""
+    def build(cls, models: Iterable[tuple[str, str, dict, str]], input_size: int | None = None,
+              classes: dict[str, tuple[str, ...]] | None = None, progress: Progress = NO_PROGRESS):
+        """Cuts `(source name, model name, params, weights label)` models into modules, costed at
+        `input_size` px (None: each model's own). `classes`: {source: its class names}, where known."""
+        models = list(models)
         sources, records, params = [], [], {}
-        for source, model_name, model_params, weights in models:
-            if source in params:
-                raise UserError(f"duplicate source name {source!r}; give each source model its own name")
-            model = zoo.get_model(model_name)
-            check_params(model_name, model_params)
-            size = input_size or model.input_size
-            model_params = jax.tree_util.tree_map(jnp.asarray, model_params)
-            x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-            for spec in model.modules:
-                p = model_params[spec.name]
-                op = zoo.get_op(spec.op)
-                kwargs = spec.static_kwargs
-                flops = count_flops(lambda p, x: op(p, x, **kwargs)[0], p, x)
-                y = jax.eval_shape(lambda p, x: op(p, x, **kwargs)[0], p, x)
-                res_in = x.shape[1] if len(x.shape) == 4 else 1
-                res_out = y.shape[1] if len(y.shape) == 4 else 1
-                records.append(ModuleRecord(f"{source}/{spec.name}", source, spec, res_in, res_out,
-                                            count_params(p), flops))
-                x = y
-            sources.append(Source(source, model_name, weights))
-            params[source] = model_params
+        with progress.task("cutting modules", sum(len(zoo.get_model(m[1]).modules) for m in models),
+                           "modules") as advance:
+            for source, model_name, model_params, weights in models:
+                if source in params:
+                    raise UserError(f"duplicate source name {source!r}; give each source model its own name")
+                check_params(model_name, model_params)
+                params[source] = jax.tree_util.tree_map(jnp.asarray, model_params)
+                records += cls._cut(source, model_name, params[source], input_size, advance)
+                sources.append(Source(source, model_name, weights, (classes or {}).get(source)))
         if not sources:
             raise UserError("a knowledge base needs at least one source model")
         sizes = {input_size or zoo.get_model(s.model).input_size for s in sources}
         return cls(sources, records, params, sizes.pop() if len(sizes) == 1 else input_size)
 
+    @staticmethod
+    def _cut(source: str, model_name: str, model_params, input_size, advance) -> list[ModuleRecord]:
+        """The records of one source model's modules, with their costs at `input_size` px."""
+        model = zoo.get_model(model_name)
+        size = input_size or model.input_size
+        x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+        records = []
+        for spec in model.modules:
+            p = model_params[spec.name]
+            op = zoo.get_op(spec.op)
+            kwargs = spec.static_kwargs
+            flops = count_flops(lambda p, x: op(p, x, **kwargs)[0], p, x)
+            y = jax.eval_shape(lambda p, x: op(p, x, **kwargs)[0], p, x)
+            res_in = x.shape[1] if len(x.shape) == 4 else 1
+            res_out = y.shape[1] if len(y.shape) == 4 else 1
+            records.append(ModuleRecord(f"{source}/{spec.name}", source, spec, res_in, res_out,
+                                        count_params(p), flops))
+            x = y
+            advance()
+        return records
+
     def record(self, module_id: str) -> ModuleRecord:
+        """The record of a module id (`source/module`; a KeyError naming it if there is none)."""
         try:
             return self._by_id[module_id]
         except KeyError:
@@ -140,6 +160,7 @@ class KnowledgeBase:
         return zoo.get_model(self.source(source).model)
 
     def save(self, path) -> Path:
+        """Writes `index.json` (readable) and the params (orbax) into the folder `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_tree(path / PARAMS_DIR, self.params)
@@ -151,11 +172,16 @@ class KnowledgeBase:
 
     @classmethod
     def load(cls, path) -> "KnowledgeBase":
+        """A knowledge base written by `save` (a `UserError` if the folder is not one, or is corrupt)."""
         path = Path(path)
         if not (path / INDEX_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a knowledge base (no {INDEX_FILE}); "
                                     f"build one with `modulenet kb build`")
-        index = json.loads((path / INDEX_FILE).read_text())
+        try:
+            index = json.loads((path / INDEX_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path / INDEX_FILE} is not valid JSON ({e}); build the knowledge base again with "
+                            f"`modulenet kb build`") from None
         if index.get("format") != FORMAT_VERSION:
             raise UserError(f"{path}: knowledge base format {index.get('format')}, this version reads "
                             f"{FORMAT_VERSION}; build it again with `modulenet kb build`")

@@ -16,20 +16,25 @@ from pathlib import Path
 from modulenet_jax.errors import UserError
 
 AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
+    """A known checkpoint: the zoo model it fits, where it comes from, and the classes it was
+    trained on (in the order of its outputs)."""
+
     model: str
     filename: str
     url: str
     sha256_prefix: str
     license: str
+    classes: tuple[str, ...]
 
 
 PRETRAINED = {
     f"cifar_resnet{d}": Pretrained(f"cifar_resnet{d}", f"resnet{d}-{h}.th", f"{AKAMASTER}/resnet{d}-{h}.th", h,
-                                   "BSD-2-Clause (akamaster/pytorch_resnet_cifar10)")
+                                   "BSD-2-Clause (akamaster/pytorch_resnet_cifar10)", CIFAR10_CLASSES)
     for d, h in ((20, "12fca82f"), (32, "d509ac18"), (44, "014dd654"), (56, "4bfd9763"))
 }
 

@@ -47,9 +47,42 @@ class Gene:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """A decoded network: the ids of its stem and blocks in forward order (the head is fitted)."""
+    """A decoded network: the ids (`source/module`, as `modulenet kb show` lists them) of its
+    stem and blocks in forward order; the head is fitted. Built by hand it is checked against
+    a knowledge base with `check` (the evaluators do) before anything runs."""
 
     modules: tuple[str, ...]
+
+    def __post_init__(self):
+        modules = self.modules
+        if isinstance(modules, (str, bytes)) or not all(isinstance(m, str) and "/" in m for m in modules):
+            raise UserError(f"an Architecture is a sequence of module ids like 'cifar_resnet20/stem', got {modules!r}")
+        if not modules:
+            raise UserError("an Architecture needs at least a stem")
+        object.__setattr__(self, "modules", tuple(modules))
+
+    def check(self, kb: KnowledgeBase, stitch: bool = True) -> None:
+        """A `UserError` naming the first module that does not fit: an id the knowledge base does
+        not have, a first module that is not a stem or a later one that is not a block, a block
+        given activations of another resolution than it takes, or of other channels where no
+        stitch (`stitch` False) bridges them."""
+        try:
+            records = [kb.record(m) for m in self.modules]
+        except KeyError as e:
+            raise UserError(f"{e.args[0]}; its modules are listed by `modulenet kb show` (e.g. "
+                            f"{kb.records[0].id!r})") from None
+        if records[0].spec.kind != "stem":
+            raise UserError(f"an architecture starts with a stem, not {records[0].id} ({records[0].spec.kind})")
+        for prev, rec in zip(records, records[1:]):
+            if rec.spec.kind != "block":
+                raise UserError(f"{rec.id} is a {rec.spec.kind}; after the stem an architecture has only blocks "
+                                f"(the head is fitted)")
+            if prev.output_resolution != rec.input_resolution:
+                raise UserError(f"{rec.id} takes {rec.input_resolution} px activations but {prev.id} gives "
+                                f"{prev.output_resolution} px; choose a block of the same stage")
+            if prev.spec.out_channels != rec.spec.in_channels and not stitch:
+                raise UserError(f"{rec.id} takes {rec.spec.in_channels} channels but {prev.id} gives "
+                                f"{prev.spec.out_channels}, and protocol.stitch is off; turn stitches on")
 
     def junctions(self, kb: KnowledgeBase) -> tuple[bool, ...]:
         """Per module: does its input differ from the input it had in its own source model?
@@ -266,6 +299,7 @@ class SearchSpace(IntegerGenotypes):
         return tuple(g)
 
     def decode(self, genotype) -> Architecture:
+        """The network a valid genotype stands for (README: the genotype layout)."""
         self.validate(genotype)
         mods = [self.stems[int(genotype[0])].id]
         for s, depth, choices in self._stage_genes(genotype):
@@ -342,6 +376,7 @@ class SearchSpace(IntegerGenotypes):
         return total
 
     def describe(self) -> dict:
+        """The space in brief: granularity, sources, number of genes, size, depth ranges."""
         return {"granularity": self.granularity, "sources": list(self.sources),
                 "genes": self.num_genes, "size": self.size(),
                 "depths": {f"stage{s}": list(r) for s, r in self.depth_range.items()}}

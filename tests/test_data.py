@@ -91,3 +91,77 @@ def test_preparing_tfds_without_the_prepare_extra_names_it(monkeypatch, missing)
 @needs_shared
 def test_shared_folder_is_a_dataset():
     assert (CIFAR_JPEG / "train").is_dir() and (CIFAR_JPEG / "test").is_dir()
+
+
+def _image_folder(root, classes=("a_cls", "b_cls"), size=4, per_class=2):
+    from PIL import Image
+
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), (i, 0, 0)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_an_image_that_cannot_be_decoded_is_named(tmp_path, monkeypatch):
+    """A file that is not an image, and a JPEG cut short: each is named, with the fix."""
+    from PIL import Image
+
+    monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
+    folder = _image_folder(tmp_path / "junk")
+    (folder / "a_cls" / "2.jpg").write_text("not an image")
+    with pytest.raises(UserError, match=r"^1 image file of .*junk cannot be decoded: .*a_cls/2.jpg \(cannot identify "
+                                        r"image file .*\); replace or delete them$"):
+        load_image_folder(folder)
+    folder = _image_folder(tmp_path / "cut", size=32)
+    for name in ("2.jpg", "3.jpg"):
+        Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "b_cls" / name)
+        data = (folder / "b_cls" / name).read_bytes()
+        (folder / "b_cls" / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match=r"^2 image files of .*cut cannot be decoded: .*b_cls/2.jpg \(.*\); "
+                                        r".*b_cls/3.jpg \(.*\); replace or delete them$"):
+        load_image_folder(folder)
+    assert not (tmp_path / "cache").exists()  # nothing half-decoded is cached
+
+
+def test_images_of_another_size_are_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
+    folder = _image_folder(tmp_path / "data")
+    Image.new("RGB", (6, 4)).save(folder / "b_cls" / "9.png")
+    with pytest.raises(UserError, match=r"b_cls/9.png is 6x4 px, .*a_cls/0.png is 4x4 px; resize the images"):
+        load_image_folder(folder)
+
+
+def test_datasets_know_their_classes_and_bundles_keep_them(tmp_path, monkeypatch):
+    from modulenet_jax.data import load_bundle, save_bundle
+
+    monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        _image_folder(tmp_path / "data" / split, ("cat", "dog"))
+    ds = load_dataset(str(tmp_path / "data"))
+    assert ds.classes == ("cat", "dog") and ds.num_classes == 2
+    assert load_bundle(save_bundle(ds, tmp_path / "b.npz", None)).classes == ("cat", "dog")
+    assert load_bundle(save_bundle(_dataset(), tmp_path / "c.npz", None)).classes is None
+
+
+def test_splits_that_do_not_fit_are_refused():
+    ds = _dataset()
+    with pytest.raises(UserError, match=r"labels must be in 0..9, got 1..10"):
+        Split(ds.test.images, ds.test.labels + 1, 10, "t")
+    with pytest.raises(UserError, match=r"images must be RGB, uint8 N x H x W x 3, got uint8 \(40, 8, 8, 1\)"):
+        Split(ds.test.images[..., :1], ds.test.labels, 10, "t")
+    with pytest.raises(UserError, match=r"train images are \(8, 8\) px, test images \(4, 4\) px"):
+        Dataset("d", ds.train, Split(ds.test.images[:, :4, :4], ds.test.labels, 10, "t"))
+
+
+def test_fit_split_takes_the_protocols_size_once():
+    from modulenet_jax.data import fit_split
+    from modulenet_jax.protocol import Protocol
+
+    ds = _dataset()
+    fit = fit_split(ds, Protocol(fit_images=30, stitch_images=10), seed=1)
+    np.testing.assert_array_equal(fit.images, protocol_split(ds, "train", 30, seed=1).images)
+    with pytest.raises(UserError, match="protocol.fit_images is 2048, but d has only 100 train images"):
+        fit_split(ds, Protocol())

@@ -76,3 +76,11 @@ def test_source_modules_in_order_reproduce_the_model(tiny_kb):
     images = jax.random.randint(jax.random.PRNGKey(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
     expected = zoo.forward(model, tiny_kb.params[source], preprocess(images, mean, std))
     np.testing.assert_allclose(np.asarray(net.logits(images)), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_sources_keep_the_classes_they_were_trained_on(tmp_path):
+    names = tuple("abcdefghij")
+    kb = KnowledgeBase.build(random_models(), classes={"cifar_resnet8": names})
+    assert kb.source("cifar_resnet8").classes == names and kb.source("cifar_resnet14").classes is None
+    loaded = KnowledgeBase.load(kb.save(tmp_path / "kb"))
+    assert loaded.source("cifar_resnet8").classes == names and loaded.source("cifar_resnet14").classes is None

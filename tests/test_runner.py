@@ -54,7 +54,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_kb, tiny_dataset, tmp_path)
         f.write('{"torn": ')  # a line cut by the kill
     logs = []
     search(_run(tiny_kb, tiny_dataset), part, log=logs.append)
-    assert logs[0].startswith(f"resuming {part} after generation 1 (5 networks already evaluated)")
+    assert logs[1].startswith(f"resuming {part} after generation 1 (5 networks already evaluated)")
     assert _strip((part / "history.jsonl").read_text()) == _strip((full / "history.jsonl").read_text())
     assert (part / "state.json").read_text() == (full / "state.json").read_text()
     assert (part / "front.json").read_text() == (full / "front.json").read_text()
@@ -66,9 +66,9 @@ def test_run_folder_contents_and_final_table(tiny_kb, tiny_dataset, tmp_path):
     rows = final_table(run, result["front"], tmp_path, log=lambda m: None)
     assert {r["name"] for r in rows if r["kind"] == "source"} == {"cifar_resnet8", "cifar_resnet14"}
     assert all(r["final_total"] == 32 for r in rows)
-    from modulenet_jax.search.runner import _read_history
+    from modulenet_jax.search.run_folder import read_history
 
-    plot_front(_read_history(tmp_path / "history.jsonl"), result["front"], rows, tmp_path / "front.png", run.objectives)
+    plot_front(read_history(tmp_path / "history.jsonl"), result["front"], rows, tmp_path / "front.png", run.objectives)
     for name in ("config.json", "history.jsonl", "state.json", "front.json", "final.json", "final.md", "front.png"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
@@ -91,7 +91,7 @@ def test_a_clone_elsewhere_resumes_the_run_folder(tiny_kb, tiny_dataset, tmp_pat
     search(run("clone-a"), tmp_path / "run", log=lambda m: None)
     logs = []
     search(run("elsewhere/clone-b"), tmp_path / "run", log=logs.append)
-    assert logs[0].startswith(f"resuming {tmp_path / 'run'} after generation 1")
+    assert logs[1].startswith(f"resuming {tmp_path / 'run'} after generation 1")
     assert str(tmp_path) not in (tmp_path / "run" / "config.json").read_text()
 
 

@@ -1,10 +1,12 @@
 """Search space: genotype validity, repair, decoding, junctions and the exact size."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
 
+from modulenet_jax.errors import UserError
 from modulenet_jax.space import Architecture, GenotypeError, SearchSpace
 
 
@@ -104,3 +106,25 @@ def test_unknown_source_and_granularity(tiny_kb):
         SearchSpace(tiny_kb, "layers")
     with pytest.raises(ValueError, match="unknown source"):
         SearchSpace(tiny_kb, "run", sources=("resnet9000",))
+
+
+@pytest.mark.parametrize("modules, message", [
+    ("cifar_resnet8/stem", "an Architecture is a sequence of module ids"),
+    ((), "an Architecture needs at least a stem"),
+    (("cifar_resnet8/stem", "cifar_resnet8/stage9.block0"), "no module 'cifar_resnet8/stage9.block0' in the knowledge "
+                                                            "base; its modules are listed by `modulenet kb show`"),
+    (("cifar_resnet8/stage1.block0",), "an architecture starts with a stem, not cifar_resnet8/stage1.block0 (block)"),
+    (("cifar_resnet8/stem", "cifar_resnet8/head"), "cifar_resnet8/head is a head; after the stem"),
+    (("cifar_resnet8/stem", "cifar_resnet14/stage3.block1"), "cifar_resnet14/stage3.block1 takes 8 px activations but "
+                                                            "cifar_resnet8/stem gives 32 px"),
+])
+def test_an_architecture_built_by_hand_is_checked_before_anything_runs(tiny_kb, tiny_dataset, modules, message):
+    from modulenet_jax.data import fit_split
+    from modulenet_jax.evaluate import Evaluator
+    from modulenet_jax.protocol import Protocol
+
+    protocol = Protocol(fit_images=8, stitch_images=8)
+    evaluator = Evaluator(tiny_kb, protocol, fit_split(tiny_dataset, protocol))
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluator.check(Architecture(modules))
+

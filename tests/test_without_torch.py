@@ -40,7 +40,7 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     tiny_kb.save(d / "kb")
     save_bundle(tiny_dataset, d / "tiny.npz", None)
     tiny = ["--set", f"data.source={d / 'tiny.npz'}", "protocol.fit_images=64", "protocol.stitch_images=32",
-            "protocol.batch_size=32"]
+            "protocol.batch_size=32", "data.val_size=32", "final.size=32"]
     bench = ["bench", "--kb", str(d / "kb"), *tiny, "--populations", "1", "--dtypes", "float32", "--workloads", "W1",
              "--val-size", "32", "--out", str(d / "bench")]
     return d, tiny, bench

@@ -1,12 +1,16 @@
 """A search run: config in, run folder out, resumable at every generation.
 
-The run folder holds `config.json`, `history.jsonl` (every network evaluated, with its
-objectives, written as it is evaluated), `state.json` (the algorithm's state after the last
-finished generation), `front.json` and `front.png` (the Pareto front on the validation
-split) and `final.json` / `final.md` (the front and the source models evaluated under the
-same protocol on the final test split). Re-running on the same folder resumes: the state
-restores the algorithm and its random generator, the history restores every evaluation,
-so the run ends exactly as an uninterrupted one.
+The run folder (`run_folder.py`) holds `config.json`, `history.jsonl` (every network
+evaluated, with its objectives, written as it is evaluated), `state.json` (the algorithm's
+state after the last finished generation), `log.txt`, `front.json` and `front.png` (the Pareto
+front on the validation split) and `final.json` / `final.md` (the front and the source models
+evaluated under the same protocol on the final test split). Re-running on the same folder
+resumes: the state restores the algorithm and its random generator, the history restores
+every evaluation, so the run ends exactly as an uninterrupted one; a larger
+`search.generations` extends a finished run exactly as a run started with that budget.
+
+Everything that can be checked before work is (`schema`, `checks`, `RunFolder.check`): the
+config, the output folder, then the data, then the knowledge base against both.
 """
 
 from __future__ import annotations
@@ -20,87 +24,68 @@ from typing import Callable
 import jax
 import numpy as np
 
+from modulenet_jax import schema
+from modulenet_jax.checks import check_images, check_sizes, classes_differ
 from modulenet_jax.config import to_dict
-from modulenet_jax.data import Dataset, load_dataset, protocol_split
+from modulenet_jax.data import Dataset, fit_split, load_dataset, protocol_split
 from modulenet_jax.errors import UserError
-from modulenet_jax.evaluate import OBJECTIVES, PREFIX_MEMORY_MB, Evaluation, Evaluator, evaluate_published
+from modulenet_jax.evaluate import Evaluation, Evaluator, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import FusionError, PopulationEvaluator
+from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.protocol import Protocol
+from modulenet_jax.schema import setting
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
+from modulenet_jax.search.run_folder import HISTORY, RESTART_HINT, STATE, RunFolder, read_history, write_atomic
 from modulenet_jax.space import Architecture, SearchSpace
 
-ALGORITHMS = ("nsga2", "random")
 TIMING_KEYS = ("seconds",)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _read_history(path: Path) -> list[dict]:
-    """The history lines written so far; a torn last line (from a kill mid-write) is dropped."""
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines(keepends=True)
-    records = []
-    for line in lines:
-        if not line.endswith("\n"):
-            break
-        records.append(json.loads(line))
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    if text != path.read_text():
-        _write_atomic(path, text)
-    return records
-
-
 def make_space(kb: KnowledgeBase, cfg) -> SearchSpace | MixedSpace:
-    """`space.kind` "stages" (the default: `SearchSpace`) or "mixed" (`MixedSpace`, slots by
-    reduction level, for sources of different families)."""
-    sources = tuple(cfg.sources) if cfg.get("sources") else None
-    kind = cfg.get("kind", "stages")
-    if kind == "mixed":
-        return MixedSpace(kb, max_depth=cfg.max_depth, sources=sources, min_reduction=cfg.get("min_reduction"))
-    if kind != "stages":
-        raise UserError(f"space.kind must be 'stages' or 'mixed', got {kind!r}")
-    return SearchSpace(kb, cfg.granularity, min_depth=cfg.min_depth, max_depth=cfg.max_depth, sources=sources)
+    """The config's `space` section: `space.kind` "stages" (`SearchSpace`) or "mixed"
+    (`MixedSpace`, slots by reduction level, for sources of different families)."""
+    sources = tuple(setting(cfg, "space.sources")) or None
+    max_depth = setting(cfg, "space.max_depth")
+    if setting(cfg, "space.kind") == "mixed":
+        return MixedSpace(kb, max_depth=max_depth, sources=sources, min_reduction=setting(cfg, "space.min_reduction"))
+    return SearchSpace(kb, setting(cfg, "space.granularity"), min_depth=setting(cfg, "space.min_depth"),
+                       max_depth=max_depth, sources=sources)
 
 
 def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
+    """The config's `search` section as an algorithm, seeded with the sources the space holds
+    (`search.seed_sources`)."""
     initial = tuple(space.encode_source(s) for s in space.sources
                     if cfg.seed_sources and space.fits_source(s))
     if cfg.algorithm == "nsga2":
         return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
                      mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob,
                      crossover=cfg.crossover)
-    if cfg.algorithm == "random":
-        return RandomSearch(space, cfg.population, seed, initial=initial)
-    raise UserError(f"search.algorithm must be one of {ALGORITHMS}, got {cfg.algorithm!r}")
+    return RandomSearch(space, cfg.population, seed, initial=initial)
 
 
-def load_knowledge(cfg) -> KnowledgeBase:
-    """The configured knowledge base: a saved one, torchvision models (when the config names
-    `weights`), or one built from the source checkpoints."""
-    if cfg.get("path"):
+def load_knowledge(cfg, progress: Progress = NO_PROGRESS) -> KnowledgeBase:
+    """The knowledge base the config's `knowledge` section names: a saved one, torchvision
+    models (when it names `weights`), or one built from the source checkpoints."""
+    if setting(cfg, "knowledge.path"):
         return KnowledgeBase.load(cfg.path)
-    if cfg.get("weights") is not None:
+    if setting(cfg, "knowledge.weights") is not None:
         from modulenet_jax.converters.knowledge import build_from_torchvision  # torch lives in converters/
 
-        return build_from_torchvision(tuple(cfg.sources), cfg.weights, cfg.get("input_size"),
-                                      cfg.get("weights_seed", 0), tuple(cfg.weights_dirs))
+        return build_from_torchvision(tuple(cfg.sources), cfg.weights, setting(cfg, "knowledge.input_size"),
+                                      setting(cfg, "knowledge.weights_seed"), tuple(cfg.weights_dirs), progress)
     from modulenet_jax.converters.knowledge import build_from_pretrained  # torch lives in converters/
 
-    return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs))
+    return build_from_pretrained(tuple(cfg.sources), tuple(cfg.weights_dirs), progress)
 
 
-def load_data(cfg) -> Dataset:
-    """The configured dataset: `source` a TFDS name, an ImageFolder root or a `.npz` bundle."""
-    return load_dataset(cfg.source, cfg.get("data_dir"))
+def load_data(cfg, progress: Progress = NO_PROGRESS) -> Dataset:
+    """The dataset the config's `data` section names: a TFDS name, an ImageFolder root or a `.npz` bundle."""
+    return load_dataset(cfg.source, setting(cfg, "data.data_dir"), progress)
 
 
 def make_protocol(cfg) -> Protocol:
@@ -111,14 +96,9 @@ def make_protocol(cfg) -> Protocol:
         raise UserError(f"{e}; fix it in the config or with --set protocol.<field>=...") from e
 
 
-STRATEGIES = ("auto", "loop", "fused")
-
-
 def choose_strategy(strategy: str) -> str:
     """`auto`: the fused population program on accelerators, one call per module on a CPU
     (where vmapping over different kernels is slower than a loop)."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"evaluator.strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
         return "loop" if jax.devices()[0].platform == "cpu" else "fused"
     return strategy
@@ -136,7 +116,8 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
     try:
         if isinstance(space, MixedSpace):
             raise FusionError("a mixed-family space has slots whose candidates differ in shape")
-        return PopulationEvaluator(space, protocol, fit, chunk_size=config.evaluator.chunk_size, evaluator=evaluator)
+        return PopulationEvaluator(space, protocol, fit, chunk_size=setting(config, "evaluator.chunk_size"),
+                                   evaluator=evaluator)
     except FusionError as e:
         if strategy == "fused":
             raise UserError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
@@ -184,22 +165,27 @@ class Run:
 
     @classmethod
     def from_config(cls, config, kb: KnowledgeBase | None = None, dataset: Dataset | None = None,
-                    log: Callable[[str], None] = print) -> "Run":
-        unknown = sorted(set(config.search.objectives) - set(OBJECTIVES))
-        if unknown:
-            raise UserError(f"search.objectives: unknown {unknown}; choose from {', '.join(OBJECTIVES)}")
+                    log: Callable[[str], None] = print, progress: Progress = NO_PROGRESS,
+                    evaluate_only: bool = False) -> "Run":
+        """Everything the config names, each part checked against the others as soon as it is
+        there: the config itself, the data (split sizes; with `evaluate_only`, only the fit
+        images: no search will read the validation and final subsets), the knowledge base
+        (image size)."""
+        schema.validate(config)
         protocol = make_protocol(config.protocol)
-        kb = kb or load_knowledge(config.knowledge)
-        dataset = dataset or load_data(config.data)
-        fit = protocol_split(dataset, "train", protocol.fit_images, seed=config.data.fit_seed)
-        if len(fit) < protocol.fit_images:
-            raise UserError(f"protocol.fit_images is {protocol.fit_images}, but {dataset.name} has only {len(fit)} "
-                            f"train images; lower protocol.fit_images")
-        val = protocol_split(dataset, "val", config.data.val_size)
+        dataset = dataset or load_data(config.data, progress)
+        if not evaluate_only:
+            check_sizes(config, dataset)
+        kb = kb or load_knowledge(config.knowledge, progress)
+        check_images(kb, dataset, protocol.input_size)
         space = make_space(kb, config.space)
+        for reason in filter(None, (classes_differ(kb, s, dataset) for s in space.sources)):
+            log(f"note: {reason}: the protocol fits a head for {dataset.name}'s classes; the final table has no "
+                f"as-published accuracy for that source")
+        fit = fit_split(dataset, protocol, config.data.fit_seed)
+        val = protocol_split(dataset, "val", config.data.val_size)
         algorithm = make_algorithm(space, config.search, config.seed)
-        prefix_memory = int(config.evaluator.get("prefix_memory_mb", PREFIX_MEMORY_MB)) << 20
-        evaluator = Evaluator(kb, protocol, fit, prefix_memory=prefix_memory)
+        evaluator = Evaluator(kb, protocol, fit, prefix_memory=setting(config, "evaluator.prefix_memory_mb") << 20)
         population = make_population(config, space, protocol, fit, evaluator, log)
         return cls(config, kb, space, evaluator, algorithm, dataset, val, tuple(config.search.objectives),
                    population)
@@ -212,28 +198,37 @@ def _record(generation, genotype, space, ev: Evaluation, seconds) -> dict:
             "modules": list(arch.modules), **ev.to_json(), "error": ev.error, "seconds": round(seconds, 3)}
 
 
-def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Runs (or resumes) the configured number of generations; returns the front on `val`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(to_dict(run.config), indent=2, sort_keys=True) + "\n"
-    cfg_path, state_path, hist_path = out / "config.json", out / "state.json", out / "history.jsonl"
-    if cfg_path.is_file() and resume:
-        if cfg_path.read_text() != config_json:
-            raise UserError(f"{out} holds a run of a different config; choose a new --out, or "
-                             f"pass --restart to start this folder over")
-    elif not resume:
-        for p in (state_path, hist_path):
-            p.unlink(missing_ok=True)
-    _write_atomic(cfg_path, config_json)
-    history = _read_history(hist_path)
-    cache = {tuple(r["canonical"]): r for r in history}
-    if resume and state_path.is_file():
-        run.algorithm.load_state_dict(json.loads(state_path.read_text()))
-        log(f"resuming {out} after generation {run.algorithm.generation} "
+def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = print,
+           progress: Progress = NO_PROGRESS) -> dict:
+    """Runs (or resumes, or extends) the configured number of generations in the run folder
+    `out_dir`; returns the front on `val`. `resume=False` starts the folder over (the old run
+    stays whole until the new one has evaluated its first network)."""
+    folder = RunFolder.open(out_dir, to_dict(run.config), restart=not resume, log=log)
+    try:
+        return _search(run, folder, folder.teed(log), progress)
+    except BaseException:
+        folder.abandon()  # only while nothing is evaluated: a new run leaves nothing, a restart the old run
+        raise
+
+
+def _restore(algorithm: SearchAlgorithm, state: dict, path: Path) -> None:
+    try:
+        algorithm.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} does not hold a {algorithm.name} search state ({type(e).__name__}: {e}); restore "
+                        f"it, or {RESTART_HINT}") from None
+
+
+def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress) -> dict:
+    log(f"space: {run.space.describe()}")
+    cache = {tuple(r["canonical"]): r for r in folder.history()}
+    state = folder.state()
+    if state is not None:
+        _restore(run.algorithm, state, folder.path / STATE)
+        log(f"resuming {folder.target} after generation {run.algorithm.generation} "
             f"({len(cache)} networks already evaluated)")
     generations = run.config.search.generations
-    with open(hist_path, "a") as hist:
+    with progress.task("search", generations, "generations", done=run.algorithm.generation) as advance_search:
         while run.algorithm.generation < generations:
             gen = run.algorithm.generation
             t0 = time.time()
@@ -245,22 +240,25 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
                     new[key] = g
             # written as evaluated (the module path: per network; fused: per chunk), so a kill loses little
             todo = list(new.values())
-            for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
-                cache[run.space.canonical(todo[i])] = _record(gen, todo[i], run.space, ev, seconds)
-                hist.write(json.dumps(cache[run.space.canonical(todo[i])]) + "\n")
-                hist.flush()
-            fresh = len(new)
+            with progress.task(f"generation {gen + 1}/{generations}", len(todo), "networks") as advance:
+                for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
+                    record = _record(gen, todo[i], run.space, ev, seconds)
+                    cache[run.space.canonical(todo[i])] = record
+                    folder.append_history(record)
+                    advance()
             F = [[cache[run.space.canonical(g)][o] for o in run.objectives] for g in X]
             run.algorithm.tell(X, np.asarray(F))
-            _write_atomic(state_path, json.dumps(run.algorithm.state_dict()) + "\n")
+            folder.write_state(run.algorithm.state_dict())
             front = front_records(list(cache.values()), run.objectives)
             best = max(front, key=lambda r: r["accuracy"])
-            log(f"generation {gen + 1}/{generations}: {fresh} evaluated, {len(X) - fresh} cached, "
+            log(f"generation {gen + 1}/{generations}: {len(new)} evaluated, {len(X) - len(new)} cached, "
                 f"front {len(front)}, best val accuracy {best['accuracy']:.4f} "
                 f"at {best['params']:,} params ({time.time() - t0:.1f} s)")
+            advance_search()
+    folder.commit()
     records = list(cache.values())
     front = front_records(records, run.objectives)
-    _write_atomic(out / "front.json", json.dumps(front, indent=1) + "\n")
+    write_atomic(folder.path / "front.json", json.dumps(front, indent=1) + "\n")
     return {"evaluated": len(records), "front": front}
 
 
@@ -273,10 +271,21 @@ def front_records(records: list[dict], objectives) -> list[dict]:
     return sorted(front, key=lambda r: (r["params"], r["error"]))
 
 
-def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None] = print) -> list[dict]:
+def _evaluate_all(run: Run, archs, split, advance) -> list[Evaluation]:
+    """`run.evaluate_iter`'s evaluations in the order of `archs`, `advance()` after each."""
+    out: list[Evaluation | None] = [None] * len(archs)
+    for i, ev, _ in run.evaluate_iter(archs, split):
+        out[i] = ev
+        advance()
+    return out
+
+
+def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None] = print,
+                progress: Progress = NO_PROGRESS) -> list[dict]:
     """The front's networks and every source model, under the same protocol, on the final split.
 
-    Sources also get their as-published accuracy (own BN statistics and head) for reference.
+    Sources also get their as-published accuracy (own BN statistics and head) for reference,
+    where the data has their classes (`checks.classes_differ`; None otherwise).
     """
     cfg = run.config.final
     final = protocol_split(run.dataset, cfg.split, cfg.size)
@@ -286,18 +295,23 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
     source_archs = [Architecture.of_source(run.kb, s) for s in sources]
     found = [(i, r) for i, r in enumerate(front) if tuple(r["modules"]) not in {a.modules for a in source_archs}]
     archs = source_archs + [Architecture(tuple(r["modules"])) for _, r in found]
-    evs = run.evaluate_many(archs, final)
     missing_val = [a for a in source_archs if a.modules not in by_modules]
-    val_of = {a.modules: e.accuracy for a, e in zip(missing_val, run.evaluate_many(missing_val, run.val))}
+    published = [s for s in sources if classes_differ(run.kb, s, run.dataset) is None]
+    with progress.task("final table", len(archs) + len(missing_val) + len(published), "networks") as advance:
+        evs = _evaluate_all(run, archs, final, advance)
+        val_of = {a.modules: e.accuracy for a, e in zip(missing_val, _evaluate_all(run, missing_val, run.val, advance))}
+        pub = {}
+        for source in published:
+            pub[source] = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
+                                             input_size=run.evaluator.protocol.input_size)[0] / len(final)
+            advance()
     for source, arch, ev in zip(sources, source_archs, evs):
         rec = by_modules.get(arch.modules)
-        pub, _ = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
-                                    input_size=run.evaluator.protocol.input_size)
         rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"] if rec else val_of[arch.modules],
                      "final_correct": ev.correct, "final_total": ev.total,
-                     "final_accuracy": ev.accuracy, "published_final_accuracy": pub / ev.total,
+                     "final_accuracy": ev.accuracy, "published_final_accuracy": pub.get(source),
                      "on_front": rec is not None})
         log(f"final: {source}: {ev.correct}/{ev.total}")
     for (i, rec), ev in zip(found, evs[len(sources):]):
@@ -308,8 +322,8 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
         log(f"final: front{i}: {ev.correct}/{ev.total}")
     rows.sort(key=lambda r: (r["params"], r["name"]))
     out = Path(out_dir)
-    _write_atomic(out / "final.json", json.dumps({"split": final.description, "rows": rows}, indent=1) + "\n")
-    _write_atomic(out / "final.md", markdown_table(rows, final.description) + "\n")
+    write_atomic(out / "final.json", json.dumps({"split": final.description, "rows": rows}, indent=1) + "\n")
+    write_atomic(out / "final.md", markdown_table(rows, final.description) + "\n")
     return rows
 
 
@@ -320,6 +334,7 @@ def beats(row: dict, sources: list[dict]) -> list[str]:
 
 
 def markdown_table(rows: list[dict], split: str) -> str:
+    """`final.md`: the final table's rows, with the sources each found network beats."""
     sources = [r for r in rows if r["kind"] == "source"]
     lines = [f"Final split: {split}. Protocol accuracy = fitted stitches/BN/head as in the search; "
              f"published = the source's own BN statistics and head.", "",
@@ -358,7 +373,8 @@ def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, o
             label="found (protocol)")
     ax.scatter([r["params"] for r in src], [100 * r["final_accuracy"] for r in src], marker="*", s=150,
                c="C0", label="sources (protocol)", zorder=3)
-    ax.scatter([r["params"] for r in src], [100 * r["published_final_accuracy"] for r in src], marker="x",
+    pub = [r for r in src if r["published_final_accuracy"] is not None]
+    ax.scatter([r["params"] for r in pub], [100 * r["published_final_accuracy"] for r in pub], marker="x",
                s=60, c="C2", label="sources (published)", zorder=3)
     for r in src:
         ax.annotate(r["name"].replace("cifar_", ""), (r["params"], 100 * r["final_accuracy"]), fontsize=8)
@@ -369,12 +385,16 @@ def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, o
     plt.close(fig)
 
 
-def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Search, then the final table and the plot: the main job."""
-    run = Run.from_config(config, log=log)
-    log(f"space: {run.space.describe()}")
-    result = search(run, out_dir, resume, log)
-    rows = final_table(run, result["front"], out_dir, log)
-    history = _read_history(Path(out_dir) / "history.jsonl")
+def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = print,
+            progress: Progress = NO_PROGRESS) -> dict:
+    """Search, then the final table and the plot: the main job. The run folder is checked
+    before anything is loaded (a different config, a corrupt state: an error at once)."""
+    RunFolder.check(out_dir, to_dict(config), restart=not resume)
+    run = Run.from_config(config, log=log, progress=progress)
+    result = search(run, out_dir, resume, log, progress)
+    say = RunFolder(Path(out_dir), staged=False).teed(log)
+    rows = final_table(run, result["front"], out_dir, say, progress)
+    history = read_history(Path(out_dir) / HISTORY)
     plot_front(history, result["front"], rows, Path(out_dir) / "front.png", run.objectives)
+    say(f"done: {result['evaluated']} networks evaluated, {len(result['front'])} on the front")
     return {"out": str(out_dir), "evaluated": result["evaluated"], "front": result["front"], "final": rows}
