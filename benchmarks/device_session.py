@@ -25,8 +25,7 @@ from . import throughput
 from .prepare_device_bundle import load_kb
 from modulenet_jax.data import load_dataset
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
-from modulenet_jax.finetune import FinetuneConfig
+from modulenet_jax.fidelity import FINETUNE, VARIANTS, measure, sample_genotypes
 from modulenet_jax.space import Architecture
 
 GPU_PROTOCOL = Protocol(fit_images=2048, stitch_images=512, batch_size=500)
@@ -71,7 +70,7 @@ def main(argv=None):
     if "fidelity" not in args.skip:
         networks = [("source", Architecture.of_source(kb, s)) for s in kb.sources]
         networks += sample_genotypes(kb, ("run", "block"), args.per_granularity, seed=0)
-        ft = FinetuneConfig(images=args.finetune_images, epochs=1, batch_size=128)
+        ft = dataclasses.replace(FINETUNE, images=args.finetune_images)
         report = measure(kb, dataset, protocol, {v: VARIANTS[v] for v in FIDELITY_VARIANTS}, networks, ft,
                          args.val_size, 0, out / "fidelity", log=lambda m: print(m, flush=True),
                          budget_s=args.fidelity_budget)

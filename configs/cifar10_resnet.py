@@ -73,4 +73,12 @@ def get_config():
     c.final = ml_collections.ConfigDict()
     c.final.split = "final"
     c.final.size = ml_collections.FieldReference(2000, field_type=int)  # None: all 5,000 odd positions
+    # "after fine-tune" column: every row (sources too) exported to RUN/models/NAME and trained end to
+    # end with these settings (SGD + Nesterov or AdamW, cosine, CIFAR augmentation); 0 epochs: no column
+    c.final.finetune = ml_collections.ConfigDict()
+    c.final.finetune.epochs = 0
+    c.final.finetune.images = ml_collections.FieldReference(10_240, field_type=int)  # per epoch; None: all
+    c.final.finetune.batch_size = 128
+    c.final.finetune.learning_rate = 0.01
+    c.final.finetune.optimizer = "sgd"             # or "adamw"
     return c

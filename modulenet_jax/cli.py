@@ -205,8 +205,9 @@ def cmd_search(args) -> int:
     def human():
         for r in result["final"]:
             r["MFLOPs"] = round(r["flops"] / 1e6, 1)
+        tuned = ["finetuned_accuracy"] if any("finetuned_accuracy" in r for r in result["final"]) else []
         _print_table(f"final split, same protocol ({out}/final.md)", result["final"],
-                     ["name", "kind", "params", "MFLOPs", "junctions", "val_accuracy", "final_accuracy"])
+                     ["name", "kind", "params", "MFLOPs", "junctions", "val_accuracy", "final_accuracy", *tuned])
         print(f"{result['evaluated']} networks evaluated; front: {out}/front.json, plot: {out}/front.png")
 
     _emit(args, result, human)
@@ -326,9 +327,10 @@ def _evaluate_protocol(args, config, dataset, split, genotype) -> int:
 # -- fidelity -----------------------------------------------------------------------------
 
 def cmd_fidelity(args) -> int:
+    import dataclasses
+
     from modulenet_jax.config import load_config
-    from modulenet_jax.fidelity import VARIANTS, measure, sample_genotypes
-    from modulenet_jax.finetune import FinetuneConfig
+    from modulenet_jax.fidelity import FINETUNE, VARIANTS, measure, sample_genotypes
     from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
     from modulenet_jax.space import Architecture
 
@@ -338,8 +340,8 @@ def cmd_fidelity(args) -> int:
     config = load_config(args.config, args.set)
     protocol = make_protocol(config.protocol)
     _check_out(args)
-    ft = FinetuneConfig(images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
-                        learning_rate=args.lr, seed=args.seed)
+    ft = dataclasses.replace(FINETUNE, images=args.finetune_images, epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.lr, seed=args.seed)
     with _reporting(args) as (log, progress):
         dataset = load_data(config.data, progress)
         kb = load_knowledge(config.knowledge, progress)
@@ -349,6 +351,51 @@ def cmd_fidelity(args) -> int:
                          networks, ft, args.val_size, config.data.fit_seed, args.out, log)
     _emit(args, {k: v for k, v in report.items() if k != "rows"},
           lambda: print((Path(args.out) / "report.md").read_text()))
+    return 0
+
+
+# -- export -------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from modulenet_jax.search.models import export_named
+
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    description = export_named(args.run, args.name, args.out, log)
+    verified = description["verified"]
+    _emit(args, {"out": args.out, **description}, lambda: print(
+        f"load it with: model, variables = modulenet_jax.export.load({str(args.out)!r})"))
+    if not verified["matches"]:
+        print(f"modulenet export: the exported network counts {verified['correct']}/{verified['total']}, "
+              f"final.json records {description['origin']['final_correct']}/{description['origin']['final_total']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- finetune -----------------------------------------------------------------------------
+
+def cmd_finetune(args) -> int:
+    from modulenet_jax import export
+    from modulenet_jax.finetune import finetune_folder
+    from modulenet_jax.train import Settings
+
+    export.read_description(args.dir)  # not an exported network: one line, before any data is read
+    settings = Settings(epochs=args.epochs, images=args.images, batch_size=args.batch_size,
+                        learning_rate=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+                        weight_decay=args.weight_decay, warmup=args.warmup, clip_norm=args.clip_norm,
+                        augment=not args.no_augment, seed=args.seed)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = finetune_folder(args.dir, settings, data=args.data, restart=args.restart,
+                             progress=not args.json, log=log)
+    last = result["metrics"]
+
+    def human():
+        if last is not None:
+            print(f"fine-tuned {args.dir}: {last['eval_correct']}/{last['eval_total']} correct on {result['eval']} "
+                  f"after {last['epoch']} epochs (metrics: {args.dir}/finetune/metrics.jsonl)")
+        print(f"load it with: model, variables = modulenet_jax.export.load({str(args.dir)!r})")
+
+    _emit(args, result, human)
     return 0
 
 
@@ -533,6 +580,30 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=POSITIVE, default=128)
     f.add_argument("--lr", type=POSITIVE_FLOAT, default=0.01)
     f.add_argument("--seed", type=COUNT, default=0)
+
+    ex = add("export", "write a network of a run's final table as a standalone Flax model (+ orbax checkpoint)",
+             cmd_export)
+    ex.add_argument("run", help="a run folder written by `modulenet search` (with final.json)")
+    ex.add_argument("name", help="a row of its final table: a front network (e.g. front3) or a source")
+    ex.add_argument("--out", required=True, help="output folder (new or empty)")
+
+    ft = add("finetune", "train an exported network end to end (resumable; metrics in DIR/finetune/)",
+             cmd_finetune)
+    ft.add_argument("dir", help="a folder written by `modulenet export`")
+    ft.add_argument("--epochs", type=int, default=1)
+    ft.add_argument("--images", type=int, help="train images per epoch (default: the whole train split)")
+    ft.add_argument("--batch-size", type=int, default=128)
+    ft.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine schedule)")
+    ft.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                    help="sgd: Nesterov momentum, PyTorch-style weight decay; adamw: decoupled weight decay")
+    ft.add_argument("--momentum", type=float, default=0.9)
+    ft.add_argument("--weight-decay", type=float, default=5e-4)
+    ft.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps with a linear warm-up")
+    ft.add_argument("--clip-norm", type=float, help="clip the gradients' global norm to this")
+    ft.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    ft.add_argument("--seed", type=int, default=0, help="image order and augmentation")
+    ft.add_argument("--data", help="a dataset instead of the run's (TFDS name, ImageFolder root or .npz bundle)")
+    ft.add_argument("--restart", action="store_true", help="discard an earlier fine-tune of the folder")
 
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)

@@ -119,3 +119,15 @@ def to_dict(config) -> dict:
             return [plain(x) for x in v]
         return v
     return plain(config.to_dict())
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+    """The config `to_dict` wrote (a run folder's `config.json`): its lists are tuples again, as
+    the config reference wants them."""
+    def tuples(v):
+        if isinstance(v, dict):
+            return {k: tuples(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return tuple(tuples(x) for x in v)
+        return v
+    return ml_collections.ConfigDict(tuples(d))

@@ -1,8 +1,9 @@
 """Fidelity of the no-tuning score: does it rank architectures like a short fine-tune does?
 
 For a sample of genotypes, every protocol variant scores each network without tuning; then
-each network is fine-tuned end to end for a short budget (from stitches fitted by least
-squares, BatchNorm recalibrated and a refitted head) and scored again. Kendall's tau between
+each network is fine-tuned end to end for a short budget (`FINETUNE`, by the project's one
+trainer `train.fit`, from stitches fitted by least squares, BatchNorm recalibrated and a
+refitted head) and scored again. Kendall's tau between
 each variant's scores and the fine-tuned accuracies is the variant's fidelity. Results are
 appended to `results.jsonl` as they come, so an interrupted measurement resumes.
 """
@@ -17,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
+from modulenet_jax import train
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
-from modulenet_jax.protocol import Protocol
-from modulenet_jax.finetune import FinetuneConfig, finetune
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.network import evaluate, from_fitted
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.ranking import agreement, kendall
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -41,6 +43,11 @@ VARIANTS = {
     "stitch+bn-from-junction-2048": {"bn": "from_junction", "fit_images": 2048},
 }
 
+# The reference fine-tune: one epoch over `images` train images (a seeded subset), SGD +
+# Nesterov, lr 0.01 cosine, gradients clipped to norm 1 (least-squares stitches can start
+# large), no augmentation.
+FINETUNE = train.Settings(images=10_240, epochs=1, batch_size=128, learning_rate=0.01, clip_norm=1.0, augment=False)
+
 def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, seed: int):
     """`per_granularity` distinct random networks from each granularity's space (sources excluded),
     interleaved across granularities so that any prefix of the list is balanced."""
@@ -59,7 +66,7 @@ def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, see
     return [a for group in zip(*per_kind) for a in group]
 
 
-def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune_cfg: FinetuneConfig,
+def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune: train.Settings,
             val_size: int | None, fit_seed: int, out_dir, log: Callable[[str], None] = print,
             budget_s: float | None = None) -> dict:
     """Scores every network under every variant and after fine-tuning; returns the taus.
@@ -79,7 +86,7 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     fit = protocol_split(dataset, "train", largest, seed=fit_seed)
     evaluators = {name: Evaluator(kb, dataclasses.replace(base, **ov), fit) for name, ov in variants.items()}
     init = Evaluator(kb, dataclasses.replace(base, bn="recalibrate"), fit)
-    train = protocol_split(dataset, "train", finetune_cfg.images, seed=finetune_cfg.seed + 1)
+    train_split = protocol_split(dataset, "train", finetune.images, seed=finetune.seed + 1)
     t_start = time.time()
     with open(results_path, "a") as f:
         for i, (kind, arch) in enumerate(networks):
@@ -93,8 +100,10 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
                    "junctions": arch.num_junctions(kb), "scores": {}}
             for name, ev in evaluators.items():
                 row["scores"][name] = ev.evaluate(arch, val).accuracy
-            tuned = finetune(init.fit(arch), train, finetune_cfg)
-            correct, total = init.score(tuned, val)
+            model, variables = from_fitted(init.fit(arch), tuple(kb.source(kb.record(m).source).model
+                                                                 for m in arch.modules))
+            tuned, _ = train.fit(model, variables, train_split, finetune, log=lambda m: None)
+            correct, total = evaluate(model, tuned, val, base.batch_size)
             row["finetuned"] = correct / total
             row["seconds"] = round(time.time() - t0, 1)
             f.write(json.dumps(row) + "\n")
@@ -104,7 +113,7 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
                 + ", ".join(f"{k} {v:.3f}" for k, v in row["scores"].items()) + f" ({row['seconds']} s)")
     rows = [done[a.modules] for _, a in networks if a.modules in done]
     report = {"variants": variants, "base_protocol": dataclasses.asdict(base),
-              "finetune": dataclasses.asdict(finetune_cfg), "val": val.description, "networks": len(rows),
+              "finetune": finetune.to_json(), "val": val.description, "networks": len(rows),
               "tau": {}, "tau_random_only": {}, "tau_by_kind": {}, "agreement": {}, "agreement_random_only": {}}
     tuned = [r["finetuned"] for r in rows]
     random_rows = [r for r in rows if r["kind"] != "source"]

@@ -20,6 +20,7 @@ from modulenet_jax.evaluate import OBJECTIVES, PREFIX_MEMORY_MB
 from modulenet_jax.protocol import BN_MODES, HEADS, Protocol
 from modulenet_jax.search.operators import CROSSOVERS
 from modulenet_jax.space import GRANULARITIES
+from modulenet_jax.train import OPTIMIZERS
 
 ALGORITHMS = ("nsga2", "random")
 STRATEGIES = ("auto", "loop", "fused")
@@ -198,6 +199,13 @@ FIELDS = (
           "a mutated block gene continues its predecessor's run (fewer junctions)"),
     Field("final.split", one_of(*FINAL_SPLITS), REQUIRED, "the final table's split (`final`: the odd test positions)"),
     Field("final.size", optional(integer(1)), REQUIRED, "its class-balanced subset (None: all)"),
+    Field("final.finetune.epochs", integer(0), 0,
+          "the \"after fine-tune\" column: every row (sources too) exported and trained end to end for this many "
+          "epochs with the settings below (0: no column)"),
+    Field("final.finetune.images", optional(integer(1)), 10_240, "train images per epoch (None: the whole split)"),
+    Field("final.finetune.batch_size", integer(1), 128, "images per step"),
+    Field("final.finetune.learning_rate", number(0, lo_open=True), 0.01, "peak learning rate (cosine decay)"),
+    Field("final.finetune.optimizer", one_of(*OPTIMIZERS), "sgd", "`sgd` (Nesterov momentum) or `adamw`"),
 )
 BY_KEY = {f.key: f for f in FIELDS}
 BUDGET_KEYS = tuple(f.key for f in FIELDS if f.budget)
@@ -225,8 +233,8 @@ def lookup(config, key: str):
 def setting(config, key: str):
     """The config's value of `key`, or the table's value for a config that leaves it out.
     `config` is the whole config or the section `key` is in (`setting(config.space, "space.kind")`)."""
-    section, _, leaf = key.rpartition(".")
-    present, value = lookup(config, key) if not section or section in config else lookup(config, leaf)
+    whole = key.split(".")[0] in config  # else `config` is the section the key's last name is in
+    present, value = lookup(config, key) if whole else lookup(config, key.rpartition(".")[2])
     if present:
         return value
     row = field(key)

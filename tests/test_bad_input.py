@@ -100,7 +100,7 @@ BAD_INPUT = [
     ("below range", lambda d, n: _search(d, "search.population=1"), "search.population must be an integer >= 2, got 1"),
     ("negative seed", lambda d, n: _search(d, "seed=-1"), "seed must be an integer >= 0, got -1"),
     ("not a choice", lambda d, n: _search(d, "protocol.bn='x'"),
-     "protocol.bn must be one of 'source', 'recalibrate', got 'x'"),
+     "protocol.bn must be one of 'source', 'recalibrate', 'from_junction', got 'x'"),
     ("unknown objective", lambda d, n: _search(d, "search.objectives=('error', 'acc')"),
      "search.objectives must be a non-empty tuple of distinct names from 'error', 'params', 'flops'"),
     ("probability above 1", lambda d, n: _search(d, "search.crossover_prob=1.5"),

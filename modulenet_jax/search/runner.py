@@ -4,7 +4,8 @@ The run folder (`run_folder.py`) holds `config.json`, `history.jsonl` (every net
 evaluated, with its objectives, written as it is evaluated), `state.json` (the algorithm's
 state after the last finished generation), `log.txt`, `front.json` and `front.png` (the Pareto
 front on the validation split) and `final.json` / `final.md` (the front and the source models
-evaluated under the same protocol on the final test split). Re-running on the same folder
+evaluated under the same protocol on the final test split; with `final.finetune`, also after
+fine-tuning each of them, exported to `models/<name>`). Re-running on the same folder
 resumes: the state restores the algorithm and its random generator, the history restores
 every evaluation, so the run ends exactly as an uninterrupted one; a larger
 `search.generations` extends a finished run exactly as a run started with that budget.
@@ -37,6 +38,7 @@ from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.schema import setting
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
+from modulenet_jax.search.models import finetune_rows
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
 from modulenet_jax.search.run_folder import HISTORY, RESTART_HINT, STATE, RunFolder, read_history, write_atomic
@@ -307,7 +309,7 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
             advance()
     for source, arch, ev in zip(sources, source_archs, evs):
         rec = by_modules.get(arch.modules)
-        rows.append({"name": source, "kind": "source", "architecture": arch.describe(),
+        rows.append({"name": source, "kind": "source", "architecture": arch.describe(), "modules": list(arch.modules),
                      "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"] if rec else val_of[arch.modules],
                      "final_correct": ev.correct, "final_total": ev.total,
@@ -316,15 +318,21 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
         log(f"final: {source}: {ev.correct}/{ev.total}")
     for (i, rec), ev in zip(found, evs[len(sources):]):
         rows.append({"name": f"front{i}", "kind": "found", "architecture": rec["architecture"],
-                     "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
+                     "modules": rec["modules"], "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
                      "final_accuracy": ev.accuracy, "published_final_accuracy": None, "on_front": True})
         log(f"final: front{i}: {ev.correct}/{ev.total}")
     rows.sort(key=lambda r: (r["params"], r["name"]))
-    out = Path(out_dir)
-    write_atomic(out / "final.json", json.dumps({"split": final.description, "rows": rows}, indent=1) + "\n")
-    write_atomic(out / "final.md", markdown_table(rows, final.description) + "\n")
+    _write_final(Path(out_dir), final.description, rows)
+    if setting(run.config, "final.finetune.epochs") > 0:
+        finetune_rows(run, out_dir, rows, log)
+        _write_final(Path(out_dir), final.description, rows)
     return rows
+
+
+def _write_final(out: Path, split: str, rows: list[dict]) -> None:
+    write_atomic(out / "final.json", json.dumps({"split": split, "rows": rows}, indent=1) + "\n")
+    write_atomic(out / "final.md", markdown_table(rows, split) + "\n")
 
 
 def beats(row: dict, sources: list[dict]) -> list[str]:
@@ -336,16 +344,22 @@ def beats(row: dict, sources: list[dict]) -> list[str]:
 def markdown_table(rows: list[dict], split: str) -> str:
     """`final.md`: the final table's rows, with the sources each found network beats."""
     sources = [r for r in rows if r["kind"] == "source"]
+    tuned = any("finetuned_accuracy" in r for r in rows)
     lines = [f"Final split: {split}. Protocol accuracy = fitted stitches/BN/head as in the search; "
-             f"published = the source's own BN statistics and head.", "",
-             "| name | params | MFLOPs | junctions | val acc | final acc | published final acc | beats |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             f"published = the source's own BN statistics and head"
+             + ("; after fine-tune = every row exported and fine-tuned with the config's final.finetune." if tuned
+                else "."), "",
+             "| name | params | MFLOPs | junctions | val acc | final acc | published final acc | beats |"
+             + (" after fine-tune |" if tuned else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: |" if tuned else "")]
     for r in rows:
         pub = "" if r["published_final_accuracy"] is None else f"{r['published_final_accuracy']:.4f}"
         won = ", ".join(beats(r, sources)) if r["kind"] == "found" else ""
+        after = (f" {r['finetuned_accuracy']:.4f} ({r['finetuned_correct']}/{r['finetuned_total']}) |"
+                 if tuned else "")
         lines.append(f"| {r['name']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['junctions']} | "
                      f"{r['val_accuracy']:.4f} | {r['final_accuracy']:.4f} ({r['final_correct']}/{r['final_total']}) "
-                     f"| {pub} | {won} |")
+                     f"| {pub} | {won} |{after}")
     return "\n".join(lines)
 
 
