@@ -121,8 +121,8 @@ def main(argv=None):
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []  # resumes: finished runs are kept
     cache: dict = {}
     t0 = time.time()
-    for name in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, every variant: an interrupted comparison stays balanced
+        for name in args.variants:
             if any(r["variant"] == name and r["seed"] == seed for r in rows):
                 continue
             rows.append(run_variant(run, config, name, seed, cache, scale))

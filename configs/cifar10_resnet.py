@@ -12,9 +12,10 @@ is beside the checkout):
         "knowledge.weights_dirs=('../shared/weights/cifar-resnet',)"
 
 Produces a run folder with the history, the Pareto front (JSON, PNG) and the final table
-(front + sources on the odd test positions, same protocol). Sized for a 2-core CPU (about 10
-minutes): 512 fit images, 500 validation and 2,000 final-test images (class-balanced
-subsets), a population of 12 for 8 generations; `cifar10_resnet_gpu` is the full-size variant.
+(the found networks' front + the sources on the odd test positions, same protocol). Sized for a
+2-core CPU: 2,048 fit images (256 of them for the stitches), 1,000 validation and 2,000
+final-test images (class-balanced subsets), a population of 12 for 8 generations;
+`cifar10_resnet_gpu` is the full-size variant.
 """
 
 import ml_collections
@@ -28,7 +29,7 @@ def get_config():
     c.data.source = "cifar10"            # TFDS name, ImageFolder root with train/ and test/, or .npz bundle
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.data.fit_seed = 0                  # which train images the protocol fits on
-    c.data.val_size = 500                # of the 5,000 even test positions (class-balanced)
+    c.data.val_size = 1000               # of the 5,000 even test positions (class-balanced)
 
     c.knowledge = ml_collections.ConfigDict()
     c.knowledge.path = ml_collections.FieldReference(None, field_type=str)  # a saved knowledge base
@@ -45,12 +46,12 @@ def get_config():
     c.protocol.stitch = True
     c.protocol.stitch_images = 256
     c.protocol.stitch_ridge = 1e-3
-    c.protocol.bn = "recalibrate"         # chosen by the fidelity measurement (README)
+    c.protocol.bn = "from_junction"       # source statistics up to the first junction (docs/RESULTS.md)
     c.protocol.head = "logistic"
     c.protocol.head_l2 = 1e-3
     c.protocol.head_ridge = 1e-3
     c.protocol.head_steps = 100
-    c.protocol.fit_images = 512
+    c.protocol.fit_images = 2048
     c.protocol.batch_size = 500
     c.protocol.dtype = "float32"
 

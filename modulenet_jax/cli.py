@@ -572,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"])
     f.add_argument("--per-granularity", type=COUNT, default=12, help="random networks per granularity")
-    f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn", "stitch+ridge",
-                                                     "stitch+bn+ridge", "stitch-256", "stitch-2048"])
+    f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn",
+                                                     "stitch+bn-from-junction", "stitch+ridge", "stitch+bn+ridge",
+                                                     "stitch-256", "stitch-2048"])
     f.add_argument("--val-size", type=POSITIVE, default=1000)
     f.add_argument("--finetune-images", type=POSITIVE, default=5120)
     f.add_argument("--epochs", type=POSITIVE, default=1)

@@ -68,7 +68,7 @@ class Protocol:
     stitch: bool = True
     stitch_images: int = 512
     stitch_ridge: float = 1e-3
-    bn: str = "recalibrate"
+    bn: str = "from_junction"
     head: str = "logistic"
     head_l2: float = 1e-3
     head_ridge: float = 1e-3

@@ -165,7 +165,8 @@ FIELDS = (
           "fit images the stitches are solved on (at most `fit_images`)"),
     Field("protocol.stitch_ridge", number(0), PROTOCOL, "relative ridge penalty of the stitch solves"),
     Field("protocol.bn", one_of(*BN_MODES), PROTOCOL,
-          "`recalibrate` (BatchNorm statistics of the fit images) or `source` (as published)"),
+          "`from_junction` (source statistics up to the first junction, the fit images' from it on), "
+          "`recalibrate` (the fit images' everywhere) or `source` (as published everywhere)"),
     Field("protocol.head", one_of(*HEADS), PROTOCOL, "`logistic` (L-BFGS) or `ridge` (closed form)"),
     Field("protocol.head_l2", number(0), PROTOCOL, "L2 penalty of the logistic head (standardised features)"),
     Field("protocol.head_ridge", number(0), PROTOCOL, "penalty of the ridge head"),

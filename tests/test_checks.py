@@ -59,5 +59,5 @@ def test_other_classes_in_a_search_are_a_transfer_said_once(cifar_named_kb, tiny
                           log=logs.append)
     assert len(logs) == 2 and all(line.startswith("note: cifar_resnet") and "the protocol fits a head for tiny's "
                                   "classes" in line for line in logs)
-    rows = final_table(run, search(run, tmp_path, log=lambda m: None)["front"], tmp_path, log=lambda m: None)
+    rows = final_table(run, search(run, tmp_path, log=lambda m: None), tmp_path, log=lambda m: None)
     assert [r["published_final_accuracy"] for r in rows if r["kind"] == "source"] == [None, None]

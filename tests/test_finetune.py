@@ -85,8 +85,8 @@ def test_final_table_fine_tunes_every_row_once(tiny_kb, tiny_dataset, tmp_path):
                  "protocol.batch_size=32", "protocol.head_steps=10", "data.val_size=32", "final.size=32",
                  "final.finetune.epochs=1", "final.finetune.images=32", "final.finetune.batch_size=16"]
     run = Run.from_config(load_config("cifar10_resnet", overrides), kb=tiny_kb, dataset=tiny_dataset)
-    front = search(run, tmp_path, log=lambda m: None)["front"]
-    rows = final_table(run, front, tmp_path, log=lambda m: None)
+    result = search(run, tmp_path, log=lambda m: None)
+    rows = final_table(run, result, tmp_path, log=lambda m: None)
     for r in rows:
         folder = tmp_path / "models" / r["name"]
         assert export.read_description(folder)["verified"]["correct"] == r["final_correct"]
@@ -95,6 +95,6 @@ def test_final_table_fine_tunes_every_row_once(tiny_kb, tiny_dataset, tmp_path):
             and r["finetuned_total"] == r["final_total"]
     assert "after fine-tune" in (tmp_path / "final.md").read_text()
     logs = []
-    assert final_table(run, front, tmp_path, log=logs.append) == rows  # resumed: nothing exported or trained again
+    assert final_table(run, result, tmp_path, log=logs.append) == rows  # resumed: nothing exported or trained again
     assert not any(m.startswith(("exported", "epoch")) for m in logs)
     assert sum("already fine-tuned" in m for m in logs) == len(rows)

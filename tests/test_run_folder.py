@@ -38,7 +38,7 @@ def quiet(message):
 
 def _finished(tiny_kb, tiny_dataset, out, extra=("search.generations=1",)):
     run = _run(tiny_kb, tiny_dataset, list(extra))
-    final_table(run, search(run, out, log=quiet)["front"], out, log=quiet)
+    final_table(run, search(run, out, log=quiet), out, log=quiet)
     return run
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from modulenet_jax.config import load_config
+from modulenet_jax.space import Architecture
 from modulenet_jax.search.runner import Run, final_table, plot_front, search
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet.py"
@@ -63,10 +64,20 @@ def test_resume_after_kill_equals_uninterrupted(tiny_kb, tiny_dataset, tmp_path)
 def test_run_folder_contents_and_final_table(tiny_kb, tiny_dataset, tmp_path):
     run = _run(tiny_kb, tiny_dataset, ["search.generations=1"])
     result = search(run, tmp_path, log=lambda m: None)
-    rows = final_table(run, result["front"], tmp_path, log=lambda m: None)
+    rows = final_table(run, result, tmp_path, log=lambda m: None)
     assert {r["name"] for r in rows if r["kind"] == "source"} == {"cifar_resnet8", "cifar_resnet14"}
     assert all(r["final_total"] == 32 for r in rows)
     from modulenet_jax.search.run_folder import read_history
+
+    # the found rows: the found networks no other found network dominates on val (sources left out)
+    history = read_history(tmp_path / "history.jsonl")
+    sources = {Architecture.of_source(run.kb, s).modules for s in run.space.sources}
+    found = [h for h in history if tuple(h["modules"]) not in sources]
+    dominated = [h for h in found if any(o["error"] <= h["error"] and o["params"] <= h["params"] and
+                                         (o["error"], o["params"]) != (h["error"], h["params"]) for o in found)]
+    assert sorted(tuple(r["modules"]) for r in rows if r["kind"] == "found") == sorted(
+        {tuple(h["modules"]) for h in found} - {tuple(h["modules"]) for h in dominated})
+    assert {r["name"] for r in rows if r["kind"] == "found"} == {f"front{i}" for i in range(len(result["found_front"]))}
 
     plot_front(read_history(tmp_path / "history.jsonl"), result["front"], rows, tmp_path / "front.png", run.objectives)
     for name in ("config.json", "history.jsonl", "state.json", "front.json", "final.json", "final.md", "front.png"):
@@ -105,3 +116,16 @@ def test_fused_and_loop_strategies_give_the_same_search(tiny_kb, tiny_dataset, t
         return sorted(_strip(path.read_text()), key=lambda r: (r["generation"], r["canonical"]))
 
     assert by_network(tmp_path / "loop" / "history.jsonl") == by_network(tmp_path / "fused" / "history.jsonl")
+
+
+def test_dominated_by_names_the_sources_at_most_as_large_and_at_least_as_accurate():
+    from modulenet_jax.search.runner import dominated_by
+
+    sources = [{"name": "small", "params": 100, "final_accuracy": 0.8},
+               {"name": "large", "params": 300, "final_accuracy": 0.9}]
+    row = lambda params, acc: {"params": params, "final_accuracy": acc}  # noqa: E731
+    assert dominated_by(row(200, 0.85), sources) == []          # beats the one smaller source
+    assert dominated_by(row(200, 0.80), sources) == ["small"]   # as accurate, larger
+    assert dominated_by(row(100, 0.80), sources) == []          # the source itself: not dominated
+    assert dominated_by(row(400, 0.85), sources) == ["large"]
+    assert dominated_by(row(50, 0.1), sources) == []            # smaller than every source

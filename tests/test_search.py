@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.search import NSGA2, FitnessError, RandomSearch, crowding_distance, non_dominated_fronts, survive
-from modulenet_jax.search.operators import binary_tournament, mutate
+from modulenet_jax.search.operators import binary_tournament, depth_step, mutate
 from modulenet_jax.space import SearchSpace
 
 
@@ -127,6 +127,21 @@ def test_mutation_towards_fewer_junctions(tiny_kb):
     biased = [space.decode(mutate(space.sample(rng), space, 0.5, 1.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
     plain = [space.decode(mutate(space.sample(rng), space, 0.5, 0.0, rng)).num_junctions(tiny_kb) for _ in range(200)]
     assert np.mean(biased) < np.mean(plain)
+
+
+def test_depth_mutation_steps_to_a_neighbour(tiny_kb):
+    """A mutated depth moves by one block (within its bounds), whatever the other genes do."""
+    rng = np.random.default_rng(0)
+    assert [depth_step(1, 1, 1, rng), depth_step(1, 1, 4, rng), depth_step(4, 1, 4, rng)] == [1, 2, 3]
+    assert {depth_step(2, 1, 4, rng) for _ in range(50)} == {1, 3}
+    space = SearchSpace(tiny_kb, "run")
+    depth_genes = [i for i, g in enumerate(space.genes) if g.kind == "depth"]
+    for source in space.sources:
+        g0 = space.encode_source(source)
+        for _ in range(20):
+            g = mutate(g0, space, 1.0, 1.0, rng)
+            assert all(abs(int(g[i]) - int(g0[i])) == 1 or space.genes[i].low == space.genes[i].high
+                       for i in depth_genes)
 
 
 def test_stage_crossover_keeps_stages_whole(tiny_kb):

@@ -49,16 +49,35 @@ CROSSOVERS = ("stage", "uniform")
 
 def mutate(genotype: np.ndarray, space: SearchSpace, prob: float, continue_run_prob: float,
            rng: np.random.Generator) -> np.ndarray:
-    """Random-reset mutation, each gene with probability `prob`, then repair.
+    """Mutation, each gene with probability `prob`, then repair.
 
-    With probability `continue_run_prob`, a mutated block gene is instead set to the block
-    that continues its predecessor's run (fewer junctions), where there is such a block.
+    A depth gene steps to a neighbouring depth (one block more or fewer: depth is ordinal, and a
+    network one block shorter or longer is the near neighbour a random reset almost never picks);
+    a block the step adds continues its predecessor's run with probability `continue_run_prob`.
+    Other genes are reset at random; with probability `continue_run_prob`, a mutated block gene
+    is instead set to the block that continues its predecessor's run (fewer junctions), where
+    there is such a block.
     """
     g = genotype.copy()
     lower, upper = space.lower, space.upper
     for i in np.flatnonzero(rng.random(len(g)) < prob):
+        if space.genes[i].kind == "depth":
+            g[i] = depth_step(int(g[i]), int(lower[i]), int(upper[i]), rng)
+            added = i + int(g[i])  # the gene of the last position, if the step added it
+            if int(g[i]) > int(genotype[i]) and rng.random() < continue_run_prob:
+                value = space.continue_run_value(g, added)
+                if value is not None:
+                    g[added] = value
+            continue
         value = None
         if continue_run_prob > 0 and rng.random() < continue_run_prob:
             value = space.continue_run_value(g, i)
         g[i] = value if value is not None else rng.integers(lower[i], upper[i] + 1)
     return space.repair(g)
+
+
+def depth_step(depth: int, low: int, high: int, rng: np.random.Generator) -> int:
+    """One block more or fewer, at random, staying within [low, high] (at a bound: the one way
+    left; a range of one depth: unchanged)."""
+    steps = [d for d in (depth - 1, depth + 1) if low <= d <= high]
+    return int(steps[rng.integers(len(steps))]) if steps else depth

@@ -36,6 +36,7 @@ from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.population import FusionError, PopulationEvaluator
 from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.protocol import Protocol
+from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.schema import setting
 from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.models import finetune_rows
@@ -261,7 +262,9 @@ def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: P
     records = list(cache.values())
     front = front_records(records, run.objectives)
     write_atomic(folder.path / "front.json", json.dumps(front, indent=1) + "\n")
-    return {"evaluated": len(records), "front": front}
+    sources = {Architecture.of_source(run.kb, s).modules for s in run.space.sources}
+    found_front = front_records([r for r in records if tuple(r["modules"]) not in sources], run.objectives)
+    return {"evaluated": len(records), "front": front, "found_front": found_front}
 
 
 def front_records(records: list[dict], objectives) -> list[dict]:
@@ -282,9 +285,12 @@ def _evaluate_all(run: Run, archs, split, advance) -> list[Evaluation]:
     return out
 
 
-def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None] = print,
+def final_table(run: Run, result: dict, out_dir, log: Callable[[str], None] = print,
                 progress: Progress = NO_PROGRESS) -> list[dict]:
-    """The front's networks and every source model, under the same protocol, on the final split.
+    """Every source model and the found networks' own front (`search`'s `found_front`: the found
+    networks no other found network dominates on `val`), under the same protocol, on the final
+    split. The found networks' front, not the joint one, so that a found network just behind a
+    source on `val` (a noisy estimate) is still measured where it counts.
 
     Sources also get their as-published accuracy (own BN statistics and head) for reference,
     where the data has their classes (`checks.classes_differ`; None otherwise).
@@ -292,10 +298,10 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
     cfg = run.config.final
     final = protocol_split(run.dataset, cfg.split, cfg.size)
     rows = []
-    by_modules = {tuple(r["modules"]): r for r in front}
+    by_modules = {tuple(r["modules"]): r for r in result["front"]}
     sources = list(run.space.sources)
     source_archs = [Architecture.of_source(run.kb, s) for s in sources]
-    found = [(i, r) for i, r in enumerate(front) if tuple(r["modules"]) not in {a.modules for a in source_archs}]
+    found = list(enumerate(result["found_front"]))
     archs = source_archs + [Architecture(tuple(r["modules"])) for _, r in found]
     missing_val = [a for a in source_archs if a.modules not in by_modules]
     published = [s for s in sources if classes_differ(run.kb, s, run.dataset) is None]
@@ -320,7 +326,8 @@ def final_table(run: Run, front: list[dict], out_dir, log: Callable[[str], None]
         rows.append({"name": f"front{i}", "kind": "found", "architecture": rec["architecture"],
                      "modules": rec["modules"], "params": ev.params, "flops": ev.flops, "junctions": ev.junctions,
                      "val_accuracy": rec["accuracy"], "final_correct": ev.correct, "final_total": ev.total,
-                     "final_accuracy": ev.accuracy, "published_final_accuracy": None, "on_front": True})
+                     "final_accuracy": ev.accuracy, "published_final_accuracy": None,
+                     "on_front": tuple(rec["modules"]) in by_modules})
         log(f"final: front{i}: {ev.correct}/{ev.total}")
     rows.sort(key=lambda r: (r["params"], r["name"]))
     _write_final(Path(out_dir), final.description, rows)
@@ -360,7 +367,24 @@ def markdown_table(rows: list[dict], split: str) -> str:
         lines.append(f"| {r['name']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['junctions']} | "
                      f"{r['val_accuracy']:.4f} | {r['final_accuracy']:.4f} ({r['final_correct']}/{r['final_total']}) "
                      f"| {pub} | {won} |{after}")
+    found = [r for r in rows if r["kind"] == "found"]
+    free = [r["name"] for r in found if not dominated_by(r, sources)]
+    final = [{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows]
+    lines += ["", f"Found networks no source dominates on the final split (more accurate, or as accurate with "
+                  f"fewer parameters, than every source at most as large): {', '.join(free) or 'none'}.",
+              f"Hypervolume of the final split's (error, parameters) front (reference: error {HV_REFERENCE[0]}, "
+              f"{HV_REFERENCE[1]:,} parameters): the sources alone "
+              f"{hypervolume([f for f, r in zip(final, rows) if r['kind'] == 'source']):.4f}, "
+              f"with the found networks {hypervolume(final):.4f}."]
     return "\n".join(lines)
+
+
+def dominated_by(row: dict, sources: list[dict]) -> list[str]:
+    """The sources that dominate this row on the final split: at least as accurate with at most as
+    many parameters, and better in one of the two."""
+    return [s["name"] for s in sources
+            if s["final_accuracy"] >= row["final_accuracy"] and s["params"] <= row["params"]
+            and (s["final_accuracy"], s["params"]) != (row["final_accuracy"], row["params"])]
 
 
 def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, objectives) -> None:
@@ -407,7 +431,7 @@ def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = p
     run = Run.from_config(config, log=log, progress=progress)
     result = search(run, out_dir, resume, log, progress)
     say = RunFolder(Path(out_dir), staged=False).teed(log)
-    rows = final_table(run, result["front"], out_dir, say, progress)
+    rows = final_table(run, result, out_dir, say, progress)
     history = read_history(Path(out_dir) / HISTORY)
     plot_front(history, result["front"], rows, Path(out_dir) / "front.png", run.objectives)
     say(f"done: {result['evaluated']} networks evaluated, {len(result['front'])} on the front")
