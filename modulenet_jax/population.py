@@ -142,7 +142,8 @@ def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slo
 
 
 def network_logits(layout: Layout, slots, fits, head, x):
-    """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure) on preprocessed images."""
+    """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure, as fitted or
+    `inference_fits`) on preprocessed images."""
     def visit(op, slot, data, x):
         fit, active, junction = data
         active, junction = _masks(slot[0], active, junction)
@@ -155,10 +156,16 @@ def network_logits(layout: Layout, slots, fits, head, x):
     return core.head_logits(head, core.pool(x))
 
 
+def inference_fits(layout: Layout, fits):
+    """`fits` (`Layout.per_slot`'s structure) in their inference form (`protocol.folded`)."""
+    return walk(layout, fits, None, lambda op, slot, fit, carry: (carry, core.folded(op, fit)))[1]
+
+
 def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid):
     """(correct predictions, all logits finite) over a split held on the device in
-    `pad_batches` form: batch by batch through the fitted network."""
+    `pad_batches` form: batch by batch through the fitted network (in its inference form)."""
     mean, std = banks["mean"][slots[0][0]], banks["std"][slots[0][0]]
+    fits = inference_fits(layout, fits)
 
     def one(batch):
         x, y, v = batch
