@@ -92,3 +92,18 @@ def test_paired_w1_times_the_same_networks_both_ways(report):
     md = throughput.markdown(report)
     assert "timed alternately" in md and "| W1 | jax-loop | fp32-strict | 2 |" in md
     assert "| W1 | jax-loop | bf16 | 2 | torch-eager+fold (P=2) | bf16 |" in md  # JAX rows read against same numerics
+
+
+def test_the_device_session_imports_without_pymoo_or_tfds():
+    """The accelerator image has neither pymoo nor TFDS: `python -m benchmarks.speed_session`, run
+    from the repository root, must import everything it uses without them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys\nfor m in ('pymoo', 'tensorflow_datasets', 'tensorflow'):\n    sys.modules[m] = None\n"
+            "import benchmarks.speed_session, benchmarks.throughput, benchmarks.torch_baseline\n"
+            "from benchmarks.prepare_device_bundle import load_kb\nfrom modulenet_jax.data import load_dataset\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
