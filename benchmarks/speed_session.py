@@ -16,7 +16,8 @@ machine that kept the folder compiles nothing again. `--quick` is the same scrip
 few images, populations 1 and 2, no time limits) to check it on a CPU; it runs the fused JAX
 path as a GPU does unless `--strategy` says otherwise.
 
-Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log.
+Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
+json and md are rewritten after every measurement, so a session cut short keeps them.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def main(argv=None):
                             torch_modes=tuple(args.torch_modes), torch_fold_modes=tuple(args.torch_fold_modes),
                             torch_max_w1=2 if args.quick else args.torch_max_w1,
                             torch_max_w2=2 if args.quick else args.torch_max_w2, strategy=args.strategy,
-                            budget_s=budget, row_cap_s=row_cap, phase_population=phase_population, log=log)
+                            budget_s=budget, row_cap_s=row_cap, phase_population=phase_population, log=log,
+                            checkpoint=lambda r: throughput.write_report(r, throughput.markdown(r), out, "speed"))
     throughput.save(report, out, "speed")
     log(throughput.markdown(report))
     log(f"total {time.time() - t0:.1f} s")

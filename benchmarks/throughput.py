@@ -41,7 +41,7 @@ from modulenet_jax import protocol as core
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator, chunk_presence, fit_modules
+from modulenet_jax.population import PopulationEvaluator, chunk_presence, fit_modules, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -142,6 +142,27 @@ class Result:
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol"))
+def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, valid):
+    """The naive vmap probe: every genotype's modules in their inference form (BatchNorm
+    folded), one after another, no stitch, no mask, no conditional; vmapped over genotypes
+    and scored batch by batch. Not the protocol (it counts other predictions): the speed the
+    fused program's scoring would have without the work a network of the space needs."""
+    def one(i, fits, head):
+        mean, std = banks["mean"][i[0]], banks["std"][i[0]]
+        fits = inference_fits(layout, fits)
+
+        def batch(b):
+            x, y, v = b
+            x, _ = walk(layout, fits, core.prepare(protocol, x, mean, std),
+                        lambda op, slot, fit, x: (core.apply_module(op, fit, x, False), None))
+            return core.score_logits(core.head_logits(head, core.pool(x)), y, v)
+
+        hits, finite = jax.lax.map(batch, (images, labels, valid))
+        return jnp.sum(hits), jnp.all(finite)
+    return jax.vmap(one)(idx, fits, heads)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "protocol"))
 def _fit_pass_chunk(layout, protocol, banks, slots, images):
     """W2's first phase alone: every genotype's modules fitted (`fit_modules`), and the head's
     pooled features."""
@@ -171,7 +192,7 @@ class Bench:
     def __init__(self, kb: KnowledgeBase, dataset: Dataset, protocol: Protocol, space_granularity: str,
                  val_size: int | None, fit_seed: int, strategy: str, budget_s: float | None,
                  log: Callable[[str], None] = print, torch_device: str | None = None,
-                 row_cap_s: float | None = None):
+                 row_cap_s: float | None = None, checkpoint: Callable[["Bench"], None] | None = None):
         self.kb, self.protocol, self.log = kb, protocol, log
         self.strategy = strategy if strategy != "auto" else ("loop" if jax.devices()[0].platform == "cpu" else "fused")
         self.val = protocol_split(dataset, "val", val_size)
@@ -190,6 +211,7 @@ class Bench:
         self.failed: list[str] = []
         self.broken: set[tuple] = set()  # rows that raised: not measured again
         self.torch_device = torch_device
+        self.checkpoint = checkpoint
         self._cache: dict[tuple, object] = {}
         self.cost = Evaluator(kb, protocol, self.fit)
         jax_programs()
@@ -219,6 +241,8 @@ class Bench:
             return
         try:
             measure(*args)
+            if self.checkpoint:
+                self.checkpoint(self)
         except Exception as e:  # noqa: BLE001 - recorded and reported, the other rows go on
             self.broken.add(row)
             first_line = (str(e).strip().splitlines() or [""])[0]
@@ -285,6 +309,44 @@ class Bench:
             dt = float(np.median(times))
         self._add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
                          built - programs, jax_programs() - built, correct=correct), self._w1_flops(archs))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def w1_probe(self, archs, dtype, P):
+        """`_probe_chunk` on W1's networks at full depth (`fused` strategy only): the reference
+        the fused program's W1 rate is read against."""
+        row = ("W1", "jax-probe", dtype)
+        if self.strategy != "fused" or self._skip(row, f"W1 jax-probe {dtype} P={P}"):
+            return
+        t_row = time.time()
+        protocol = self._protocol(dtype)
+        pe = self._once(("w1-fused", dtype),
+                        lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+        images, labels, valid = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+        archs = archs[:P]
+        idx = jnp.asarray(pe.stacked_slots(archs)[0])
+        fits = pe.published_fits(archs)
+        heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs])
+
+        def call():
+            return jax.block_until_ready(_probe_chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images,
+                                                      labels, valid))
+
+        programs = jax_programs()
+        t = time.time()
+        call()
+        compile_s = time.time() - t
+        built = jax_programs()
+        times = []
+        for _ in range(3):
+            t = time.time()
+            correct, _ = call()
+            times.append(time.time() - t)
+        dt = float(np.median(times))
+        flops = np.mean([sum(self.kb.record(m).flops for m in a.modules)  # no stitch
+                         + 2 * self.kb.record(a.modules[-1]).spec.out_channels * self.num_classes for a in archs])
+        self._add(Result("W1", "jax-probe", dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
+                         "genotype-images/s", built - programs, jax_programs() - built, correct=np.asarray(correct)),
+                  flops)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def _loop_network(self, ev: Evaluator, arch):
@@ -493,15 +555,17 @@ class Bench:
 
 def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, populations=(1, 8, 64, 256),
         dtypes=("float32", "bfloat16"), workloads=("W1", "W2"), torch_modes=("eager", "compile"),
-        torch_fold_modes=("eager", "compile"),
-        torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None, row_cap_s=None, seed=0, paired=0,
-        paired_rounds=2, phase_population=None, log=print) -> dict:
+        torch_fold_modes=("eager", "compile"), torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None,
+        row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, log=print,
+        checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Every measurement, population by population (small ones first: a budget that runs out
     costs the large points, not whole rows); returns the report. `torch_fold_modes`: the PyTorch
     modes whose W1 rows are also timed with BatchNorm folded; `phase_population`: the
-    population the fused W2 program is also timed at phase by phase (None: not)."""
+    population the fused W2 program is also timed at phase by phase (None: not);
+    `checkpoint(report)`: called with the report so far after each measurement (a session
+    killed by its time limit keeps what it measured)."""
     bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log,
-                  row_cap_s=row_cap_s)
+                  row_cap_s=row_cap_s, checkpoint=checkpoint and (lambda b: checkpoint(report_of(b))))
     log(f"device: {bench.device}; JAX strategy: {bench.strategy}; validation images: {len(bench.val)}")
     pmax = max(populations)
     w1 = w1_networks(kb, pmax, seed)
@@ -513,6 +577,7 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
             numerics = bench.torch_numerics(dtype) if torch_modes else []
             if "W1" in workloads:
                 bench.attempt(("W1 jax", dtype), bench.w1_jax, w1, dtype, P)
+                bench.attempt(("W1 jax probe", dtype), bench.w1_probe, w1, dtype, P)
                 for num in numerics:
                     for mode in torch_modes:
                         for fold in (False, True) if mode in torch_fold_modes else (False,):
@@ -529,13 +594,19 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     if paired and "W1" in workloads and "eager" in torch_modes:
         for dtype in dtypes:
             bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
+    return report_of(bench)
+
+
+def report_of(bench: Bench) -> dict:
+    """What a bench measured so far, as the report `run` returns (and `save` writes)."""
     try:
         import torch
     except ModuleNotFoundError:  # JAX timed alone: no baseline ran
         torch = None
     return {"device": bench.device, "jax": jax.__version__, "torch": torch and torch.__version__,
             "torch_device": torch and (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
-            "strategy": bench.strategy, "protocol": dataclasses.asdict(protocol), "validation_images": len(bench.val),
+            "strategy": bench.strategy, "protocol": dataclasses.asdict(bench.protocol),
+            "validation_images": len(bench.val),
             "results": [dataclasses.asdict(r) for r in bench.results], "paired": bench.paired,
             "phases": bench.phases, "skipped": bench.skipped, "failed": bench.failed,
             "seconds": round(time.time() - bench.t0, 1)}
@@ -554,7 +625,7 @@ def speedups(report: dict) -> list[dict]:
     rows = []
     res = report["results"]
     for r in res:
-        if not r["impl"].startswith("jax"):
+        if not r["impl"].startswith("jax") or r["impl"] == "jax-probe":
             continue
         torch_rows = {(b["impl"], b["numerics"]) for b in res if b["impl"].startswith("torch")
                       and b["workload"] == r["workload"] and b["numerics"] in _comparable(r["numerics"])}
@@ -614,7 +685,9 @@ def markdown(report: dict) -> str:
              "Numerics: `fp32-strict` = JAX `Precision.HIGHEST` / PyTorch with TF32 off; `fp32-tf32` = PyTorch's "
              "GPU default (TF32 convolutions; no JAX row); `bf16` = JAX bf16 compute, fp32 accumulation / PyTorch "
              "bf16 autocast. `compiled` = JAX programs lowered or dynamo graphs compiled by the warm-up call (its "
-             "time is `compile s`), `again` = by the timed calls on the other networks (0: compiled once, reused).", "",
+             "time is `compile s`), `again` = by the timed calls on the other networks (0: compiled once, reused). "
+             "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
+             "speed reference for `jax-fused`, not the protocol).", "",
              "| workload | impl | numerics | population | networks timed | rate | unit | TFLOP/s | % of peak "
              "| compile s | compiled | again | mean correct |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -26,12 +26,15 @@ def _rows(report, **match):
 
 
 @pytest.fixture(scope="module")
-def fused_report(tiny_kb, tiny_dataset):
-    """The accelerator path (`fused`), W2 also timed phase by phase, on a CPU."""
+def fused_run(tiny_kb, tiny_dataset):
+    """The accelerator path (`fused`), W2 also timed phase by phase, on a CPU: the report and
+    the reports checkpointed along the way."""
     protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
-    return throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
-                          dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
-                          strategy="fused", phase_population=2, log=lambda m: None)
+    checkpoints = []
+    report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
+                            dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
+                            strategy="fused", phase_population=2, log=lambda m: None, checkpoint=checkpoints.append)
+    return report, checkpoints
 
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
@@ -47,18 +50,26 @@ def test_jax_and_pytorch_count_the_same_correct_predictions(report, workload):
 
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
-def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_report, workload):
+def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
+    fused_report, checkpoints = fused_run
     jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
                      impl="jax-fused" if workload == "W1" else "jax-fused/2")
     torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
     assert jax_row["correct"] == torch_row["correct"]
     assert jax_row["compiles"] >= 0 and jax_row["recompiles"] == 0  # the timed calls reuse the warm-up's programs
+    if workload == "W1":  # the naive vmap probe: a speed reference, not read against PyTorch
+        probe, = _rows(fused_report, workload="W1", impl="jax-probe", numerics="fp32-strict", population=2)
+        assert probe["rate"] > 0 and len(probe["correct"]) == 2
+        assert not [s for s in throughput.speedups(fused_report) if s["impl"] == "jax-probe"]
     if workload == "W2":
         phases = {(p["impl"], p["numerics"]): p["seconds"] for p in fused_report["phases"]}
         for impl in ("jax-fused", "torch-eager"):
             assert set(phases[impl, "fp32-strict"]) == {"fit pass", "head", "score"}
         assert torch_row["phases"] == phases["torch-eager", "fp32-strict"]
         assert "W2 by protocol phase" in throughput.markdown(fused_report)
+    # after each measurement, the report so far: the last one is the whole report
+    assert [len(c["results"]) for c in checkpoints] == sorted(len(c["results"]) for c in checkpoints)
+    assert checkpoints[-1]["results"] == fused_report["results"]
 
 
 def test_rates_flops_and_the_dtype_comparison(report):
