@@ -1,22 +1,31 @@
 """`modulenet bench`: how many candidate networks per second, against PyTorch in the same process.
 
 Workloads on the CIFAR ResNet knowledge base:
-- W1, forward only: networks with nine blocks per stage (a stitch before every block, identity
-  where there is no junction; each network's head is its last block's source head), the
-  validation images in batches: genotype-images per second;
-- W2, the whole protocol (stitches, head, scoring) on networks of the configured space:
-  genotypes per second.
+- W1, forward only: fitted networks over the validation images, genotype-images per second.
+  The networks have nine blocks per stage (ResNet-56 shaped), modules drawn at random, a 1x1
+  stitch (identity: the forward cost of a fitted one) at each real junction and none elsewhere,
+  each network's head its last block's source head;
+- W2, the whole protocol (stitches, BatchNorm statistics, head, scoring) on networks of the
+  configured space: genotypes per second, with the share of each phase where measured.
 Each is measured for the JAX path (`fused`: one vmapped program per population chunk, for
 accelerators; `loop`: one compiled call per module, for CPUs, in W2 computing the module prefixes
-several networks share once, as a search does), PyTorch eager and PyTorch with
-`torch.compile` (networks one after another), in fp32 and bf16, for several population sizes.
-Compile time is reported apart and excluded from the rates. fp32 is true fp32 on both sides
-(TF32 disabled in PyTorch, `Precision.HIGHEST` in JAX).
+several networks share once, as a search does) and for PyTorch (`torch_baseline.py`: images
+resident on the device, BatchNorm in evaluation mode or folded into the conv (`+fold`), eager or
+`torch.compile`d once per module shape, networks one after another), for several population
+sizes. Compile time and the number of programs (JAX) or graphs (dynamo) compiled are reported
+apart and excluded from the rates.
+
+Numerics, named in every row: `fp32-strict` (JAX `Precision.HIGHEST`; PyTorch with TF32 off),
+`fp32-tf32` (PyTorch's default on GPUs: TF32 convolutions; no JAX row has it, so its JAX
+counterpart is the stricter `fp32-strict`), `bf16` (JAX bf16 compute with fp32 accumulation and
+fp32 fits; PyTorch bf16 autocast with fp32 fits). A row's speed-up is read against the PyTorch
+rows of the same numerics, and against `fp32-tf32` for the JAX fp32 rows, said as such.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -28,15 +37,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modulenet_jax import protocol as core
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.population import PopulationEvaluator, chunk_presence, fit_modules, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
 from modulenet_jax.space import Architecture, SearchSpace
 
 # Dense peak FLOP/s by device kind, from the vendors' datasheets (SXM parts): (fp32, bf16).
 PEAK_FLOPS = {"H100": (67e12, 989e12), "H200": (67e12, 989e12), "A100": (19.5e12, 312e12)}
+NUMERICS = {"float32": "fp32-strict", "bfloat16": "bf16"}  # JAX dtype -> numerics
+LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # once per program built (cached or not)
+_PROGRAMS = [0]
+
+
+def _count_programs(event: str, *args, **kwargs):
+    if event == LOWERING_EVENT:
+        _PROGRAMS[0] += 1
+
+
+@functools.lru_cache(maxsize=None)
+def _listen() -> None:
+    jax.monitoring.register_event_duration_secs_listener(_count_programs)
+
+
+def jax_programs() -> int:
+    """JAX programs lowered in this process since the bench started listening."""
+    _listen()
+    return _PROGRAMS[0]
 
 
 def _cpu_model() -> str:
@@ -78,17 +107,6 @@ def w1_networks(kb: KnowledgeBase, n: int, seed: int) -> list[Architecture]:
     return out
 
 
-def uniform_flops(kb: KnowledgeBase, arch: Architecture, num_classes: int) -> int:
-    """FLOPs per image of a network with a 1x1 stitch before every block (what W1 executes)."""
-    total = 0
-    for m in arch.modules:
-        r = kb.record(m)
-        total += r.flops
-        if r.spec.kind == "block":
-            total += 2 * r.input_resolution ** 2 * r.spec.in_channels ** 2
-    return total + 2 * kb.record(arch.modules[-1]).spec.out_channels * num_classes
-
-
 def _head(kb, arch):
     return kb.module_params(f"{kb.record(arch.modules[-1]).source}/head")["fc"]
 
@@ -102,16 +120,20 @@ class Result:
     workload: str
     impl: str
     dtype: str
+    numerics: str
     population: int
     networks_timed: int
     seconds: float
     compile_seconds: float | None
     rate: float  # genotype-images/s (W1) or genotypes/s (W2)
     unit: str
+    compiles: int | None = None  # JAX programs lowered or dynamo graphs compiled by the warm-up call
+    recompiles: int | None = None  # ... and by the timed calls, on other networks (0: compiled once, reused)
     tflops: float | None = None
     peak_fraction: float | None = None
     mean_correct: float | None = None
     correct: list[int] | None = None  # per network timed, in order: what the dtype comparison reads
+    phases: dict | None = None  # W2: seconds per protocol phase over the timed networks
 
     def __post_init__(self):
         if self.correct is not None:
@@ -119,12 +141,58 @@ class Result:
             self.mean_correct = float(np.mean(self.correct))
 
 
+@functools.partial(jax.jit, static_argnames=("layout", "protocol"))
+def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, valid):
+    """The naive vmap probe: every genotype's modules in their inference form (BatchNorm
+    folded), one after another, no stitch, no mask, no conditional; vmapped over genotypes
+    and scored batch by batch. Not the protocol (it counts other predictions): the speed the
+    fused program's scoring would have without the work a network of the space needs."""
+    def one(i, fits, head):
+        mean, std = banks["mean"][i[0]], banks["std"][i[0]]
+        fits = inference_fits(layout, fits)
+
+        def batch(b):
+            x, y, v = b
+            x, _ = walk(layout, fits, core.prepare(protocol, x, mean, std),
+                        lambda op, slot, fit, x: (core.apply_module(op, fit, x, False), None))
+            return core.score_logits(core.head_logits(head, core.pool(x)), y, v)
+
+        hits, finite = jax.lax.map(batch, (images, labels, valid))
+        return jnp.sum(hits), jnp.all(finite)
+    return jax.vmap(one)(idx, fits, heads)
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "protocol"))
+def _fit_pass_chunk(layout, protocol, banks, slots, images):
+    """W2's first phase alone: every genotype's modules fitted (`fit_modules`), and the head's
+    pooled features."""
+    present = chunk_presence(protocol, slots)
+
+    def one(slots):
+        state, fits = fit_modules(layout, protocol, banks, slots, images, present)
+        return fits, core.head_features(protocol, state, len(images))
+    return jax.vmap(one)(slots)
+
+
+@functools.partial(jax.jit, static_argnames=("protocol", "num_classes"))
+def _head_chunk(protocol, num_classes, features, labels):
+    """W2's second phase alone: every genotype's head on its features."""
+    return jax.vmap(lambda f: core.fit_head(protocol, f, labels, num_classes))(features)
+
+
+def _graphs(compiled: bool, before: int, warm: int, runner) -> tuple[int | None, int | None]:
+    """(graphs dynamo compiled in the warm-up call, in the timed calls) of a `torch.compile` row."""
+    return (warm - before, runner.compiles() - warm) if compiled else (None, None)
+
+
 class Bench:
-    """Runs the measurements in order, stopping (and saying so) once the time budget is spent."""
+    """Runs the measurements in order, stopping (and saying so) once the time budget is spent,
+    and each row (workload, implementation, numerics) once it has used `row_cap_s`."""
 
     def __init__(self, kb: KnowledgeBase, dataset: Dataset, protocol: Protocol, space_granularity: str,
                  val_size: int | None, fit_seed: int, strategy: str, budget_s: float | None,
-                 log: Callable[[str], None] = print, torch_device: str | None = None):
+                 log: Callable[[str], None] = print, torch_device: str | None = None,
+                 row_cap_s: float | None = None, checkpoint: Callable[["Bench"], None] | None = None):
         self.kb, self.protocol, self.log = kb, protocol, log
         self.strategy = strategy if strategy != "auto" else ("loop" if jax.devices()[0].platform == "cpu" else "fused")
         self.val = protocol_split(dataset, "val", val_size)
@@ -133,18 +201,54 @@ class Bench:
         self.block_space = SearchSpace(kb, "block")
         self.num_classes = dataset.num_classes
         self.device = device_name()
-        self.budget_s, self.t0 = budget_s, time.time()
+        self.budget_s, self.row_cap_s, self.t0 = budget_s, row_cap_s, time.time()
+        self.row_time: dict[tuple, float] = {}  # seconds each row has used
+        self.timed_networks: dict[tuple, int] = {}  # networks each PyTorch row last timed
         self.results: list[Result] = []
         self.skipped: list[str] = []
         self.paired: list[dict] = []
+        self.phases: list[dict] = []
+        self.failed: list[str] = []
+        self.broken: set[tuple] = set()  # rows that raised: not measured again
         self.torch_device = torch_device
+        self.checkpoint = checkpoint
+        self._cache: dict[tuple, object] = {}
+        self.cost = Evaluator(kb, protocol, self.fit)
+        jax_programs()
 
-    def _over_budget(self, what: str) -> bool:
+    def _once(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _skip(self, row: tuple, what: str) -> bool:
+        """Is the budget spent (whole run or this row)? Says so once per thing skipped."""
+        reason = None
         if self.budget_s is not None and time.time() - self.t0 > self.budget_s:
-            self.skipped.append(what)
-            self.log(f"skipped (time budget): {what}")
-            return True
-        return False
+            reason = "time budget"
+        elif self.row_cap_s is not None and self.row_time.get(row, 0.0) > self.row_cap_s:
+            reason = "row cap"
+        if reason:
+            self.skipped.append(f"{what} ({reason})")
+            self.log(f"skipped ({reason}): {what}")
+        return reason is not None
+
+    def attempt(self, row: tuple, measure: Callable, *args):
+        """`measure(*args)`; an exception ends that row (said in the report's `failed`, the row's
+        larger populations not tried) instead of the whole run: a session on a device keeps
+        measuring the other rows."""
+        if row in self.broken:
+            return
+        try:
+            measure(*args)
+            if self.checkpoint:
+                self.checkpoint(self)
+        except Exception as e:  # noqa: BLE001 - recorded and reported, the other rows go on
+            self.broken.add(row)
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            message = f"{' '.join(map(str, row))} P={args[2]}: {type(e).__name__}: {first_line}"
+            self.failed.append(message)
+            self.log(f"failed: {message}")
 
     def _protocol(self, dtype):
         return dataclasses.replace(self.protocol, dtype=dtype)
@@ -155,112 +259,165 @@ class Bench:
             peak = peak_flops(self.device, r.dtype)
             r.peak_fraction = None if peak is None else r.tflops * 1e12 / peak
         self.results.append(r)
-        self.log(f"{r.workload} {r.impl:14s} {r.dtype:8s} P={r.population:4d}: {_rate(r.rate):>12s} {r.unit}"
-                 + (f" ({r.tflops:.1f} TFLOP/s)" if r.tflops else "")
-                 + (f", compile {r.compile_seconds:.1f} s" if r.compile_seconds else ""))
+        self.log(f"{r.workload} {r.impl:20s} {r.numerics:11s} P={r.population:4d}: {_rate(r.rate):>12s} {r.unit}"
+                 + (f" ({r.tflops:.2f} TFLOP/s)" if r.tflops else "")
+                 + (f", compile {r.compile_seconds:.1f} s" if r.compile_seconds else "")
+                 + (f", {r.compiles} compiled" if r.compiles is not None else ""))
+
+    def _w1_flops(self, archs) -> float:
+        return float(np.mean([self.cost.cost(a)[1] for a in archs]))
 
     # -- W1 ----------------------------------------------------------------------------------------
 
-    def w1_jax(self, archs, dtype, populations):
+    def w1_jax(self, archs, dtype, P):
+        impl = f"jax-{self.strategy}"
+        row = ("W1", impl, dtype)
+        if self._skip(row, f"W1 {impl} {dtype} P={P}"):
+            return
+        t_row = time.time()
         protocol = self._protocol(dtype)
         n_img = len(self.val)
-        flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
+        archs = archs[:P]
         if self.strategy == "loop":
-            ev = Evaluator(self.kb, protocol, self.fit)
-            for P in populations:
-                if self._over_budget(f"W1 jax-loop {dtype} P={P}"):
-                    return
-                nets = [self._loop_network(ev, a) for a in archs[:P]]
-                t = time.time()
-                count_correct(nets[0].logits, self.val, protocol.batch_size, protocol.jnp_dtype)
-                compile_s = time.time() - t
-                t = time.time()
-                correct = [count_correct(n.logits, self.val, protocol.batch_size, protocol.jnp_dtype)[0] for n in nets]
-                dt = time.time() - t
-                self._add(Result("W1", "jax-loop", dtype, P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
-                                 correct=correct), flops)
-            return
-        pe = PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=max(populations))
-        scored = pe.device_split(self.val)
-        for P in populations:
-            if self._over_budget(f"W1 jax-fused {dtype} P={P}"):
-                return
-            idx, active, _ = pe.stacked_slots(archs[:P])
-            stitch_everywhere = active & (np.arange(active.shape[1]) > 0)  # a stitch before every block
-            slots = (idx, active, stitch_everywhere)
-            fits = pe.published_fits(archs[:P])
-            heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs[:P]])
+            ev = self._once(("loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
+            nets = [self._loop_network(ev, a) for a in archs]
+            programs = jax_programs()
+            t = time.time()
+            count_correct(nets[0].logits, self.val, protocol.batch_size, protocol.jnp_dtype)
+            compile_s = time.time() - t
+            built = jax_programs()
+            t = time.time()
+            correct = [count_correct(n.logits, self.val, protocol.batch_size, protocol.jnp_dtype)[0] for n in nets]
+            dt = time.time() - t
+        else:
+            pe = self._once(("w1-fused", dtype),
+                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+            slots = pe.stacked_slots(archs)  # a stitch at each real junction
+            fits = pe.published_fits(archs)
+            heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs])
+            programs = jax_programs()
             t = time.time()
             pe.score_fitted(slots, fits, heads, scored)
             compile_s = time.time() - t
+            built = jax_programs()
             times = []
             for _ in range(3):
                 t = time.time()
                 correct = pe.score_fitted(slots, fits, heads, scored)
                 times.append(time.time() - t)
             dt = float(np.median(times))
-            self._add(Result("W1", "jax-fused", dtype, P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
-                             correct=correct), flops)
+        self._add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
+                         built - programs, jax_programs() - built, correct=correct), self._w1_flops(archs))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def w1_probe(self, archs, dtype, P):
+        """`_probe_chunk` on W1's networks at full depth (`fused` strategy only): the reference
+        the fused program's W1 rate is read against."""
+        row = ("W1", "jax-probe", dtype)
+        if self.strategy != "fused" or self._skip(row, f"W1 jax-probe {dtype} P={P}"):
+            return
+        t_row = time.time()
+        protocol = self._protocol(dtype)
+        pe = self._once(("w1-fused", dtype),
+                        lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+        images, labels, valid = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+        archs = archs[:P]
+        idx = jnp.asarray(pe.stacked_slots(archs)[0])
+        fits = pe.published_fits(archs)
+        heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs])
+
+        def call():
+            return jax.block_until_ready(_probe_chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images,
+                                                      labels, valid))
+
+        programs = jax_programs()
+        t = time.time()
+        call()
+        compile_s = time.time() - t
+        built = jax_programs()
+        times = []
+        for _ in range(3):
+            t = time.time()
+            correct, _ = call()
+            times.append(time.time() - t)
+        dt = float(np.median(times))
+        flops = np.mean([sum(self.kb.record(m).flops for m in a.modules)  # no stitch
+                         + 2 * self.kb.record(a.modules[-1]).spec.out_channels * self.num_classes for a in archs])
+        self._add(Result("W1", "jax-probe", dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
+                         "genotype-images/s", built - programs, jax_programs() - built, correct=np.asarray(correct)),
+                  flops)
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def _loop_network(self, ev: Evaluator, arch):
         recs = [self.kb.record(m) for m in arch.modules]
-        stitches = [None] + [_identity(r.spec.in_channels) for r in recs[1:]]
+        stitches = [_identity(r.spec.in_channels) if j else None for r, j in zip(recs, arch.junctions(self.kb))]
         mean, std = ev.normalisation(recs[0].source)
         return FittedNetwork(tuple(r.spec for r in recs), tuple(self.kb.module_params(m) for m in arch.modules),
                              tuple(stitches), _head(self.kb, arch), mean, std)
 
-    def _torch_runner(self, dtype: str, compile_: bool):
-        """(runner, impl name, device): true fp32 (no TF32) or bf16, eager or compiled."""
+    def _torch_device(self):
         import torch
 
+        return self.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def torch_numerics(self, dtype: str) -> list[str]:
+        """The PyTorch numerics timed against a JAX dtype: bf16 autocast, or strict fp32 and (on
+        a GPU, where it differs) fp32 with TF32 convolutions."""
+        if dtype == "bfloat16":
+            return ["bf16"]
+        return ["fp32-strict"] + (["fp32-tf32"] if self._torch_device().startswith("cuda") else [])
+
+    def _runner(self, numerics: str, compile_: bool, fold: bool = False):
         from .torch_baseline import TorchRunner
 
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        device = self.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tdtype = torch.float32 if dtype == "float32" else torch.bfloat16
-        return TorchRunner(self.kb, device, tdtype, compile_), "torch-compile" if compile_ else "torch-eager", device
+        name = ("torch-compile" if compile_ else "torch-eager") + ("+fold" if fold else "")
+        runner = self._once(("torch", numerics, compile_, fold),
+                            lambda: TorchRunner(self.kb, self._torch_device(), numerics, compile_, fold))
+        return runner, name
 
-    def w1_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
+    def _resident(self, runner, split, batch_size):
+        return self._once(("resident", id(split), batch_size),
+                          lambda: runner.resident(split.images, split.labels, batch_size))
+
+    def w1_torch(self, archs, numerics, P, compile_: bool, fold: bool, max_networks: int):
         from .torch_baseline import timed
 
-        runner, impl, device = self._torch_runner(dtype, compile_)
-        flops = np.mean([uniform_flops(self.kb, a, self.num_classes) for a in archs])
-        images, labels = self.val.images, self.val.labels
-        _, compile_s = timed(lambda: runner.forward_correct(archs[0], runner.identity_stitches(archs[0]),
-                                                             self._torch_head(runner, archs[0]), images, labels,
-                                                             self.protocol.batch_size), device)
-        for P in populations:
-            if self._over_budget(f"W1 {impl} {dtype} P={P}"):
-                return
-            n = min(P, max_networks)
-            prepared = [(a, runner.identity_stitches(a), self._torch_head(runner, a)) for a in archs[:n]]
-            correct, dt = timed(lambda: [runner.forward_correct(a, s, h, images, labels, self.protocol.batch_size)
-                                         for a, s, h in prepared], device)
-            self._add(Result("W1", impl, dtype, P, n, dt, compile_s, n * len(images) / dt, "genotype-images/s",
-                             correct=correct), flops)
-
-    def _torch_head(self, runner, arch):
-        import torch
-
-        h = _head(self.kb, arch)
-        return (torch.from_numpy(np.array(h["kernel"])).to(runner.device, runner.dtype),
-                torch.from_numpy(np.array(h["bias"])).to(runner.device, runner.dtype))
+        runner, impl = self._runner(numerics, compile_, fold)
+        row = ("W1", impl, numerics)
+        n = min(P, max_networks)
+        if self.timed_networks.get(row) == n:  # the same networks as at a smaller population: the same rate
+            return
+        if self._skip(row, f"W1 {impl} {numerics} P={P}"):
+            return
+        t_row = time.time()
+        data = self._resident(runner, self.val, self.protocol.batch_size)
+        prepared = [(a, runner.identity_stitches(a), runner.head(_head(self.kb, a))) for a in archs[:n]]
+        graphs = runner.compiles()
+        _, compile_s = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
+        built = runner.compiles()
+        correct, dt = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
+        self._add(Result("W1", impl, "float32" if numerics != "bf16" else "bfloat16", numerics, P, n, dt,
+                         compile_s, n * len(data) / dt, "genotype-images/s", *_graphs(compile_, graphs, built, runner),
+                         correct=correct), self._w1_flops(archs[:n]))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+        self.timed_networks[row] = n
 
     def w1_paired(self, archs, dtype, n: int, rounds: int):
         """W1 on the per-module JAX path against PyTorch eager network by network, alternating
         (JAX, PyTorch) so that the drifts of a shared machine hit both alike: per-network ratios."""
         from .torch_baseline import timed
 
-        if self.strategy != "loop" or self._over_budget(f"W1 paired {dtype}"):
+        if self.strategy != "loop" or self._skip(("paired", dtype), f"W1 paired {dtype}"):
             return
         protocol = self._protocol(dtype)
-        ev = Evaluator(self.kb, protocol, self.fit)
-        runner, _, device = self._torch_runner(dtype, False)
+        ev = self._once(("loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
+        runner, _ = self._runner(NUMERICS[dtype], False)
         archs = archs[:n]
         nets = [self._loop_network(ev, a) for a in archs]
-        prepared = [(a, runner.identity_stitches(a), self._torch_head(runner, a)) for a in archs]
-        images, labels, bs = self.val.images, self.val.labels, self.protocol.batch_size
+        data = self._resident(runner, self.val, self.protocol.batch_size)
+        prepared = [(a, runner.identity_stitches(a), runner.head(_head(self.kb, a))) for a in archs]
+        bs = self.protocol.batch_size
 
         def jax_pass(i):
             t = time.time()
@@ -268,7 +425,7 @@ class Bench:
             return c, time.time() - t
 
         def torch_pass(i):
-            return timed(lambda: runner.forward_correct(*prepared[i], images, labels, bs), device)
+            return timed(lambda: runner.forward_correct(*prepared[i], data), runner.device)
 
         jax_pass(0), torch_pass(0)  # compile / warm up both
         t_jax, t_torch = np.zeros((rounds, n)), np.zeros((rounds, n))
@@ -276,137 +433,222 @@ class Bench:
         for r in range(rounds):
             for i in range(n):
                 (cj, t_jax[r, i]), (ct, t_torch[r, i]) = jax_pass(i), torch_pass(i)
-                if cj != ct:
+                if dtype == "float32" and cj != ct:
                     raise AssertionError(f"W1 paired: JAX counts {cj} correct, PyTorch {ct}, on {archs[i].describe()}")
                 correct.append(cj)
         ratio = np.median(t_torch, axis=0) / np.median(t_jax, axis=0)  # JAX speed over PyTorch's, per network
-        row = {"dtype": dtype, "networks": n, "rounds": rounds,
-               "jax_rate": n * len(images) / float(np.median(t_jax, axis=0).sum()),
-               "torch_rate": n * len(images) / float(np.median(t_torch, axis=0).sum()),
+        row = {"dtype": dtype, "numerics": NUMERICS[dtype], "networks": n, "rounds": rounds,
+               "jax_rate": n * len(self.val) / float(np.median(t_jax, axis=0).sum()),
+               "torch_rate": n * len(self.val) / float(np.median(t_torch, axis=0).sum()),
                "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()),
                "ratio_max": float(ratio.max()), "correct": correct[:n]}
         self.paired.append(row)
-        self.log(f"W1 paired {dtype}: JAX {row['jax_rate']:.1f}, PyTorch eager {row['torch_rate']:.1f} "
+        self.log(f"W1 paired {NUMERICS[dtype]}: JAX {row['jax_rate']:.1f}, PyTorch eager {row['torch_rate']:.1f} "
                  f"genotype-images/s; per network JAX/eager median {row['ratio_median']:.2f} "
                  f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
 
     # -- W2 ----------------------------------------------------------------------------------------
 
-    def w2_jax(self, archs, dtype, populations):
+    def w2_jax(self, archs, dtype, P):
+        impl = f"jax-{self.strategy}"
+        row = ("W2", impl, dtype)
+        if self._skip(row, f"W2 {impl} {dtype} P={P}"):
+            return
+        t_row = time.time()
         protocol = self._protocol(dtype)
         if self.strategy == "loop":
-            ev = Evaluator(self.kb, protocol, self.fit)
+            ev = self._once(("w2-loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
+            programs = jax_programs()
+            t = time.time()
             ev.evaluate(archs[0], self.val)
-            for P in populations:
-                if self._over_budget(f"W2 jax-loop {dtype} P={P}"):
-                    return
-                t = time.time()
-                res = ev.evaluate_many(archs[:P], self.val)  # module prefixes the networks share: once
-                dt = time.time() - t
-                self._add(Result("W2", "jax-loop", dtype, P, P, dt, None, P / dt, "genotypes/s",
-                                 correct=[r.correct for r in res]))
-            return
-        pe = PopulationEvaluator(self.space, protocol, self.fit)
-        memory_chunk = pe.chunk_size
-        for P in populations:
-            if self._over_budget(f"W2 jax-fused {dtype} P={P}"):
-                return
+            compile_s = time.time() - t
+            built = jax_programs()
+            t = time.time()
+            res = ev.evaluate_many(archs[:P], self.val)  # module prefixes the networks share: once
+            dt = time.time() - t
+        else:
+            pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, protocol, self.fit))
+            memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
             pe.chunk_size = min(P, memory_chunk)
+            impl = f"jax-fused/{pe.chunk_size}"
+            programs = jax_programs()
             t = time.time()
             pe.evaluate(archs[:pe.chunk_size], self.val)
             compile_s = time.time() - t
+            built = jax_programs()
             t = time.time()
             res = pe.evaluate(archs[:P], self.val)
             dt = time.time() - t
-            self._add(Result("W2", f"jax-fused/{pe.chunk_size}", dtype, P, P, dt, compile_s, P / dt, "genotypes/s",
-                             correct=[r.correct for r in res]))
+        self._add(Result("W2", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P / dt, "genotypes/s",
+                         built - programs, jax_programs() - built, correct=[r.correct for r in res]))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def w2_torch(self, archs, dtype, populations, compile_: bool, max_networks: int):
+    def w2_jax_phases(self, archs, dtype, P):
+        """The fused W2 program cut into its phases, each its own program timed after compiling:
+        the fit pass (stitch solves and BatchNorm statistics, module by module), the head, the
+        scoring. Their sum is near the whole program's time (what fusion saves is the
+        difference)."""
+        row = ("W2 phases", "jax-fused", dtype)
+        if self.strategy != "fused" or self._skip(row, f"W2 jax-fused phases {dtype} P={P}"):
+            return
+        t_row = time.time()
+        protocol = self._protocol(dtype)
+        pe = PopulationEvaluator(self.space, protocol, self.fit, chunk_size=P)
+        slots = pe.stacked_slots(archs[:P])
+        fit_x, fit_y = pe.evaluator.fit_images, pe.evaluator.fit_labels
+        scored = pe.device_split(self.val)
+
+        def fit_pass():
+            return jax.block_until_ready(_fit_pass_chunk(pe.layout, protocol, pe.banks, slots, fit_x))
+
+        def head(features):
+            return jax.block_until_ready(_head_chunk(protocol, self.num_classes, features, fit_y))
+
+        def timed_twice(fn, *args):
+            fn(*args)
+            t = time.time()
+            out = fn(*args)
+            return out, time.time() - t
+
+        (fits, features), t_fit = timed_twice(fit_pass)
+        heads, t_head = timed_twice(head, features)
+        _, t_score = timed_twice(lambda: pe.score_fitted(slots, fits, heads, scored))
+        phases = {"fit pass": t_fit, "head": t_head, "score": t_score}
+        self.phases.append({"impl": "jax-fused", "numerics": NUMERICS[dtype], "population": P, "networks": P,
+                            "seconds": phases})
+        self.log(f"W2 jax-fused phases {NUMERICS[dtype]} P={P}: "
+                 + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def w2_torch(self, archs, numerics, P, compile_: bool, max_networks: int):
         from .torch_baseline import source_inputs_torch, timed
 
-        runner, impl, device = self._torch_runner(dtype, compile_)
-        targets = source_inputs_torch(self.kb, runner, self.fit.images, self.protocol.stitch_images)
+        runner, impl = self._runner(numerics, compile_)
+        row = ("W2", impl, numerics)
+        n = min(P, max_networks)
+        if self.timed_networks.get(row) == n:
+            return
+        if self._skip(row, f"W2 {impl} {numerics} P={P}"):
+            return
+        t_row = time.time()
+        dtype = "float32" if numerics != "bf16" else "bfloat16"
         protocol = self._protocol(dtype)
+        fit = self._resident(runner, self.fit, protocol.batch_size)
+        val = self._resident(runner, self.val, protocol.batch_size)
+        targets = self._once(("targets", numerics), lambda: source_inputs_torch(self.kb, runner, fit,
+                                                                                 protocol.stitch_images))
 
-        def one(a):
-            return runner.protocol_correct(a, targets, protocol, self.fit.images, self.fit.labels,
-                                           self.val.images, self.val.labels, self.num_classes)
+        def one(a, phases=None):
+            return runner.protocol_correct(a, targets, protocol, fit, val, self.num_classes, phases)
 
-        _, compile_s = timed(lambda: [one(a) for a in archs[:2]], device)
-        for P in populations:
-            if self._over_budget(f"W2 {impl} {dtype} P={P}"):
-                return
-            n = min(P, max_networks)
-            correct, dt = timed(lambda: [one(a) for a in archs[:n]], device)
-            self._add(Result("W2", impl, dtype, P, n, dt, compile_s, n / dt, "genotypes/s",
-                             correct=correct))
+        graphs = runner.compiles()
+        _, compile_s = timed(lambda: [one(a) for a in archs[:2]], runner.device)
+        built = runner.compiles()
+        phases: dict = {}
+        correct, dt = timed(lambda: [one(a, phases) for a in archs[:n]], runner.device)
+        self._add(Result("W2", impl, dtype, numerics, P, n, dt, compile_s, n / dt, "genotypes/s",
+                         *_graphs(compile_, graphs, built, runner), correct=correct, phases=phases))
+        self.phases.append({"impl": impl, "numerics": numerics, "population": P, "networks": n, "seconds": phases})
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+        self.timed_networks[row] = n
 
 
 def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, populations=(1, 8, 64, 256),
         dtypes=("float32", "bfloat16"), workloads=("W1", "W2"), torch_modes=("eager", "compile"),
-        torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None, seed=0, paired=0, paired_rounds=2,
-        log=print) -> dict:
-    bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log)
+        torch_fold_modes=("eager", "compile"), torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None,
+        row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, log=print,
+        checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Every measurement, population by population (small ones first: a budget that runs out
+    costs the large points, not whole rows); returns the report. `torch_fold_modes`: the PyTorch
+    modes whose W1 rows are also timed with BatchNorm folded; `phase_population`: the
+    population the fused W2 program is also timed at phase by phase (None: not);
+    `checkpoint(report)`: called with the report so far after each measurement (a session
+    killed by its time limit keeps what it measured)."""
+    bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log,
+                  row_cap_s=row_cap_s, checkpoint=checkpoint and (lambda b: checkpoint(report_of(b))))
     log(f"device: {bench.device}; JAX strategy: {bench.strategy}; validation images: {len(bench.val)}")
     pmax = max(populations)
     w1 = w1_networks(kb, pmax, seed)
     space = SearchSpace(kb, granularity)
     rng = np.random.default_rng(seed)
     w2 = [space.decode(space.sample(rng)) for _ in range(pmax)]
-    # Small populations of every workload, dtype and implementation first, then the large ones: a
-    # time budget that runs out then costs the large points, not whole rows of the table.
-    for group in (tuple(p for p in populations if p <= 8), tuple(p for p in populations if p > 8)):
-        if not group:
-            continue
+    for P in sorted(populations):
         for dtype in dtypes:
+            numerics = bench.torch_numerics(dtype) if torch_modes else []
             if "W1" in workloads:
-                bench.w1_jax(w1, dtype, group)
-                for mode in torch_modes:
-                    bench.w1_torch(w1, dtype, group, mode == "compile", torch_max_w1)
+                bench.attempt(("W1 jax", dtype), bench.w1_jax, w1, dtype, P)
+                bench.attempt(("W1 jax probe", dtype), bench.w1_probe, w1, dtype, P)
+                for num in numerics:
+                    for mode in torch_modes:
+                        for fold in (False, True) if mode in torch_fold_modes else (False,):
+                            bench.attempt(("W1 torch", num, mode, fold), bench.w1_torch, w1, num, P,
+                                          mode == "compile", fold, torch_max_w1)
             if "W2" in workloads:
-                bench.w2_jax(w2, dtype, group)
-                for mode in torch_modes:
-                    bench.w2_torch(w2, dtype, group, mode == "compile", torch_max_w2)
+                bench.attempt(("W2 jax", dtype), bench.w2_jax, w2, dtype, P)
+                if P == phase_population:
+                    bench.attempt(("W2 jax phases", dtype), bench.w2_jax_phases, w2, dtype, P)
+                for num in numerics:
+                    for mode in torch_modes:
+                        bench.attempt(("W2 torch", num, mode), bench.w2_torch, w2, num, P, mode == "compile",
+                                      torch_max_w2)
     if paired and "W1" in workloads and "eager" in torch_modes:
         for dtype in dtypes:
             bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
+    return report_of(bench)
+
+
+def report_of(bench: Bench) -> dict:
+    """What a bench measured so far, as the report `run` returns (and `save` writes)."""
     try:
         import torch
     except ModuleNotFoundError:  # JAX timed alone: no baseline ran
         torch = None
     return {"device": bench.device, "jax": jax.__version__, "torch": torch and torch.__version__,
             "torch_device": torch and (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
-            "strategy": bench.strategy, "protocol": dataclasses.asdict(protocol), "validation_images": len(bench.val),
+            "strategy": bench.strategy, "protocol": dataclasses.asdict(bench.protocol),
+            "validation_images": len(bench.val),
             "results": [dataclasses.asdict(r) for r in bench.results], "paired": bench.paired,
-            "skipped": bench.skipped,
+            "phases": bench.phases, "skipped": bench.skipped, "failed": bench.failed,
             "seconds": round(time.time() - bench.t0, 1)}
 
 
+def _comparable(numerics: str) -> tuple[str, ...]:
+    """The PyTorch numerics a JAX row is read against: its own, and TF32 for strict fp32."""
+    return ("fp32-strict", "fp32-tf32") if numerics == "fp32-strict" else (numerics,)
+
+
 def speedups(report: dict) -> list[dict]:
-    """JAX over each PyTorch mode, per workload, dtype and population."""
+    """JAX over each PyTorch row of comparable numerics, per workload and population. PyTorch
+    runs networks one after another, so its rate does not depend on the population: where a
+    PyTorch row was not timed at a population (more networks than it times), its row at the
+    largest smaller population stands for it."""
     rows = []
     res = report["results"]
     for r in res:
-        if not r["impl"].startswith("jax"):
+        if not r["impl"].startswith("jax") or r["impl"] == "jax-probe":
             continue
-        for mode in ("torch-eager", "torch-compile"):
-            base = [b for b in res if b["workload"] == r["workload"] and b["dtype"] == r["dtype"]
-                    and b["impl"] == mode and b["population"] == r["population"]]
+        torch_rows = {(b["impl"], b["numerics"]) for b in res if b["impl"].startswith("torch")
+                      and b["workload"] == r["workload"] and b["numerics"] in _comparable(r["numerics"])}
+        for impl, numerics in sorted(torch_rows):
+            base = [b for b in res if (b["workload"], b["impl"], b["numerics"]) == (r["workload"], impl, numerics)
+                    and b["population"] <= r["population"]]
             if base:
-                rows.append({"workload": r["workload"], "dtype": r["dtype"], "population": r["population"],
-                             "vs": mode, "speedup": r["rate"] / base[0]["rate"]})
+                b = max(base, key=lambda b: b["population"])
+                rows.append({"workload": r["workload"], "impl": r["impl"], "numerics": r["numerics"],
+                             "population": r["population"], "vs": impl, "vs_numerics": numerics,
+                             "vs_population": b["population"], "speedup": r["rate"] / b["rate"]})
     return rows
 
 
 def dtype_accuracy(report: dict) -> list[dict]:
     """The accuracy change of bf16 compute: per (workload, impl, population), bf16's correct counts
-    minus fp32's on the same networks."""
+    minus strict fp32's on the same networks."""
     rows = []
     res = report["results"]
     for r in res:
-        if r["dtype"] != "bfloat16" or not r.get("correct"):
+        if r["numerics"] != "bf16" or not r.get("correct"):
             continue
-        base = [b for b in res if b["dtype"] == "float32" and b.get("correct") and
+        base = [b for b in res if b["numerics"] == "fp32-strict" and b.get("correct") and
                 (b["workload"], b["impl"], b["population"]) == (r["workload"], r["impl"], r["population"])]
         if base and len(base[0]["correct"]) == len(r["correct"]):
             d = np.asarray(r["correct"]) - np.asarray(base[0]["correct"])
@@ -421,42 +663,68 @@ def _rate(rate: float) -> str:
     return f"{rate:,.1f}" if rate >= 100 else f"{rate:.3g}"
 
 
+def _cell(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _section(intro: str, columns: str, rows: list[str]) -> list[str]:
+    """A paragraph and its markdown table (nothing without rows); `columns` are separated by
+    " | ", a trailing ":" right-aligns one; `rows` are the cells joined the same way."""
+    if not rows:
+        return []
+    names = [c.strip() for c in columns.split(" | ")]
+    return ["", intro, "", "| " + " | ".join(n.rstrip(":") for n in names) + " |",
+            "| " + " | ".join("---:" if n.endswith(":") else "---" for n in names) + " |", *(f"| {r} |" for r in rows)]
+
+
 def markdown(report: dict) -> str:
     torch = (f"PyTorch on {report['torch_device']}); jax {report['jax']}, torch {report['torch']}" if report["torch"]
              else f"no PyTorch baseline); jax {report['jax']}")
     lines = [f"Device: **{report['device']}** ({torch}; {report['validation_images']} validation images; JAX strategy "
              f"`{report['strategy']}`; total {report['seconds']} s.", "",
-             "| workload | impl | dtype | population | networks timed | rate | unit | TFLOP/s | % of peak | compile s | mean correct |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for r in sorted(report["results"], key=lambda r: (r["workload"], r["dtype"] != "float32",
-                                                     not r["impl"].startswith("jax"), "compile" in r["impl"],
-                                                     r["population"])):
-        tf = "" if r["tflops"] is None else f"{r['tflops']:.2f}"
-        pk = "" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}"
-        cs = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
-        mc = "" if r["mean_correct"] is None else f"{r['mean_correct']:.1f}"
-        lines.append(f"| {r['workload']} | {r['impl']} | {r['dtype']} | {r['population']} | {r['networks_timed']} | "
-                     f"{_rate(r['rate'])} | {r['unit']} | {tf} | {pk} | {cs} | {mc} |")
+             "Numerics: `fp32-strict` = JAX `Precision.HIGHEST` / PyTorch with TF32 off; `fp32-tf32` = PyTorch's "
+             "GPU default (TF32 convolutions; no JAX row); `bf16` = JAX bf16 compute, fp32 accumulation / PyTorch "
+             "bf16 autocast. `compiled` = JAX programs lowered or dynamo graphs compiled by the warm-up call (its "
+             "time is `compile s`), `again` = by the timed calls on the other networks (0: compiled once, reused). "
+             "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
+             "speed reference for `jax-fused`, not the protocol).", "",
+             "| workload | impl | numerics | population | networks timed | rate | unit | TFLOP/s | % of peak "
+             "| compile s | compiled | again | mean correct |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(report["results"], key=lambda r: (r["workload"], r["numerics"], not r["impl"].startswith("jax"),
+                                                     r["impl"], r["population"])):
+        lines.append(f"| {r['workload']} | {r['impl']} | {r['numerics']} | {r['population']} | {r['networks_timed']} | "
+                     f"{_rate(r['rate'])} | {r['unit']} | {_cell(r['tflops'], '.2f')} | "
+                     f"{_cell(r['peak_fraction'] and 100 * r['peak_fraction'], '.1f')} | "
+                     f"{_cell(r['compile_seconds'], '.1f')} | {_cell(r['compiles'], 'd')} | "
+                     f"{_cell(r['recompiles'], 'd')} | {_cell(r['mean_correct'], '.1f')} |")
     sp = speedups(report)
-    if sp:
-        lines += ["", "| workload | dtype | population | JAX speed-up over | x |", "| --- | --- | ---: | --- | ---: |"]
-        lines += [f"| {s['workload']} | {s['dtype']} | {s['population']} | {s['vs']} | {s['speedup']:.2f} |" for s in sp]
-    acc = dtype_accuracy(report)
-    if acc:
-        lines += ["", "bf16 against fp32, same networks, same images (correct predictions per network):", "",
-                  "| workload | impl | population | networks | mean change | largest change |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | {a['mean_change']:+.2f} | "
-                  f"{a['largest_change']:+d} |" for a in acc]
-    if report.get("paired"):
-        lines += ["", "W1, JAX (per-module loop) and PyTorch eager timed alternately network by network "
-                  "(median of the rounds per network):", "",
-                  "| dtype | networks | rounds | JAX genotype-images/s | eager genotype-images/s | JAX/eager per network: median | min | max |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {p['dtype']} | {p['networks']} | {p['rounds']} | {_rate(p['jax_rate'])} | {_rate(p['torch_rate'])} | "
-                  f"{p['ratio_median']:.2f} | {p['ratio_min']:.2f} | {p['ratio_max']:.2f} |" for p in report["paired"]]
+    lines += _section("JAX against PyTorch, row by row (a PyTorch row timed at a smaller population stands for "
+                      "larger ones: it runs networks one after another):",
+                      "workload | JAX row | JAX numerics | population: | PyTorch row | PyTorch numerics | x:",
+                      [f"{s['workload']} | {s['impl']} | {s['numerics']} | {s['population']} | {s['vs']} "
+                       f"(P={s['vs_population']}) | {s['vs_numerics']} | {s['speedup']:.2f}" for s in sp])
+    lines += _section("W2 by protocol phase (seconds over the networks timed; share of their sum). The fit pass "
+                      "solves the stitches and recalibrates BatchNorm module by module:",
+                      "impl | numerics | population: | networks: | phase | seconds: | share:",
+                      [f"{ph['impl']} | {ph['numerics']} | {ph['population']} | {ph['networks']} | {k} | {v:.3f} | "
+                       f"{100 * v / (sum(ph['seconds'].values()) or 1.0):.0f}%"
+                       for ph in report.get("phases", ()) for k, v in ph["seconds"].items()])
+    lines += _section("bf16 against fp32-strict, same networks, same images (correct predictions per network):",
+                      "workload | impl | population: | networks: | mean change: | largest change:",
+                      [f"{a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | "
+                       f"{a['mean_change']:+.2f} | {a['largest_change']:+d}" for a in dtype_accuracy(report)])
+    lines += _section("W1, JAX (per-module loop) and PyTorch eager of the same numerics timed alternately network by "
+                      "network (median of the rounds per network):",
+                      "numerics | networks: | rounds: | JAX genotype-images/s: | eager genotype-images/s: | "
+                      "JAX/eager per network: median: | min: | max:",
+                      [f"{p['numerics']} | {p['networks']} | {p['rounds']} | {_rate(p['jax_rate'])} | "
+                       f"{_rate(p['torch_rate'])} | {p['ratio_median']:.2f} | {p['ratio_min']:.2f} | "
+                       f"{p['ratio_max']:.2f}" for p in report.get("paired", ())])
     if report["skipped"]:
-        lines += ["", "Skipped (time budget): " + "; ".join(report["skipped"])]
+        lines += ["", "Skipped: " + "; ".join(report["skipped"])]
+    if report.get("failed"):
+        lines += ["", "Failed (the row stopped there): " + "; ".join(report["failed"])]
     return "\n".join(lines)
 
 
@@ -469,8 +737,8 @@ def plot(report: dict, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, wl in zip(axes, ("W1", "W2")):
         rows = [r for r in report["results"] if r["workload"] == wl]
-        for key in sorted({(r["impl"], r["dtype"]) for r in rows}):
-            pts = sorted((r["population"], r["rate"]) for r in rows if (r["impl"], r["dtype"]) == key)
+        for key in sorted({(r["impl"], r["numerics"]) for r in rows}):
+            pts = sorted((r["population"], r["rate"]) for r in rows if (r["impl"], r["numerics"]) == key)
             ax.plot(*zip(*pts), marker="o", label=f"{key[0]} {key[1]}")
         ax.set(xscale="log", yscale="log", xlabel="population size",
                ylabel="genotype-images/s" if wl == "W1" else "genotypes/s", title=f"{wl} on {report['device']}")

@@ -1,110 +1,200 @@
 """PyTorch baselines for the throughput benchmark: the same networks, the same weights, the same
-protocol, evaluated one network after another the way a hand-written PyTorch loop would.
+protocol, evaluated one network after another as a PyTorch expert would write the loop.
 
-W1 (forward only) runs each network as one function of its weights; with `torch.compile`
-that function is compiled once and reused for every network (all W1 networks share one
-shape: nine blocks per stage, a stitch before every block, identity where there is no
-junction — exactly the work the JAX program does). W2 (the whole protocol) fits stitches,
-recalibrates BatchNorm when the protocol does, fits the head (L-BFGS, as the JAX protocol) and
-scores, module by module; with `torch.compile`
-each module kind is compiled once.
+- The images live on the device, normalised once, channels-last (what cuDNN and oneDNN run
+  fastest); batches are views of them.
+- A stitch (a 1x1 convolution with bias) only where the network has a junction.
+- BatchNorm in evaluation mode, or (`fold=True`, a second row) folded into the convolution.
+- Numerics as PyTorch users run them (`NUMERICS`): fp32 with TF32 convolutions (PyTorch's
+  default on GPUs), strict fp32 (TF32 off; what the JAX fp32 rows compute), bf16 autocast.
+- `torch.compile` compiles each module function once per shape (the weights are arguments, a
+  stitch or none, the stride and the padding specialise it) and reuses the graphs for every
+  network; `compiles()` counts the graphs dynamo made, so a table can show that it stays flat.
+
+W1 (forward only) runs fitted networks over the images; W2 (the whole protocol) fits the
+stitches and BatchNorm statistics module by module on the fit images, the logistic head with
+L-BFGS (as the JAX protocol), then scores with BatchNorm folded (as the JAX drivers do), and
+reports the time of each phase.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modulenet_jax.protocol import Protocol
 from modulenet_jax.knowledge import KnowledgeBase
+from modulenet_jax.protocol import Protocol
 from modulenet_jax.space import Architecture
 
 EPS = 1e-5
+# name: (autocast dtype or None, TF32 convolutions and matrix products)
+NUMERICS = {"fp32-strict": (None, False), "fp32-tf32": (None, True), "bf16": (torch.bfloat16, False)}
 
 
-def _t(a, device, dtype):
-    return torch.from_numpy(np.array(a)).to(device=device, dtype=dtype)
+def _t(a, device):
+    return torch.from_numpy(np.array(a, np.float32)).to(device)
 
 
-def _conv(k, device, dtype):
-    """HWIO -> OIHW."""
-    return _t(np.transpose(np.asarray(k), (3, 2, 0, 1)), device, dtype).contiguous(memory_format=torch.channels_last)
+def _conv(k, device):
+    """HWIO -> OIHW, channels-last."""
+    return _t(np.transpose(np.asarray(k), (3, 2, 0, 1)), device).contiguous(memory_format=torch.channels_last)
 
 
-def _bn(p, device, dtype):
-    return [_t(p[k], device, dtype) for k in ("mean", "var", "scale", "bias")]
+def _bn(p, device):
+    return [_t(p[k], device) for k in ("mean", "var", "scale", "bias")]
 
 
-def module_weights(kb: KnowledgeBase, module_id: str, device, dtype) -> list:
-    """A module's weights as torch tensors: [conv, bn...] for the stem, [conv1, bn1, conv2, bn2] for a block."""
+def module_weights(kb: KnowledgeBase, module_id: str, device) -> list:
+    """A module's weights (fp32): [conv, bn...] for the stem, [conv1, bn1..., conv2, bn2...] for a block."""
     p = kb.module_params(module_id)
     if kb.record(module_id).spec.kind == "stem":
-        return [_conv(p["conv"]["kernel"], device, dtype), *_bn(p["bn"], device, dtype)]
-    return [_conv(p["conv1"]["kernel"], device, dtype), *_bn(p["bn1"], device, dtype),
-            _conv(p["conv2"]["kernel"], device, dtype), *_bn(p["bn2"], device, dtype)]
+        return [_conv(p["conv"]["kernel"], device), *_bn(p["bn"], device)]
+    return [_conv(p["conv1"]["kernel"], device), *_bn(p["bn1"], device),
+            _conv(p["conv2"]["kernel"], device), *_bn(p["bn2"], device)]
 
 
-def _bn_apply(x, mean, var, w, b):
-    return F.batch_norm(x, mean, var, w, b, training=False, eps=EPS)
+def fold(weights: list) -> list:
+    """[conv, mean, var, scale, bias]* -> [conv * inv, (bias - mean * inv)]*: BatchNorm in the conv."""
+    out = []
+    for i in range(0, len(weights), 5):
+        conv, mean, var, scale, bias = weights[i:i + 5]
+        inv = scale * torch.rsqrt(var + EPS)
+        out += [(conv * inv[:, None, None, None]).contiguous(memory_format=torch.channels_last), bias - mean * inv]
+    return out
+
+
+def _conv_bn(x, w, stride=1):
+    """conv + BatchNorm (5 weights) or a folded conv with bias (2 weights)."""
+    if len(w) == 2:
+        return F.conv2d(x, w[0], w[1], stride=stride, padding=1)
+    return F.batch_norm(F.conv2d(x, w[0], stride=stride, padding=1), *w[1:5], training=False, eps=EPS)
+
+
+def _shortcut(x, stride: int, pad: int):
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
+    return F.pad(x, (0, 0, 0, 0, pad, pad)) if pad else x
 
 
 def stem_forward(x, w):
-    return F.relu(_bn_apply(F.conv2d(x, w[0], padding=1), *w[1:5]))
+    return F.relu(_conv_bn(x, w))
 
 
-def block_forward(x, w, stride: int, pad: int):
-    h = F.relu(_bn_apply(F.conv2d(x, w[0], stride=stride, padding=1), *w[1:5]))
-    h = _bn_apply(F.conv2d(h, w[5], padding=1), *w[6:10])
-    s = x
-    if stride > 1:
-        s = s[:, :, ::stride, ::stride]
-    if pad:
-        s = F.pad(s, (0, 0, 0, 0, pad, pad))
-    return F.relu(h + s)
+def block_forward(x, stitch, w, stride: int, pad: int):
+    """A stitch (None: no junction) then a BasicBlock (BatchNorm as it is or folded)."""
+    if stitch is not None:
+        x = F.conv2d(x, stitch[0], stitch[1])
+    n = len(w) // 2
+    h = F.relu(_conv_bn(x, w[:n], stride))
+    return F.relu(_conv_bn(h, w[n:]) + _shortcut(x, stride, pad))
 
 
-def stitch_forward(x, kernel, bias):
-    return torch.einsum("nchw,cd->ndhw", x, kernel) + bias[None, :, None, None]
+def _calibrated(h, scale, bias):
+    """BN with the batch's own statistics (mean, unbiased variance, in fp32), as the JAX recalibration."""
+    hf = h.float()
+    mean, var = hf.mean(dim=(0, 2, 3)), hf.var(dim=(0, 2, 3), unbiased=True)
+    return F.batch_norm(hf, mean, var, scale, bias, training=False, eps=EPS).to(h.dtype), [mean, var, scale, bias]
 
 
-def network_logits(x, weights, plan, head):
-    """`plan`: per block (stride, pad); `weights`: [stem, (stitch_k, stitch_b, block)...]."""
-    x = stem_forward(x, weights[0])
-    for (stride, pad), (sk, sb, w) in zip(plan, weights[1:]):
-        x = block_forward(stitch_forward(x, sk, sb), w, stride, pad)
-    return x.mean(dim=(2, 3)) @ head[0] + head[1]
+def stem_calibrate(x, w):
+    y, bn = _calibrated(F.conv2d(x, w[0], padding=1), w[3], w[4])
+    return F.relu(y), [w[0], *bn]
 
 
-def _preprocess(images_u8, mean, std, device, dtype):
-    x = torch.from_numpy(images_u8).to(device).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - mean[None, :, None, None]) / std[None, :, None, None]
-    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+def block_calibrate(x, stitch, w, stride: int, pad: int):
+    if stitch is not None:
+        x = F.conv2d(x, stitch[0], stitch[1])
+    h, bn1 = _calibrated(F.conv2d(x, w[0], stride=stride, padding=1), w[3], w[4])
+    h, bn2 = _calibrated(F.conv2d(F.relu(h), w[5], padding=1), w[8], w[9])
+    return F.relu(h + _shortcut(x, stride, pad)), [w[0], *bn1, w[5], *bn2]
+
+
+def _stitch_conv(kernel, bias, device):
+    """A (Cin, Cout) stitch (torch tensors) as a 1x1 conv weight (Cout, Cin, 1, 1) and bias, fp32."""
+    k = kernel.to(device=device, dtype=torch.float32)
+    return k.T[:, :, None, None].contiguous(memory_format=torch.channels_last), bias.to(device, torch.float32)
+
+
+def count_correct(feats, head, labels) -> int:
+    """Correct predictions of a linear head on pooled features, in fp32 (outside any autocast)."""
+    with torch.autocast(feats.device.type, enabled=False):
+        return int(((feats.float() @ head[0] + head[1]).argmax(-1) == labels).sum().item())
+
+
+class Resident:
+    """A split on the device: normalised fp32 images (channels-last) and labels, in batches (views)."""
+
+    def __init__(self, images_u8, labels, mean, std, device, batch_size: int):
+        x = torch.from_numpy(np.ascontiguousarray(images_u8)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        self.images = ((x - mean[None, :, None, None]) / std[None, :, None, None]).contiguous(
+            memory_format=torch.channels_last)
+        self.labels = torch.from_numpy(np.asarray(labels)).to(device).long()
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batches(self):
+        for i in range(0, len(self), self.batch_size):
+            yield self.images[i:i + self.batch_size], self.labels[i:i + self.batch_size]
 
 
 class TorchRunner:
-    """Evaluates networks of a knowledge base with PyTorch on one device."""
+    """Evaluates networks of a knowledge base with PyTorch on one device, in one of `NUMERICS`,
+    eager or compiled (module functions compiled once per shape), BatchNorm as it is or folded."""
 
-    def __init__(self, kb: KnowledgeBase, device: str, dtype: torch.dtype, compile_: bool):
-        self.kb, self.device, self.dtype, self.compile = kb, device, dtype, compile_
+    def __init__(self, kb: KnowledgeBase, device: str, numerics: str, compile_: bool, fold_bn: bool = False):
+        self.kb, self.device, self.numerics, self.compile, self.fold = kb, device, numerics, compile_, fold_bn
+        self.autocast, self.tf32 = NUMERICS[numerics]
         self._weights = {}
         model = kb.source_model(next(iter(kb.sources)))
         self.mean = torch.tensor(model.mean, device=device)
         self.std = torch.tensor(model.std, device=device)
         if compile_:
-            # one program per (module shape, batch size): more than dynamo's default limit of 8
+            # one graph per (module shape, stitch or not, numerics, batch size): more than dynamo's default limit of 8
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, 64)
-        self.logits_fn = torch.compile(network_logits, dynamic=False) if compile_ else network_logits
-        self.block_fn = torch.compile(block_forward, dynamic=False) if compile_ else block_forward
-        self.stem_fn = torch.compile(stem_forward, dynamic=False) if compile_ else stem_forward
+                    setattr(torch._dynamo.config, name, 256)
+
+        def compiled(fn):
+            return torch.compile(fn, dynamic=False) if compile_ else fn
+
+        self.stem_fn, self.block_fn = compiled(stem_forward), compiled(block_forward)
+        self.stem_calibrate, self.block_calibrate = compiled(stem_calibrate), compiled(block_calibrate)
+
+    @staticmethod
+    def compiles() -> int:
+        """Graphs dynamo has compiled in this process so far."""
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    @contextlib.contextmanager
+    def context(self, grad: bool = False):
+        """The runner's numerics (autocast, TF32 flags) around a piece of work; no autograd
+        unless `grad`. The flags are set each time, since several runners share the process."""
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+                if self.autocast is not None:
+                    stack.enter_context(torch.autocast(device_type, dtype=self.autocast))
+                yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    def resident(self, images, labels, batch_size: int) -> Resident:
+        return Resident(images, labels, self.mean, self.std, self.device, batch_size)
 
     def weights(self, module_id):
         if module_id not in self._weights:
-            self._weights[module_id] = module_weights(self.kb, module_id, self.device, self.dtype)
+            self._weights[module_id] = module_weights(self.kb, module_id, self.device)
         return self._weights[module_id]
 
     def _plan(self, arch):
@@ -112,29 +202,37 @@ class TorchRunner:
         return [(r.spec.stride, dict(r.spec.static).get("pad_channels", 0)) for r in recs]
 
     def identity_stitches(self, arch):
-        """An identity 1x1 stitch before every block (W1's uniform shape)."""
+        """Per block, an identity stitch at a junction, None elsewhere (W1's fitted-network stand-in)."""
         out = []
-        for m in arch.modules[1:]:
+        for m, junction in zip(arch.modules[1:], arch.junctions(self.kb)[1:]):
             c = self.kb.record(m).spec.in_channels
-            out.append((torch.eye(c, device=self.device, dtype=self.dtype),
-                        torch.zeros(c, device=self.device, dtype=self.dtype)))
+            out.append(_stitch_conv(torch.eye(c), torch.zeros(c), self.device) if junction else None)
         return out
+
+    def head(self, params):
+        return _t(params["kernel"], self.device), _t(params["bias"], self.device)
+
+    def _inference_weights(self, weights):
+        return fold(weights) if self.fold else weights
 
     # -- W1 -----------------------------------------------------------------------------------
 
-    def forward_correct(self, arch, stitches, head, images, labels, batch_size):
-        """Correct predictions of one network over a split (one device sync at the end)."""
-        weights = [self.weights(arch.modules[0])] + [(k, b, self.weights(m)) for (k, b), m in
-                                                     zip(stitches, arch.modules[1:])]
+    def features(self, arch, weights, stitches, data: Resident):
+        """Pooled fp32 features of every image of `data` (weights used as given)."""
+        feats = []
         plan = self._plan(arch)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                x = _preprocess(images[i:i + batch_size], self.mean, self.std, self.device, self.dtype)
-                y = torch.from_numpy(labels[i:i + batch_size]).to(self.device)
-                logits = self.logits_fn(x, weights, plan, head)
-                correct += (logits.argmax(-1) == y).sum()
-        return int(correct.item())
+        for x, _ in data.batches():
+            x = self.stem_fn(x, weights[0])
+            for (stride, pad), st, w in zip(plan, stitches, weights[1:]):
+                x = self.block_fn(x, st, w, stride, pad)
+            feats.append(x.float().mean(dim=(2, 3)))
+        return torch.cat(feats)
+
+    def forward_correct(self, arch, stitches, head, data: Resident) -> int:
+        """Correct predictions of one fitted network over a resident split (one device sync)."""
+        with self.context():
+            weights = [self._inference_weights(self.weights(m)) for m in arch.modules]
+            return count_correct(self.features(arch, weights, stitches, data), head, data.labels)
 
     # -- W2 -----------------------------------------------------------------------------------
 
@@ -146,21 +244,7 @@ class TorchRunner:
         gram, cross = ac.T @ ac, ac.T @ bc
         lam = ridge * torch.trace(gram) / a.shape[1] + 1e-12
         k = torch.linalg.solve(gram + lam * torch.eye(a.shape[1], device=a.device), cross)
-        return k.to(self.dtype), (mb - ma @ k).to(self.dtype)
-
-    def _features(self, arch, weights, stitches, images, batch_size):
-        feats = []
-        plan = self._plan(arch)
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                x = _preprocess(images[i:i + batch_size], self.mean, self.std, self.device, self.dtype)
-                x = self.stem_fn(x, weights[0])
-                for (stride, pad), st, w in zip(plan, stitches, weights[1:]):
-                    if st is not None:
-                        x = stitch_forward(x, *st)
-                    x = self.block_fn(x, w, stride, pad)
-                feats.append(x.float().mean(dim=(2, 3)))
-        return torch.cat(feats)
+        return _stitch_conv(k, mb - ma @ k, self.device)
 
     def _logistic_head(self, feats, labels, num_classes, l2, steps):
         mu, sd = feats.mean(0), feats.std(0, unbiased=False) + 1e-6
@@ -181,86 +265,83 @@ class TorchRunner:
             k = w / sd[:, None]
             return k, b - mu @ k
 
-    def protocol_correct(self, arch: Architecture, source_inputs, protocol: Protocol, fit_images, fit_labels,
-                         images, labels, num_classes):
+    def _sync(self):
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def protocol_correct(self, arch: Architecture, source_inputs, protocol: Protocol, fit: Resident,
+                         val: Resident, num_classes: int, phases: dict | None = None) -> int:
         """The whole protocol for one network: stitches on the stitch images (and, with BN
         recalibration, every BN layer's statistics from all fit images, in forward order), the
-        head on the fit images' features, correct predictions on the split."""
+        head on the fit images' features, correct predictions on `val` with BatchNorm folded.
+        `phases` (a dict) accumulates the seconds of each phase: `fit pass` (stitches and BN
+        statistics), `head` (its features, if separate, and L-BFGS), `score`."""
         recalibrate = protocol.bn == "recalibrate"
         junctions = arch.junctions(self.kb)
         plan = self._plan(arch)
-        stitches = []
-        with torch.no_grad():
-            first = fit_images if recalibrate else fit_images[:protocol.stitch_images]
-            x = _preprocess(first, self.mean, self.std, self.device, self.dtype)
+        clock = _Clock(self._sync, phases)
+        with self.context():
+            x = fit.images if recalibrate else fit.images[:protocol.stitch_images]
             stem_w = self.weights(arch.modules[0])
             if recalibrate:
-                x, stem_w = stem_calibrate(x, stem_w)
+                x, stem_w = self.stem_calibrate(x, stem_w)
             else:
                 x = self.stem_fn(x, stem_w)
-            weights = [stem_w]
+            weights, stitches = [stem_w], []
             for (stride, pad), m, j in zip(plan, arch.modules[1:], junctions[1:]):
                 st = None
                 if j and protocol.stitch:
-                    st = self._fit_stitch(x[:protocol.stitch_images], source_inputs(m), protocol.stitch_ridge)
-                    x = stitch_forward(x, *st)
+                    with torch.autocast(x.device.type, enabled=False):
+                        st = self._fit_stitch(x[:protocol.stitch_images], source_inputs(m), protocol.stitch_ridge)
                 stitches.append(st)
+                w = self.weights(m)
                 if recalibrate:
-                    x, w = block_calibrate(x, self.weights(m), stride, pad)
+                    x, w = self.block_calibrate(x, st, w, stride, pad)
                 else:
-                    w = self.weights(m)
-                    x = self.block_fn(x, w, stride, pad)
+                    x = self.block_fn(x, st, w, stride, pad)
                 weights.append(w)
-        if recalibrate:
-            feats = x.float().mean(dim=(2, 3))
-        else:
-            feats = self._features(arch, weights, stitches, fit_images, protocol.batch_size)
-        y_fit = torch.from_numpy(np.asarray(fit_labels)).to(self.device).long()
-        with torch.enable_grad():
-            k, b = self._logistic_head(feats, y_fit, num_classes, protocol.head_l2, protocol.head_steps)
-        val = self._features(arch, weights, stitches, images, protocol.batch_size)
-        y = torch.from_numpy(np.asarray(labels)).to(self.device)
-        return int(((val @ k + b).argmax(-1) == y).sum().item())
+            clock("fit pass")
+            inference = [fold(w) for w in weights]
+            feats = x.float().mean(dim=(2, 3)) if recalibrate else self.features(arch, inference, stitches, fit)
+        with self.context(grad=True), torch.autocast(x.device.type, enabled=False):
+            k, b = self._logistic_head(feats.float(), fit.labels, num_classes, protocol.head_l2, protocol.head_steps)
+        clock("head")
+        with self.context():
+            correct = count_correct(self.features(arch, inference, stitches, val), (k, b), val.labels)
+        clock("score")
+        return correct
 
 
-def _calibrated(h, scale, bias):
-    """BN with the batch's own statistics (mean, unbiased variance), as the JAX recalibration."""
-    hf = h.float()
-    mean = hf.mean(dim=(0, 2, 3))
-    var = hf.var(dim=(0, 2, 3), unbiased=True)
-    mean, var = mean.to(h.dtype), var.to(h.dtype)
-    return _bn_apply(h, mean, var, scale, bias), [mean, var, scale, bias]
+class _Clock:
+    """Adds the seconds since the last call (device synchronised) to `phases[name]`."""
+
+    def __init__(self, sync, phases: dict | None):
+        self.sync, self.phases = sync, phases
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str):
+        if self.phases is None:
+            return
+        self.sync()
+        t = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + t - self.t
+        self.t = t
 
 
-def stem_calibrate(x, w):
-    y, bn = _calibrated(F.conv2d(x, w[0], padding=1), w[3], w[4])
-    return F.relu(y), [w[0], *bn]
-
-
-def block_calibrate(x, w, stride: int, pad: int):
-    h, bn1 = _calibrated(F.conv2d(x, w[0], stride=stride, padding=1), w[3], w[4])
-    h, bn2 = _calibrated(F.conv2d(F.relu(h), w[5], padding=1), w[8], w[9])
-    s = x
-    if stride > 1:
-        s = s[:, :, ::stride, ::stride]
-    if pad:
-        s = F.pad(s, (0, 0, 0, 0, pad, pad))
-    return F.relu(h + s), [w[0], *bn1, w[5], *bn2]
-
-
-def source_inputs_torch(kb: KnowledgeBase, runner: TorchRunner, fit_images, n: int):
-    """{module id: the input it had in its own source} on the stitch images, as torch tensors."""
+def source_inputs_torch(kb: KnowledgeBase, runner: TorchRunner, fit: Resident, n: int):
+    """{module id: the input it had in its own source} on the first `n` fit images (fp32, the
+    runner's numerics), as a lookup function."""
     cache = {}
-    with torch.no_grad():
+    with runner.context():
         for source in kb.sources:
-            recs = [r for r in kb.modules_of(source) if r.spec.kind != "head"]
-            x = _preprocess(fit_images[:n], runner.mean, runner.std, runner.device, runner.dtype)
-            for r in recs:
-                cache[r.id] = x
-                if r.spec.kind == "stem":
-                    x = stem_forward(x, runner.weights(r.id))
-                else:
-                    x = block_forward(x, runner.weights(r.id), r.spec.stride, dict(r.spec.static).get("pad_channels", 0))
+            x = fit.images[:n]
+            for r in kb.modules_of(source):
+                if r.spec.kind == "head":
+                    break
+                cache[r.id] = x.float()
+                w = runner.weights(r.id)
+                x = stem_forward(x, w) if r.spec.kind == "stem" else block_forward(
+                    x, None, w, r.spec.stride, dict(r.spec.static).get("pad_channels", 0))
     return cache.__getitem__
 
 
@@ -273,5 +354,3 @@ def timed(fn, sync_device: str):
     if sync_device.startswith("cuda"):
         torch.cuda.synchronize()
     return out, time.perf_counter() - t
-
-

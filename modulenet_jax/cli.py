@@ -430,8 +430,9 @@ def cmd_bench(args) -> int:
                                 populations=tuple(args.populations), dtypes=tuple(args.dtypes),
                                 workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
                                 torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
-                                strategy=args.strategy, budget_s=args.budget, seed=args.seed, paired=args.paired,
-                                paired_rounds=args.paired_rounds, log=log)
+                                strategy=args.strategy, budget_s=args.budget, row_cap_s=args.row_cap,
+                                seed=args.seed, paired=args.paired, paired_rounds=args.paired_rounds,
+                                phase_population=args.phase_population, log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
@@ -625,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--val-size", type=POSITIVE, default=5000, help="validation images (of the 5,000 even positions)")
     bn.add_argument("--batch-size", type=POSITIVE, help="images per batch (default: the config's protocol)")
     bn.add_argument("--budget", type=POSITIVE_FLOAT, help="stop starting new measurements after this many seconds")
+    bn.add_argument("--row-cap", type=POSITIVE_FLOAT,
+                    help="seconds after which a row (workload, implementation, numerics) starts no larger population")
+    bn.add_argument("--phase-population", type=POSITIVE, metavar="P",
+                    help="also time the fused W2 program phase by phase at this population")
     bn.add_argument("--seed", type=COUNT, default=0)
     bn.add_argument("--paired", type=COUNT, default=0, metavar="N",
                     help="also time W1 for N networks alternating JAX (loop) and PyTorch eager per network")

@@ -129,7 +129,8 @@ class Evaluator:
         rec = self.kb.record(module_id)
         target = self.source_inputs(rec.source)[rec.spec.name] if junction and self.protocol.stitch else None
         return core.step(self.protocol, op_of(rec.spec), self.kb.module_params(module_id), state, target, junction,
-                         fit=core.compiled_fit_module, apply=core.compiled_apply_module)
+                         fit=core.compiled_fit_module, apply=core.compiled_apply_module,
+                         fold=core.compiled_folded)
 
     def finish(self, arch: Architecture, state: core.State, fits: Sequence[core.ModuleFit]) -> FittedNetwork:
         """The head on the fit images' features (and the stitches tuned, if the protocol says so)."""

@@ -8,7 +8,8 @@ predictions. It reads uint8 NHWC images and normalises (and resizes) them itself
 Variables follow Flax's convention: `params` holds what is trained (convolutions, BatchNorm
 affine, stitches, head) and `batch_stats` the BatchNorm running statistics (the buffers of
 `cost.BUFFER_NAMES`). `model.apply(variables, images)` is evaluation mode (running
-statistics); `model.apply(variables, images, train=True, mutable=["batch_stats"])` is
+statistics, BatchNorm folded into the convs as the protocol scores: `protocol.folded`);
+`model.apply(variables, images, train=True, mutable=["batch_stats"])` is
 training mode: BatchNorm normalises with the batch's statistics and the running statistics
 move by momentum, new = (1 - m) * old + m * batch, with the batch's unbiased variance, as
 PyTorch's `BatchNorm2d` does. (One difference from PyTorch: the zoo ops normalise a training
@@ -31,7 +32,7 @@ from modulenet_jax.assemble import apply_stitch, head_logits, pool, preprocess, 
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import FittedNetwork, count_correct
-from modulenet_jax.zoo.registry import ModuleSpec
+from modulenet_jax.zoo.registry import ModuleSpec, fold_batch_norms
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -123,7 +124,10 @@ class Network(nn.Module):
             if split_buffers(_model_shapes(model)[spec.name])[1]:  # a module with BatchNorm
                 stats = self.variable("batch_stats", f"module{i}", _init_buffers, model, spec.name)
                 buffers = stats.value
-            x, used = run_op((spec.op, spec.static), merge_buffers(trainable, buffers), x, calibrate=train)
+            params = merge_buffers(trainable, buffers)
+            if not train:  # evaluation runs the inference form the protocol scores with
+                params = fold_batch_norms(spec.op, spec.static, params)
+            x, used = run_op((spec.op, spec.static), params, x, calibrate=train)
             if train and stats is not None and not self.is_initializing():
                 stats.value = blend_running_stats(buffers, split_buffers(used)[1], self.bn_momentum)
         head = self.param("head", _linear_init, self.specs[-1].out_channels, self.num_classes)

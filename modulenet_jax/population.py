@@ -5,8 +5,12 @@ and up to D-1 further slots. Candidate modules of one slot share their shapes, s
 params are stacked into a *bank* and each genotype gathers its module by index. Slots past a
 network's depth pass their input through (`active`), and a stitch is used only at a junction
 (`junction`); both are exact masks, so one program serves every genotype of the space and
-`vmap` runs a population chunk at once. Chunks have a fixed size (the last one padded), so a
-search compiles once. The population axis is sharded over `jax.devices()`; a chunk that runs
+`vmap` runs a population chunk at once. What no genotype of a chunk needs is not computed: a
+conditional on the chunk (`chunk_presence`, outside the vmap) skips a slot none reaches and a
+stitch where none has a junction, and populations are chunked by structure so that chunks
+share depths and junctions. Scoring runs each fitted module in its inference form, BatchNorm
+folded into the convolution (`protocol.folded`). Chunks have a fixed size (the last one
+padded), so a search compiles once. The population axis is sharded over `jax.devices()`; a chunk that runs
 out of device memory is split in half and retried.
 
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
@@ -118,51 +122,115 @@ def _masks(kind: str, active, junction):
     return (active if kind == "other" else None), (False if kind == "stem" else junction)
 
 
-def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slots, images, labels):
-    """One genotype through the protocol on the fit images: `(fits, head, finite)`, the
-    `ModuleFit` of every slot in `Layout.per_slot`'s structure. `slots` = (idx, active,
-    junction), each a vector over the layout's slots."""
+def chunk_presence(protocol: Protocol, slots):
+    """What the chunk needs, per slot: `(some_active, some_junction)`, boolean vectors over the
+    layout's slots (`slots` stacked over the chunk; `some_junction` None without stitches).
+    Computed outside the vmap, they are the chunk's, not a genotype's: `_when_present` skips a
+    slot no genotype reaches and the stitch of a slot where none has a junction."""
+    _, active, junction = slots
+    return jnp.any(active, axis=0), (jnp.any(junction, axis=0) if protocol.stitch else None)
+
+
+def _when_present(kind: str, present, run: Callable, skip: Callable):
+    """`run(True)` (the slot's module, its stitch used at the genotype's junction) as far as the
+    chunk needs it: `run(False)` (no stitch) where no genotype of the chunk has a junction at
+    the slot, `skip()` (the input passed through) where none reaches it. Each branch gives
+    exactly what the masks give there; a stitch the cheaper branch does not make comes back as
+    zeros, as a masked unused stitch does. `present` = this slot's `chunk_presence` (None: run
+    everything); the stem and a stage's first slot are always reached."""
+    if present is None or kind == "stem":
+        return run(True)
+    some_active, some_junction = present
+    full = jax.eval_shape(lambda: run(True))
+
+    def fill(out):
+        def one(o, like):
+            if o is None:
+                return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+            return jnp.asarray(o, like.dtype)
+
+        return jax.tree_util.tree_map(one, out, full, is_leaf=lambda n: n is None)
+
+    def module():
+        if some_junction is None:
+            return fill(run(True))
+        return jax.lax.cond(some_junction, lambda: fill(run(True)), lambda: fill(run(False)))
+
+    if kind == "first":
+        return module()
+    return jax.lax.cond(some_active, module, lambda: fill(skip()))
+
+
+def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None):
+    """One genotype's modules through the protocol on the fit images, slot by slot: `(state,
+    fits)`, the state after the last slot and the `ModuleFit` of every slot in
+    `Layout.per_slot`'s structure. `slots` = (idx, active, junction), each a vector over the
+    layout's slots; `present`: the chunk's `chunk_presence` (None: every slot runs in full)."""
     idx = slots[0]
     mean, std = banks["mean"][idx[0]], banks["std"][idx[0]]
 
     def visit(op, slot, data, state):
-        i, active, junction = data
+        (i, active, junction), here = data
         bank = _bank(banks, *slot)
         active, junction = _masks(slot[0], active, junction)
         target = None if bank["targets"] is None else bank["targets"][i]
-        return core.step(protocol, op, _take(bank["params"], i), state, target, junction, active)
+        params = _take(bank["params"], i)
 
-    state, fits = walk(layout, layout.per_slot(tuple(slots)), core.start(protocol, images, mean, std), visit)
+        def run(stitch: bool):
+            return core.step(protocol, op, params, state, target, junction if stitch else False, active)
+
+        return _when_present(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
+
+    return walk(layout, layout.per_slot((tuple(slots), present)), core.start(protocol, images, mean, std), visit)
+
+
+def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slots, images, labels, present=None):
+    """One genotype through the protocol on the fit images: `(fits, head, finite)`: its modules
+    (`fit_modules`), the head, and (if the protocol says so) the stitches and head tuned."""
+    state, fits = fit_modules(layout, protocol, banks, slots, images, present)
     head = core.finish(protocol, state, labels, num_classes)
     if protocol.stitch_steps:
-        x = core.prepare(protocol, images[:protocol.stitch_images], mean, std)
-        fits, head = core.tune(protocol, functools.partial(network_logits, layout, slots), fits, head, x,
-                               labels[:protocol.stitch_images])
+        idx = slots[0]
+        x = core.prepare(protocol, images[:protocol.stitch_images], banks["mean"][idx[0]], banks["std"][idx[0]])
+        fits, head = core.tune(protocol, functools.partial(network_logits, layout, slots, present=present), fits,
+                               head, x, labels[:protocol.stitch_images])
     return fits, head, core.fit_is_finite(fits, head)
 
 
-def network_logits(layout: Layout, slots, fits, head, x):
-    """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure) on preprocessed images."""
+def network_logits(layout: Layout, slots, fits, head, x, present=None):
+    """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure, as fitted or
+    `inference_fits`) on preprocessed images."""
     def visit(op, slot, data, x):
-        fit, active, junction = data
+        (fit, active, junction), here = data
         active, junction = _masks(slot[0], active, junction)
-        return core.apply_module(op, fit, x, junction, active), None
 
-    masks = layout.per_slot(tuple(slots[1:]))
-    data = {"stem": (fits["stem"],) + masks["stem"],
-            "stages": [{k: (f[k],) + m[k] for k in m} for f, m in zip(fits["stages"], masks["stages"])]}
+        def run(stitch: bool):
+            return core.apply_module(op, fit, x, junction if stitch else False, active)
+
+        return _when_present(slot[0], here, run, lambda: x), None
+
+    masks = layout.per_slot((tuple(slots[1:]), present))
+    data = {"stem": ((fits["stem"],) + masks["stem"][0], masks["stem"][1]),
+            "stages": [{k: ((f[k],) + m[k][0], m[k][1]) for k in m} for f, m in zip(fits["stages"], masks["stages"])]}
     x, _ = walk(layout, data, x, visit)
     return core.head_logits(head, core.pool(x))
 
 
-def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid):
+def inference_fits(layout: Layout, fits):
+    """`fits` (`Layout.per_slot`'s structure) in their inference form (`protocol.folded`)."""
+    return walk(layout, fits, None, lambda op, slot, fit, carry: (carry, core.folded(op, fit)))[1]
+
+
+def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None):
     """(correct predictions, all logits finite) over a split held on the device in
-    `pad_batches` form: batch by batch through the fitted network."""
+    `pad_batches` form: batch by batch through the fitted network (in its inference form)."""
     mean, std = banks["mean"][slots[0][0]], banks["std"][slots[0][0]]
+    fits = inference_fits(layout, fits)
 
     def one(batch):
         x, y, v = batch
-        return core.score_logits(network_logits(layout, slots, fits, head, core.prepare(protocol, x, mean, std)), y, v)
+        logits = network_logits(layout, slots, fits, head, core.prepare(protocol, x, mean, std), present)
+        return core.score_logits(logits, y, v)
 
     hits, finite = jax.lax.map(one, (images, labels, valid))
     return jnp.sum(hits), jnp.all(finite)
@@ -170,18 +238,29 @@ def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes"))
 def _evaluate_chunk(layout, protocol, num_classes, banks, slots, fit_x, fit_y, images, labels, valid):
+    present = chunk_presence(protocol, slots)
+
     def one(slots):
-        fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y)
-        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid)
+        fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y, present)
+        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
         return correct, finite & fit_ok
     return jax.vmap(one)(slots)
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol"))
 def _score_chunk(layout, protocol, banks, slots, fits, heads, images, labels, valid):
+    present = chunk_presence(protocol, slots)
+
     def one(slots, fits, head):
-        return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid)
+        return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
     return jax.vmap(one)(slots, fits, heads)
+
+
+def structure_order(slots: Sequence[tuple]) -> list[int]:
+    """Indices of networks (`PopulationEvaluator.slots` each) ordered by structure: by the
+    number of slots they reach, then which, then where their junctions are."""
+    return sorted(range(len(slots)), key=lambda i: (int(slots[i][1].sum()), slots[i][1].tolist(),
+                                                    slots[i][2].tolist()))
 
 
 class PopulationEvaluator:
@@ -341,7 +420,18 @@ class PopulationEvaluator:
         return correct
 
     def evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
-        """Evaluations of many networks (same order), chunk by chunk."""
+        """Evaluations of many networks (same order), chunk by chunk.
+
+        The networks are chunked in `structure_order`, so that a chunk's networks tend to share
+        their depths and junctions and the chunk skips the slots and stitches none of them uses
+        (`chunk_presence`); each network's evaluation does not depend on its chunk."""
+        order = structure_order([self.slots(a) for a in archs])
+        out: list[Evaluation | None] = [None] * len(archs)
+        for i, evaluation in zip(order, self._evaluate([archs[i] for i in order], split)):
+            out[i] = evaluation
+        return out
+
+    def _evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         slots = [self.slots(a) for a in archs]
         fit_x = self._sharded(np.asarray(self.evaluator.fit_images), False)
         fit_y = self._sharded(np.asarray(self.evaluator.fit_labels), False)

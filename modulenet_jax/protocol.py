@@ -18,6 +18,7 @@ reaches both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +29,7 @@ from modulenet_jax.assemble import fit_linear_map, head_logits, op_of, pool, pre
 from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
+from modulenet_jax.zoo import fold_batch_norms
 
 BN_MODES = ("source", "recalibrate", "from_junction")
 HEADS = ("ridge", "logistic")
@@ -212,23 +214,34 @@ def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, activ
     return _masked(y, x, active), ModuleFit(params_used, stitch)
 
 
+def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
+    """A fitted module for inference: its BatchNorms folded into their convs
+    (`zoo.fold_batch_norms`). Every batch the protocol moves forward after fitting a module
+    (scored batches, the head's feature batches, the fitted network's logits) runs this form,
+    in both drivers."""
+    return ModuleFit(fold_batch_norms(*op, fit.params), fit.stitch)
+
+
 def apply_module(op: tuple, fit: ModuleFit, x, junction=True, active=None):
-    """One fitted module on a batch: its stitch (at a junction) and forward."""
+    """One fitted module on a batch: its stitch (at a junction) and forward. (`fit` as fitted,
+    or `folded`: the same function.)"""
     y, _ = run_op(op, fit.params, stitched(fit.stitch, x, junction))
     return _masked(y, x, active)
 
 
 def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,
-         fit=fit_module, apply=apply_module) -> tuple[State, ModuleFit]:
-    """One module further: fit it on the fit pass, then move every carried batch through it.
+         fit=fit_module, apply=apply_module, fold=folded) -> tuple[State, ModuleFit]:
+    """One module further: fit it on the fit pass, then move every carried batch through it
+    (`folded`: the fitted module's inference form).
 
-    `fit`/`apply` default to `fit_module`/`apply_module`; the per-module driver passes their
-    compiled forms so that each compiles once per op and is reused for every batch."""
+    `fit`/`apply`/`fold` default to `fit_module`/`apply_module`/`folded`; the per-module driver
+    passes their compiled forms so that each compiles once per op and is reused for every batch."""
     mixed = _or(state.mixed, junction)
     y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed))
+    inference = fold(op, module_fit) if state.features or state.scored else None
 
     def forward(x):
-        return apply(op, module_fit, x, junction, active)
+        return apply(op, inference, x, junction, active)
 
     return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored)), mixed), module_fit
 
@@ -302,7 +315,8 @@ def score_batch(head, x, labels, valid):
 
 
 def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
-    """Logits of a network given as a chain of fitted modules (the per-module form)."""
+    """Logits of a network given as a chain of fitted modules (the per-module form; `fits` as
+    fitted or `folded`)."""
     for op, junction, fit in zip(ops, junctions, fits):
         x = apply_module(op, fit, x, junction)
     return head_logits(head, pool(x))
@@ -312,6 +326,7 @@ def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
 # is reused for every network and batch of that shape.
 compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction", "calibrate"))
 compiled_apply_module = jax.jit(apply_module, static_argnames=("op", "junction"))
+compiled_folded = jax.jit(folded, static_argnames=("op",))
 compiled_score_batch = jax.jit(score_batch)
 _score_logits = jax.jit(score_logits)
 
@@ -334,10 +349,15 @@ class FittedNetwork:
     def fits(self) -> tuple[ModuleFit, ...]:
         return tuple(ModuleFit(p, s) for p, s in zip(self.params, self.stitches))
 
+    @functools.cached_property
+    def inference_fits(self) -> tuple[ModuleFit, ...]:
+        """`fits` in their inference form (`folded`), made once."""
+        return tuple(compiled_folded(op_of(spec), fit) for spec, fit in zip(self.specs, self.fits))
+
     def features(self, images, dtype=jnp.float32):
         """Pooled features of uint8 images, one compiled call per module."""
         x = preprocess(images, self.mean, self.std, dtype, self.input_size)
-        for spec, fit in zip(self.specs, self.fits):
+        for spec, fit in zip(self.specs, self.inference_fits):
             x = compiled_apply_module(op_of(spec), fit, x, fit.stitch is not None)
         return pool(x)
 

@@ -25,17 +25,55 @@ def _rows(report, **match):
     return [r for r in report["results"] if all(r[k] == v for k, v in match.items())]
 
 
+@pytest.fixture(scope="module")
+def fused_run(tiny_kb, tiny_dataset):
+    """The accelerator path (`fused`), W2 also timed phase by phase, on a CPU: the report and
+    the reports checkpointed along the way."""
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
+    checkpoints = []
+    report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
+                            dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
+                            strategy="fused", phase_population=2, log=lambda m: None, checkpoint=checkpoints.append)
+    return report, checkpoints
+
+
 @pytest.mark.parametrize("workload", ["W1", "W2"])
 def test_jax_and_pytorch_count_the_same_correct_predictions(report, workload):
+    """Strict fp32 on both sides: every PyTorch row (BatchNorm as it is and folded) counts what JAX counts."""
+    impls = ("torch-eager", "torch-eager+fold") if workload == "W1" else ("torch-eager",)
     for population in (1, 2):
-        jax_row, = _rows(report, workload=workload, impl="jax-loop", dtype="float32", population=population)
-        torch_row, = _rows(report, workload=workload, impl="torch-eager", dtype="float32", population=population)
-        assert len(jax_row["correct"]) == population == torch_row["networks_timed"]
-        assert jax_row["correct"] == torch_row["correct"]
+        jax_row, = _rows(report, workload=workload, impl="jax-loop", numerics="fp32-strict", population=population)
+        for impl in impls:
+            torch_row, = _rows(report, workload=workload, impl=impl, numerics="fp32-strict", population=population)
+            assert len(jax_row["correct"]) == population == torch_row["networks_timed"]
+            assert jax_row["correct"] == torch_row["correct"], impl
+
+
+@pytest.mark.parametrize("workload", ["W1", "W2"])
+def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
+    fused_report, checkpoints = fused_run
+    jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
+                     impl="jax-fused" if workload == "W1" else "jax-fused/2")
+    torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
+    assert jax_row["correct"] == torch_row["correct"]
+    assert jax_row["compiles"] >= 0 and jax_row["recompiles"] == 0  # the timed calls reuse the warm-up's programs
+    if workload == "W1":  # the naive vmap probe: a speed reference, not read against PyTorch
+        probe, = _rows(fused_report, workload="W1", impl="jax-probe", numerics="fp32-strict", population=2)
+        assert probe["rate"] > 0 and len(probe["correct"]) == 2
+        assert not [s for s in throughput.speedups(fused_report) if s["impl"] == "jax-probe"]
+    if workload == "W2":
+        phases = {(p["impl"], p["numerics"]): p["seconds"] for p in fused_report["phases"]}
+        for impl in ("jax-fused", "torch-eager"):
+            assert set(phases[impl, "fp32-strict"]) == {"fit pass", "head", "score"}
+        assert torch_row["phases"] == phases["torch-eager", "fp32-strict"]
+        assert "W2 by protocol phase" in throughput.markdown(fused_report)
+    # after each measurement, the report so far: the last one is the whole report
+    assert [len(c["results"]) for c in checkpoints] == sorted(len(c["results"]) for c in checkpoints)
+    assert checkpoints[-1]["results"] == fused_report["results"]
 
 
 def test_rates_flops_and_the_dtype_comparison(report):
-    w1, = _rows(report, workload="W1", impl="jax-loop", dtype="float32", population=2)
+    w1, = _rows(report, workload="W1", impl="jax-loop", numerics="fp32-strict", population=2)
     assert w1["unit"] == "genotype-images/s" and w1["rate"] == pytest.approx(2 * 32 / w1["seconds"])
     assert w1["tflops"] > 0
     acc = {(a["workload"], a["population"]): a for a in throughput.dtype_accuracy(report)
@@ -59,7 +97,24 @@ def test_paired_w1_times_the_same_networks_both_ways(report):
     (it raises if JAX and PyTorch disagree on any network), and its ratio from its own rates."""
     assert [p["dtype"] for p in report["paired"]] == ["float32", "bfloat16"]
     for p in report["paired"]:
-        w1, = _rows(report, workload="W1", impl="torch-eager", dtype=p["dtype"], population=2)
+        w1, = _rows(report, workload="W1", impl="torch-eager", numerics=p["numerics"], population=2)
         assert p["networks"] == 2 and p["rounds"] == 2 and p["correct"] == w1["correct"]
         assert p["ratio_min"] <= p["ratio_median"] <= p["ratio_max"] and p["jax_rate"] > 0
-    assert "timed alternately" in throughput.markdown(report)
+    md = throughput.markdown(report)
+    assert "timed alternately" in md and "| W1 | jax-loop | fp32-strict | 2 |" in md
+    assert "| W1 | jax-loop | bf16 | 2 | torch-eager+fold (P=2) | bf16 |" in md  # JAX rows read against same numerics
+
+
+def test_the_device_session_imports_without_pymoo_or_tfds():
+    """The accelerator image has neither pymoo nor TFDS: `python -m benchmarks.speed_session`, run
+    from the repository root, must import everything it uses without them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys\nfor m in ('pymoo', 'tensorflow_datasets', 'tensorflow'):\n    sys.modules[m] = None\n"
+            "import benchmarks.speed_session, benchmarks.throughput, benchmarks.torch_baseline\n"
+            "from benchmarks.prepare_device_bundle import load_kb\nfrom modulenet_jax.data import load_dataset\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

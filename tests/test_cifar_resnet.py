@@ -95,3 +95,21 @@ def test_reference_counts_exact(depth, real_kb, cifar_test):
     ok = preds == labels
     assert (int(ok.sum()), int(ok[0::2].sum()), int(ok[1::2].sum())) == REFERENCE[depth]
     assert count_params(real_kb.params[f"cifar_resnet{depth}"]) == PARAMS[depth]
+
+
+@pytest.mark.parametrize("name", ["stem", "stage1.block0", "stage2.block0"])
+def test_folded_batch_norm_is_the_same_function(name):
+    """`zoo.fold_batch_norms`: every BatchNorm in its conv, no BatchNorm params left, the same
+    outputs up to float rounding; a head (no conv-BatchNorm pair) comes back unchanged."""
+    model = zoo.get_model("cifar_resnet14")
+    params = model.init(jax.random.PRNGKey(3))
+    spec = model.module(name)
+    side = 32 * spec.stride // spec.reduction  # the module's input resolution
+    x = jax.random.normal(jax.random.PRNGKey(4), (4, side, side, spec.in_channels))
+    folded = zoo.fold_batch_norms(spec.op, spec.static, params[name])
+    assert not any(k.startswith("bn") for k in folded) and all("bias" in folded[k] for k in folded)
+    y, _ = zoo.apply_module(spec, params[name], x)
+    y_folded, _ = zoo.apply_module(spec, folded, x)
+    np.testing.assert_allclose(np.asarray(y_folded), np.asarray(y), rtol=1e-5, atol=1e-5)
+    head = model.module("head")
+    assert zoo.fold_batch_norms(head.op, head.static, params["head"]) is params["head"]

@@ -15,7 +15,7 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.population import PopulationEvaluator, chunk_presence, structure_order
 from modulenet_jax.space import Architecture, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,40 @@ def test_population_equals_one_by_one(tiny_kb, tiny_dataset, variant):
     count exactly the same correct predictions, for every head, stitch and BN setting."""
     fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]}))
     assert fused == one_by_one
+
+
+# One block per stage, ResNet-8 deep: no network reaches a stage's second slot of the block
+# space's layout (depth 2 per stage). The second has a junction at stages 1 and 2, none at 3.
+SHALLOW = (("cifar_resnet8/stem", "cifar_resnet8/stage1.block0", "cifar_resnet8/stage2.block0",
+            "cifar_resnet8/stage3.block0"),
+           ("cifar_resnet8/stem", "cifar_resnet14/stage1.block0", "cifar_resnet8/stage2.block0",
+            "cifar_resnet8/stage3.block0"))
+
+
+def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny_dataset):
+    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=0)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)
+    slots = pe.stacked_slots([Architecture(m) for m in SHALLOW])
+    some_active, some_junction = (np.asarray(v) for v in chunk_presence(PROTOCOL, slots))
+    # slots: stem, (first, other) per stage
+    assert some_active.tolist() == [True, True, False, True, False, True, False]
+    assert some_junction.tolist() == [False, True, False, True, False, False, False]
+    assert chunk_presence(Protocol(**{**PROTOCOL.__dict__, "stitch": False}), slots)[1] is None
+    assert structure_order([pe.slots(Architecture.of_source(tiny_kb, s)) for s in ("cifar_resnet14",
+                                                                                    "cifar_resnet8")]) == [1, 0]
+
+
+@pytest.mark.parametrize("variant", ["logistic+stitch+recalibrate", "tuned-stitches+source"])
+def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_dataset, variant):
+    """A chunk whose networks are all shallower than the layout and share junction-free slots
+    runs the cheaper branches of the fused program (`chunk_presence`): still exactly the
+    per-module path's counts, for the fitted and the tuned stitches."""
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
+    space, fit, _, val = _setup(tiny_kb, tiny_dataset, protocol=protocol, n=0)
+    archs = [Architecture(m) for m in SHALLOW]
+    loop = Evaluator(tiny_kb, protocol, fit)
+    fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop).evaluate(archs, val)
+    assert fused == [loop.evaluate(a, val) for a in archs]
 
 
 def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):
@@ -155,7 +189,7 @@ _EVALUATE = """
 from tests.conftest import random_models
 from modulenet_jax.knowledge import KnowledgeBase
 from tests.test_population import PROTOCOL, _setup
-from modulenet_jax.population import PopulationEvaluator
+from modulenet_jax.population import PopulationEvaluator, chunk_presence, structure_order
 import tests.conftest as c
 kb = KnowledgeBase.build(random_models())
 space, fit, archs, val = _setup(kb, c.tiny_dataset.__wrapped__(), n=2)

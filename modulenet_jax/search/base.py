@@ -11,8 +11,9 @@ from __future__ import annotations
 import abc
 
 import numpy as np
-from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+# pymoo is imported where it is used: `import modulenet_jax` (and the device benchmarks, run
+# where pymoo is not installed) does not need it.
 
 
 class FitnessError(ValueError):
@@ -32,6 +33,8 @@ def check_objectives(F, n: int, m: int | None = None) -> np.ndarray:
 
 def non_dominated_fronts(F) -> list[np.ndarray]:
     """Indices of each non-domination front, best first (pymoo's fast non-dominated sort)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
     F = np.asarray(F, np.float64)
     if len(F) == 0:
         return []
@@ -40,6 +43,8 @@ def non_dominated_fronts(F) -> list[np.ndarray]:
 
 def crowding_distance(F) -> np.ndarray:
     """NSGA-II crowding distance of the points of one front (boundary points get inf)."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+
     F = np.asarray(F, np.float64)
     if len(F) <= 2:
         return np.full(len(F), np.inf)

@@ -23,27 +23,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@register_op("cifar_resnet.stem")
+@register_op("cifar_resnet.stem", folds=(("conv", "bn"),))
 def stem(params, x, calibrate=False, *, eps=BN_EPS):
-    h = layers.conv2d(x, params["conv"]["kernel"], stride=1, padding=1)
-    h, bn = layers.batch_norm(params["bn"], h, eps, calibrate)
-    return layers.relu(h), {**params, "bn": bn}
+    h, bn = layers.conv_bn(params, "conv", "bn", x, eps, calibrate, stride=1, padding=1)
+    return layers.relu(h), {**params, **bn}
 
 
-@register_op("cifar_resnet.basic_block")
+@register_op("cifar_resnet.basic_block", folds=(("conv1", "bn1"), ("conv2", "bn2")))
 def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS):
     """BasicBlock; `pad_channels` > 0 means the option-A shortcut (subsample, zero-pad)."""
-    h = layers.conv2d(x, params["conv1"]["kernel"], stride=stride, padding=1)
-    h, bn1 = layers.batch_norm(params["bn1"], h, eps, calibrate)
+    h, bn1 = layers.conv_bn(params, "conv1", "bn1", x, eps, calibrate, stride=stride, padding=1)
     h = layers.relu(h)
-    h = layers.conv2d(h, params["conv2"]["kernel"], stride=1, padding=1)
-    h, bn2 = layers.batch_norm(params["bn2"], h, eps, calibrate)
+    h, bn2 = layers.conv_bn(params, "conv2", "bn2", h, eps, calibrate, stride=1, padding=1)
     shortcut = x
     if stride > 1:
         shortcut = shortcut[:, ::stride, ::stride, :]
     if pad_channels:
         shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (pad_channels, pad_channels)))
-    return layers.relu(h + shortcut), {**params, "bn1": bn1, "bn2": bn2}
+    return layers.relu(h + shortcut), {**params, **bn1, **bn2}
 
 
 @register_op("cifar_resnet.head")

@@ -77,6 +77,26 @@ def batch_norm(params, x, eps: float, calibrate=False):
     return y.astype(x.dtype), params
 
 
+def fold_batch_norm(conv, bn, eps: float):
+    """A conv `{"kernel": HWIO, "bias"?}` followed by inference BatchNorm `bn`, as one conv with a
+    bias (in float32): kernel * inv, bias = (conv bias - mean) * inv + BN bias, inv = scale /
+    sqrt(var + eps). Scoring runs this form: the BatchNorm pass disappears into the conv."""
+    inv = bn["scale"] * lax.rsqrt(bn["var"] + eps)
+    bias = bn["bias"] + (conv.get("bias", 0.0) - bn["mean"]) * inv
+    return {"kernel": conv["kernel"] * inv, "bias": bias}
+
+
+def conv_bn(params, conv_name: str, bn_name: str, x, eps: float, calibrate=False, **conv_kwargs):
+    """`params[conv_name]` then BatchNorm `params[bn_name]`: `(y, {bn_name: params used})`. A
+    module whose BatchNorm was folded (`fold_batch_norm`: no `params[bn_name]`) runs its conv
+    with the bias alone and returns `{}`; it is never recalibrated."""
+    if bn_name not in params:
+        return conv(params[conv_name], x, **conv_kwargs), {}
+    h = conv2d(x, params[conv_name]["kernel"], **conv_kwargs)
+    h, used = batch_norm(params[bn_name], h, eps, calibrate)
+    return h, {bn_name: used}
+
+
 def global_avg_pool(x):
     """Mean over the spatial axes of an NHWC tensor, accumulated in float32."""
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
