@@ -271,31 +271,35 @@ class TorchRunner:
 
     def protocol_correct(self, arch: Architecture, source_inputs, protocol: Protocol, fit: Resident,
                          val: Resident, num_classes: int, phases: dict | None = None) -> int:
-        """The whole protocol for one network: stitches on the stitch images (and, with BN
-        recalibration, every BN layer's statistics from all fit images, in forward order), the
+        """The whole protocol for one network: stitches on the stitch images (and, where BN is
+        recalibrated, every BN layer's statistics from all fit images, in forward order: every
+        module with `recalibrate`, from the first junction on with `from_junction`), the
         head on the fit images' features, correct predictions on `val` with BatchNorm folded.
         `phases` (a dict) accumulates the seconds of each phase: `fit pass` (stitches and BN
         statistics), `head` (its features, if separate, and L-BFGS), `score`."""
-        recalibrate = protocol.bn == "recalibrate"
         junctions = arch.junctions(self.kb)
+        first = next((i for i, j in enumerate(junctions) if j), len(junctions))
+        calibrated = [protocol.bn == "recalibrate" or (protocol.bn == "from_junction" and i >= first)
+                      for i in range(len(arch.modules))]
+        recalibrate = any(calibrated)  # the fit pass carries every fit image
         plan = self._plan(arch)
         clock = _Clock(self._sync, phases)
         with self.context():
             x = fit.images if recalibrate else fit.images[:protocol.stitch_images]
             stem_w = self.weights(arch.modules[0])
-            if recalibrate:
+            if calibrated[0]:
                 x, stem_w = self.stem_calibrate(x, stem_w)
             else:
                 x = self.stem_fn(x, stem_w)
             weights, stitches = [stem_w], []
-            for (stride, pad), m, j in zip(plan, arch.modules[1:], junctions[1:]):
+            for i, ((stride, pad), m, j) in enumerate(zip(plan, arch.modules[1:], junctions[1:]), 1):
                 st = None
                 if j and protocol.stitch:
                     with torch.autocast(x.device.type, enabled=False):
                         st = self._fit_stitch(x[:protocol.stitch_images], source_inputs(m), protocol.stitch_ridge)
                 stitches.append(st)
                 w = self.weights(m)
-                if recalibrate:
+                if calibrated[i]:
                     x, w = self.block_calibrate(x, st, w, stride, pad)
                 else:
                     x = self.block_fn(x, st, w, stride, pad)
