@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import time
 from pathlib import Path
 
-import ml_collections
-
 from .throughput import device_name, write_report
 from modulenet_jax.prefix import PrefixSchedule
-from modulenet_jax.search.run_folder import read_history
+from modulenet_jax.search.run_folder import read_config, read_history
 from modulenet_jax.search.runner import Run
 from modulenet_jax.space import Architecture
 
@@ -71,7 +68,7 @@ def main(argv=None):
     p.add_argument("--name", default="cpu-prefix-sharing")
     args = p.parse_args(argv)
     folder = Path(args.run)
-    config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
+    config = read_config(folder)
     run = Run.from_config(config)
     generations = collections.defaultdict(list)
     for r in read_history(folder / "history.jsonl"):

@@ -281,11 +281,11 @@ class TorchRunner:
         first = next((i for i, j in enumerate(junctions) if j), len(junctions))
         calibrated = [protocol.bn == "recalibrate" or (protocol.bn == "from_junction" and i >= first)
                       for i in range(len(arch.modules))]
-        recalibrate = any(calibrated)  # the fit pass carries every fit image
+        every_fit_image = any(calibrated)  # BN statistics need the whole fit split carried through
         plan = self._plan(arch)
         clock = _Clock(self._sync, phases)
         with self.context():
-            x = fit.images if recalibrate else fit.images[:protocol.stitch_images]
+            x = fit.images if every_fit_image else fit.images[:protocol.stitch_images]
             stem_w = self.weights(arch.modules[0])
             if calibrated[0]:
                 x, stem_w = self.stem_calibrate(x, stem_w)
@@ -306,7 +306,7 @@ class TorchRunner:
                 weights.append(w)
             clock("fit pass")
             inference = [fold(w) for w in weights]
-            feats = x.float().mean(dim=(2, 3)) if recalibrate else self.features(arch, inference, stitches, fit)
+            feats = x.float().mean(dim=(2, 3)) if every_fit_image else self.features(arch, inference, stitches, fit)
         with self.context(grad=True), torch.autocast(x.device.type, enabled=False):
             k, b = self._logistic_head(feats.float(), fit.labels, num_classes, protocol.head_l2, protocol.head_steps)
         clock("head")

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 from modulenet_jax import export, train
-from modulenet_jax.config import from_dict
 from modulenet_jax.data import protocol_split
 from modulenet_jax.errors import UserError
 from modulenet_jax.finetune import finetune_folder
 from modulenet_jax.network import evaluate, from_fitted
 from modulenet_jax.schema import setting
+from modulenet_jax.search.run_folder import read_config
 from modulenet_jax.space import Architecture
 
 MODELS_DIR = "models"  # in a run folder: the final table's exported (and fine-tuned) networks
@@ -62,7 +62,7 @@ def open_run(run_dir, log: Callable[[str], None] = print):
         Run,  # runner imports this module (its final table fine-tunes)
     )
 
-    config = from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    config = read_config(run_dir)
     config.evaluator.strategy = "loop"
     return Run.from_config(config, log=log)
 

@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import ml_collections
+
 from modulenet_jax.checks import check_writable
+from modulenet_jax.config import from_dict
 from modulenet_jax.errors import UserError
 from modulenet_jax.schema import BUDGET_KEYS
 
@@ -59,6 +62,12 @@ def _read_json(path: Path, what: str):
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}): the {what} was changed outside modulenet; restore it, "
                         f"or {RESTART_HINT}") from None
+
+
+def read_config(path) -> ml_collections.ConfigDict:
+    """The config a run folder was run with (its `config.json`, tuples restored); a corrupt file
+    is a `UserError` naming it."""
+    return from_dict(_read_json(Path(path) / CONFIG, "config"))
 
 
 def read_history(path: Path, repair: bool = True) -> list[dict]:
