@@ -1,14 +1,16 @@
 """Does the search beat random sampling, and what helps it? Each search variant (NSGA-II as
-configured, random search, NSGA-II without source seeds, without the junction bias, with uniform
-crossover) runs for the config's generations with several seeds, all with one evaluator and one
-shared fitness cache (a network is evaluated once whatever variant asks for it). The score after
-every generation is the hypervolume of the validation front of every network evaluated so far,
-in (error, parameters / largest source's parameters) with the fixed reference point (1, 1.1), so
-runs, seeds and configs are comparable. Every variant asks for the same number of genotypes per
-generation (equal evaluations); the distinct networks each run evaluated are reported too.
+configured, random search sampling as NSGA-II's initial population does, uniform random search,
+NSGA-II without source seeds, without the junction bias, with uniform crossover) runs for the
+config's generations with several seeds, all with one evaluator and one shared fitness cache (a
+network is evaluated once whatever variant asks for it). The score after every generation is the
+hypervolume of the validation front of every network evaluated so far, as `modulenet runs
+compare` and the final table measure it (`runs.hypervolume`: error and parameters against the
+fixed reference point (1, 10^6 parameters), the share of that box), so runs, seeds and configs
+are comparable. Every variant asks for the same number of genotypes per generation (equal
+evaluations); the distinct networks each run evaluated are reported too.
 
     python -m modulenet_jax.benchmarks.search_ablation --config cifar10_resnet --out runs/ablation \\
-        --variants nsga2 random --seeds 0 1 2
+        --variants nsga2 random random-uniform --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -19,30 +21,30 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pymoo.indicators.hv import HV
 
 from modulenet_jax.config import load_config
+from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.base import pareto_indices
 from modulenet_jax.search.runner import Run, make_algorithm
 
-REFERENCE = (1.0, 1.1)  # (error, parameters / the largest source's)
 VARIANTS = {
     "nsga2": {},
     "random": {"algorithm": "random"},
+    "random-uniform": {"algorithm": "random", "continue_run_prob": 0.0},
     "nsga2-no-seeds": {"seed_sources": False},
     "nsga2-no-junction-bias": {"continue_run_prob": 0.0},
     "nsga2-uniform-crossover": {"crossover": "uniform"},
 }
 
 
-def hypervolume(points: np.ndarray, scale: float) -> float:
-    """Hypervolume of the (error, parameters) front of `points`, parameters divided by `scale`."""
-    front = points[pareto_indices(points)]
-    return float(HV(ref_point=np.array(REFERENCE))(np.column_stack([front[:, 0], front[:, 1] / scale])))
+def archive_hypervolume(points) -> float:
+    """`runs.hypervolume` of (error, parameters) points."""
+    return hypervolume([{"error": e, "params": p} for e, p in points], HV_REFERENCE)
 
 
-def run_variant(run: Run, config, name: str, seed: int, cache: dict, scale: float, log=print) -> dict:
-    """One search variant with one seed; per generation the archive's hypervolume."""
+def run_variant(run: Run, config, name: str, seed: int, cache: dict, log=print, save=None) -> dict:
+    """One search variant with one seed; per generation the archive's hypervolume. `cache` maps
+    a canonical genotype to its (error, parameters); `save(key, value)` is told each new one."""
     cfg = config.search.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.update(VARIANTS[name])
@@ -56,16 +58,19 @@ def run_variant(run: Run, config, name: str, seed: int, cache: dict, scale: floa
         new = {k: g for k, g in zip(keys, X) if k not in cache}
         for k, ev in zip(new, run.evaluate_many([run.space.decode(g) for g in new.values()], run.val)):
             cache[k] = (ev.error, ev.params)
+            if save is not None:
+                save(k, cache[k])
         seen.update(dict.fromkeys(keys))
         algo.tell(X, np.asarray([cache[k] for k in keys]))
-        hv = hypervolume(np.array([cache[k] for k in seen]), scale)
+        hv = archive_hypervolume([cache[k] for k in seen])
         per_generation.append({"generation": algo.generation, "asked": algo.generation * cfg.population,
                                 "distinct": len(seen), "hypervolume": hv})
         log(f"{name} seed {seed} generation {algo.generation}: hypervolume {hv:.4f} ({len(seen)} networks)")
     pts = np.array([cache[k] for k in seen])
     return {"variant": name, "seed": seed, "generations": per_generation, "hypervolume": per_generation[-1]["hypervolume"],
             "networks": len(seen), "best_accuracy": float(1 - pts[:, 0].min()),
-            "front": pts[pareto_indices(pts)].tolist(), "seconds": round(time.time() - t0, 1)}
+            "front": pts[pareto_indices(pts)].tolist(), "archive": [list(k) for k in seen],
+            "seconds": round(time.time() - t0, 1)}
 
 
 def markdown(rows: list[dict], variants) -> str:
@@ -97,7 +102,7 @@ def plot(rows: list[dict], variants, path) -> None:
         ax.plot(gens, hv.mean(0), marker="o", c=f"C{i}", label=f"{name} (mean of {len(r)} seeds)")
         ax.fill_between(gens, hv.min(0), hv.max(0), color=f"C{i}", alpha=0.2)
     ax.set(xlabel="generation (equal genotypes asked per generation)", ylabel="hypervolume of the validation front",
-           title=f"reference point: error {REFERENCE[0]}, params {REFERENCE[1]} x largest source")
+           title=f"reference point: error {HV_REFERENCE[0]}, {HV_REFERENCE[1]:,} parameters")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -108,26 +113,40 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cifar10_resnet", help="a packaged config's name or a .py file")
     p.add_argument("--set", nargs="*", default=())
-    p.add_argument("--variants", nargs="+", default=["nsga2", "random"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["nsga2", "random", "random-uniform"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/ablation")
     args = p.parse_args(argv)
     config = load_config(args.config, args.set)
     run = Run.from_config(config)
-    scale = max(sum(r.params_count for r in run.kb.modules_of(s)) for s in run.kb.sources)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "ablation.json"
-    rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []  # resumes: finished runs are kept
-    cache: dict = {}
+    saved, evaluations = out / "ablation.json", out / "evaluations.jsonl"
+    setting = {"config": args.config, "config_overrides": list(args.set), "reference_point": list(HV_REFERENCE)}
+    rows = []
+    if saved.is_file():  # resumes: finished runs and every evaluated network are kept
+        before = json.loads(saved.read_text())
+        if {k: before.get(k) for k in setting} != setting:
+            raise SystemExit(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
+                             f"give another --out")
+        rows = before["rows"]
+    cache = {}
+    if evaluations.is_file():
+        for line in evaluations.read_text().splitlines():
+            r = json.loads(line)
+            cache[tuple(r["canonical"])] = (r["error"], r["params"])
+
+    def save(key, value):
+        with evaluations.open("a") as f:
+            f.write(json.dumps({"canonical": list(key), "error": value[0], "params": value[1]}) + "\n")
+
     t0 = time.time()
     for seed in args.seeds:  # seed by seed, every variant: an interrupted comparison stays balanced
         for name in args.variants:
             if any(r["variant"] == name and r["seed"] == seed for r in rows):
                 continue
-            rows.append(run_variant(run, config, name, seed, cache, scale))
-            saved.write_text(json.dumps({"config": args.config, "config_overrides": list(args.set),
-                                         "reference_point": REFERENCE, "rows": rows}, indent=1))
+            rows.append(run_variant(run, config, name, seed, cache, save=save))
+            saved.write_text(json.dumps({**setting, "rows": rows}, indent=1))
     table = markdown(rows, args.variants)
     (out / "ablation.md").write_text(f"{table}\n\nWall time of this invocation: {time.time() - t0:.0f} s.\n")
     plot(rows, args.variants, out / "ablation.png")

@@ -197,7 +197,7 @@ FIELDS = (
     Field("search.crossover_prob", number(0, 1), REQUIRED, "probability of crossover"),
     Field("search.mutation_prob", optional(number(0, 1)), REQUIRED, "per gene (None: 1 / number of genes)"),
     Field("search.continue_run_prob", number(0, 1), REQUIRED,
-          "a mutated block gene continues its predecessor's run (fewer junctions)"),
+          "a sampled or mutated block gene continues its predecessor's run (fewer junctions; 0: uniform sampling)"),
     Field("final.split", one_of(*FINAL_SPLITS), REQUIRED, "the final table's split (`final`: the odd test positions)"),
     Field("final.size", optional(integer(1)), REQUIRED, "its class-balanced subset (None: all)"),
     Field("final.finetune.epochs", integer(0), 0,

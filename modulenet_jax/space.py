@@ -166,9 +166,20 @@ class IntegerGenotypes:
             return False
         return True
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A uniformly random genotype (each gene uniform in its bounds, then repaired)."""
-        return self.repair(rng.integers(self.lower, self.upper + 1))
+    def sample(self, rng: np.random.Generator, continue_run_prob: float = 0.0) -> np.ndarray:
+        """A random genotype: each gene uniform in its bounds, then repaired. With
+        `continue_run_prob` > 0, each block gene (in order) instead continues its predecessor's
+        run with that probability where it can: fewer junctions, as a source's own runs have.
+        At 0 the draw is uniform and takes exactly the random numbers it always took."""
+        g = self.repair(rng.integers(self.lower, self.upper + 1))
+        if continue_run_prob <= 0:
+            return g
+        keep = rng.random(self.num_genes) < continue_run_prob
+        for i in np.flatnonzero(keep):
+            value = self.continue_run_value(g, i)
+            if value is not None:
+                g[i] = value
+        return self.repair(g)
 
 
 def _is_transition(r: ModuleRecord) -> bool:
@@ -342,9 +353,17 @@ class SearchSpace(IntegerGenotypes):
     def continue_run_value(self, genotype, gene_index: int) -> int | None:
         """The value of gene `gene_index` that makes its block continue its predecessor's run
         (the block that follows the previous position's block in that block's own source), or
-        None where there is none (position 0, a stage taken whole, or a source's last block)."""
+        None where there is none (a stage taken whole, a source's last block; at position 0 of a
+        stage, unless the module before it, the stem or the previous stage's last block, is its
+        source's last one before that stage)."""
         gene = self.genes[gene_index]
-        if gene.kind != "choice" or gene.position == 0 or self.granularity == "stage":
+        if gene.kind != "choice" or self.granularity == "stage":
+            return None
+        if gene.position == 0:
+            before = self._module_before_stage(self.repair(genotype), gene.stage)
+            for i, rec in enumerate(self.first_choices[gene.stage]):
+                if self.kb.predecessor(rec.id) == before.id:
+                    return self.sources.index(rec.source) if self.granularity == "run" else i
             return None
         prev = int(genotype[gene_index - 1])
         if self.granularity == "run":
@@ -357,6 +376,19 @@ class SearchSpace(IntegerGenotypes):
         if i + 1 >= len(nxt):
             return None
         return self.other_choices[gene.stage].index(nxt[i + 1])
+
+    def _module_before_stage(self, genotype, stage: int) -> ModuleRecord:
+        """The module that feeds position 0 of `stage` in a valid genotype: the stem, or the
+        previous stage's last block."""
+        if stage == 1:
+            return self.stems[int(genotype[0])]
+        for s, depth, choices in self._stage_genes(genotype):
+            if s == stage - 1:
+                p = depth - 1
+                if self.granularity == "run":
+                    return self.blocks[s][self.sources[choices[p]]][p]
+                return (self.first_choices[s] if p == 0 else self.other_choices[s])[choices[p]]
+        raise ValueError(f"no stage {stage}")
 
     # -- size -----------------------------------------------------------------------------
 

@@ -129,6 +129,23 @@ def test_mutation_towards_fewer_junctions(tiny_kb):
     assert np.mean(biased) < np.mean(plain)
 
 
+@pytest.mark.parametrize("granularity", ["run", "block"])
+def test_sampling_towards_fewer_junctions(tiny_kb, granularity):
+    """`sample` with continue_run_prob: fewer junctions, always valid; at 0 it is the uniform draw
+    it always was (the same random numbers, so earlier seeds give the same networks)."""
+    space = SearchSpace(tiny_kb, granularity)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(20):
+        assert np.array_equal(space.sample(rng_a), space.repair(rng_b.integers(space.lower, space.upper + 1)))
+    rng = np.random.default_rng(0)
+    junctions = {}
+    for q in (0.0, 1.0):
+        samples = [space.sample(rng, q) for _ in range(200)]
+        assert all(space.is_valid(g) for g in samples)
+        junctions[q] = np.mean([space.decode(g).num_junctions(tiny_kb) for g in samples])
+    assert junctions[1.0] < junctions[0.0]
+
+
 def test_depth_mutation_steps_to_a_neighbour(tiny_kb):
     """A mutated depth moves by one block (within its bounds), whatever the other genes do."""
     rng = np.random.default_rng(0)

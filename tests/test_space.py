@@ -101,6 +101,25 @@ def test_continue_run_value_continues_the_source(tiny_kb):
     assert space.decode(g) == Architecture.of_source(tiny_kb, "cifar_resnet14")
 
 
+@pytest.mark.parametrize("granularity", ["run", "block"])
+def test_every_gene_of_a_source_continues_its_run(tiny_kb, granularity):
+    """A source has no junction, so each of its active block genes, the first of a stage
+    included, is the value that continues the run; a truncated stage leaves the next stage's
+    first block with nothing to continue."""
+    space = SearchSpace(tiny_kb, granularity)
+    for source in space.sources:
+        g = space.encode_source(source)
+        active = [i for i, gene in enumerate(space.genes)
+                  if gene.kind == "choice" and gene.position < g[[j for j, d in enumerate(space.genes)
+                                                                   if d.kind == "depth" and d.stage == gene.stage][0]]]
+        assert [space.continue_run_value(g, i) for i in active] == [int(g[i]) for i in active]
+    g = space.encode_source("cifar_resnet14")
+    stage1_depth = [i for i, gene in enumerate(space.genes) if gene.name == "stage1.depth"][0]
+    g[stage1_depth] = 1
+    stage2_first = [i for i, gene in enumerate(space.genes) if gene.name == "stage2.pos0"][0]
+    assert space.continue_run_value(g, stage2_first) is None
+
+
 def test_unknown_source_and_granularity(tiny_kb):
     with pytest.raises(ValueError, match="granularity"):
         SearchSpace(tiny_kb, "layers")

@@ -4,7 +4,8 @@ Non-dominated sorting and crowding distance come from pymoo; selection is a bina
 tournament on (front, crowding), variation is crossover (per stage by default, or per gene) plus
 random-reset mutation (optionally biased towards continuing runs, i.e. fewer junctions), survival keeps the best
 fronts of parents + offspring and cuts the last front by crowding distance. The initial
-population can be seeded with the source models themselves.
+population can be seeded with the source models themselves; the rest of it is sampled with the
+same bias towards continuing runs as the mutation.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class NSGA2(SearchAlgorithm):
                 self.seen.add(key)
                 pop.append(g)
         while len(pop) < self.population_size:
-            pop.append(self._unique(lambda: self.space.sample(self.rng)))
+            pop.append(self._unique(lambda: self.space.sample(self.rng, self.continue_run_prob)))
         return np.stack(pop)
 
     def _offspring(self) -> np.ndarray:

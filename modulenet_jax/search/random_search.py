@@ -10,13 +10,15 @@ from modulenet_jax.space import SearchSpace
 
 class RandomSearch(SearchAlgorithm):
     """Each batch is `batch_size` distinct, never-asked random networks; the first batch
-    starts with the seeds (the source models) when given, as NSGA-II's does."""
+    starts with the seeds (the source models) when given, as NSGA-II's does. Sampled as
+    NSGA-II samples its initial population: `continue_run_prob` 0 is uniform over the genes."""
 
     name = "random"
 
     def __init__(self, space: SearchSpace, batch_size: int, seed: int, *,
-                 initial: tuple[np.ndarray, ...] = ()):
+                 initial: tuple[np.ndarray, ...] = (), continue_run_prob: float = 0.0):
         self.space = space
+        self.continue_run_prob = continue_run_prob
         self.batch_size = batch_size
         self.initial = [space.repair(g) for g in initial]
         self.rng = np.random.default_rng(seed)
@@ -40,7 +42,7 @@ class RandomSearch(SearchAlgorithm):
                     self.seen.add(self.space.canonical(g))
                     batch.append(g)
         while len(batch) < self.batch_size:
-            batch.append(unseen(lambda: self.space.sample(self.rng), self.space.canonical, self.seen))
+            batch.append(unseen(lambda: self.space.sample(self.rng, self.continue_run_prob), self.space.canonical, self.seen))
         self.pending = np.stack(batch)
         return self.pending.copy()
 

@@ -68,7 +68,7 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
         return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
                      mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob,
                      crossover=cfg.crossover)
-    return RandomSearch(space, cfg.population, seed, initial=initial)
+    return RandomSearch(space, cfg.population, seed, initial=initial, continue_run_prob=cfg.continue_run_prob)
 
 
 def load_knowledge(cfg, progress: Progress = NO_PROGRESS) -> KnowledgeBase:
