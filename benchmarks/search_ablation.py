@@ -31,6 +31,7 @@ VARIANTS = {
     "nsga2": {},
     "random": {"algorithm": "random"},
     "random-uniform": {"algorithm": "random", "continue_run_prob": 0.0},
+    "nsga2-immigrants": {"immigrants": 3},
     "nsga2-no-seeds": {"seed_sources": False},
     "nsga2-no-junction-bias": {"continue_run_prob": 0.0},
     "nsga2-uniform-crossover": {"crossover": "uniform"},

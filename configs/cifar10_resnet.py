@@ -70,6 +70,7 @@ def get_config():
     c.search.crossover_prob = 0.9
     c.search.mutation_prob = ml_collections.FieldReference(None, field_type=float)
     c.search.continue_run_prob = 0.5
+    c.search.immigrants = 0                # fresh samples among each generation's offspring
 
     c.final = ml_collections.ConfigDict()
     c.final.split = "final"

@@ -129,6 +129,26 @@ def test_mutation_towards_fewer_junctions(tiny_kb):
     assert np.mean(biased) < np.mean(plain)
 
 
+def test_nsga2_immigrants_are_fresh_samples(tiny_kb, monkeypatch):
+    """With `immigrants` k, the first k offspring of a generation are drawn by the sampler (as
+    the initial population is), the rest by crossover and mutation; k must leave room for them."""
+    from modulenet_jax.errors import UserError
+
+    space = SearchSpace(tiny_kb, "run")
+    with pytest.raises(UserError, match=r"search.immigrants must be at least 0 and below search.population \(6\)"):
+        NSGA2(space, 6, 0, immigrants=6)
+    algo = NSGA2(space, 6, 0, initial=tuple(space.encode_source(s) for s in space.sources), immigrants=2,
+                 continue_run_prob=0.5)
+    X = algo.ask()
+    algo.tell(X, _objectives(space, X))
+    sampled = []
+    sample = space.sample
+    monkeypatch.setattr(space, "sample", lambda rng, q=0.0: sampled.append(sample(rng, q)) or sampled[-1])
+    Y = algo.ask()
+    assert len(Y) == 6 and len(sampled) >= 2
+    assert all(any(np.array_equal(y, s) for s in sampled) for y in Y[:2])
+
+
 @pytest.mark.parametrize("granularity", ["run", "block"])
 def test_sampling_towards_fewer_junctions(tiny_kb, granularity):
     """`sample` with continue_run_prob: fewer junctions, always valid; at 0 it is the uniform draw

@@ -5,7 +5,10 @@ tournament on (front, crowding), variation is crossover (per stage by default, o
 random-reset mutation (optionally biased towards continuing runs, i.e. fewer junctions), survival keeps the best
 fronts of parents + offspring and cuts the last front by crowding distance. The initial
 population can be seeded with the source models themselves; the rest of it is sampled with the
-same bias towards continuing runs as the mutation.
+same bias towards continuing runs as the mutation. Optionally, each generation's offspring
+include `immigrants` fresh samples drawn as the initial population is (random immigrants,
+Grefenstette 1992): they keep reaching parts of the space, such as the smallest networks, that
+selection and small mutations get to slowly.
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ class NSGA2(SearchAlgorithm):
 
     def __init__(self, space: SearchSpace, population_size: int, seed: int, *,
                  initial: tuple[np.ndarray, ...] = (), crossover_prob: float = 0.9,
-                 mutation_prob: float | None = None, continue_run_prob: float = 0.0, crossover: str = "stage"):
+                 mutation_prob: float | None = None, continue_run_prob: float = 0.0, crossover: str = "stage",
+                 immigrants: int = 0):
         if crossover not in CROSSOVERS:
             raise UserError(f"search.crossover must be one of {CROSSOVERS}, got {crossover!r}")
         if population_size < 2:
             raise UserError(f"search.population must be at least 2, got {population_size}")
+        if not 0 <= immigrants < population_size:
+            raise UserError(f"search.immigrants must be at least 0 and below search.population ({population_size}), "
+                            f"got {immigrants}")
         if len(initial) > population_size:
             raise UserError(f"{len(initial)} source models do not fit a population of {population_size}; raise "
                             f"search.population or set search.seed_sources=False")
@@ -52,6 +59,7 @@ class NSGA2(SearchAlgorithm):
         self.crossover = crossover
         self.mutation_prob = mutation_prob if mutation_prob is not None else 1.0 / space.num_genes
         self.continue_run_prob = continue_run_prob
+        self.immigrants = immigrants
         self.initial = [space.repair(g) for g in initial]
         self.rng = np.random.default_rng(seed)
         self.pop_X: np.ndarray | None = None
@@ -76,12 +84,15 @@ class NSGA2(SearchAlgorithm):
                 self.seen.add(key)
                 pop.append(g)
         while len(pop) < self.population_size:
-            pop.append(self._unique(lambda: self.space.sample(self.rng, self.continue_run_prob)))
+            pop.append(self._sample())
         return np.stack(pop)
+
+    def _sample(self) -> np.ndarray:
+        return self._unique(lambda: self.space.sample(self.rng, self.continue_run_prob))
 
     def _offspring(self) -> np.ndarray:
         rank, crowd = rank_and_crowding(self.pop_F)
-        children: list[np.ndarray] = []
+        children = [self._sample() for _ in range(self.immigrants)]
         while len(children) < self.population_size:
             a, b = binary_tournament(rank, crowd, 2, self.rng)
 
