@@ -148,6 +148,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
     it kept and the command that resumes it); that command finishes the run as if uninterrupted."""
     out = tmp_path / "run"
     args = ["search", "--config", "cifar10_resnet", "--out", str(out), "--set", *SMALL,
+            "search.generations=8",  # generations left to interrupt even when a loaded machine polls late
             f"knowledge.path={tiny_files / 'kb'}", f"data.source={tiny_files / 'tiny.npz'}"]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
@@ -165,7 +166,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
     last = err.splitlines()[-1]
     assert "Traceback" not in err and last.startswith(f"modulenet search: interrupted: {out} keeps "), err
     kept, _, command = last.partition("; resume with: ")
-    assert re.search(r"keeps \d+ evaluated networks and [12] finished generations?$", kept), kept
+    assert re.search(r"keeps \d+ evaluated networks and [1-7] finished generations?$", kept), kept
     resume = shlex.split(command)
     assert resume[:2] == ["modulenet", "search"] and "--restart" not in resume
     assert main(resume[1:] + ["--quiet"]) == 0
