@@ -152,8 +152,12 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
             f"knowledge.path={tiny_files / 'kb'}", f"data.source={tiny_files / 'tiny.npz'}"]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    def deliverable():  # a test worker's threads may block or ignore SIGINT, and a child inherits both
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "modulenet_jax.cli", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=deliverable)
     history = out / "history.jsonl"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
