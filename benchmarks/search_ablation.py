@@ -119,7 +119,6 @@ def main(argv=None):
     p.add_argument("--out", default="runs/ablation")
     args = p.parse_args(argv)
     config = load_config(args.config, args.set)
-    run = Run.from_config(config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved, evaluations = out / "ablation.json", out / "evaluations.jsonl"
@@ -128,14 +127,15 @@ def main(argv=None):
     if saved.is_file():  # resumes: finished runs and every evaluated network are kept
         before = json.loads(saved.read_text())
         if {k: before.get(k) for k in setting} != setting:
-            raise SystemExit(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
-                             f"give another --out")
+            p.error(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
+                    f"give another --out")
         rows = before["rows"]
     cache = {}
     if evaluations.is_file():
         for line in evaluations.read_text().splitlines():
             r = json.loads(line)
             cache[tuple(r["canonical"])] = (r["error"], r["params"])
+    run = Run.from_config(config)  # after the folder is checked: a refused resume builds nothing
 
     def save(key, value):
         with evaluations.open("a") as f:

@@ -379,16 +379,9 @@ class SearchSpace(IntegerGenotypes):
 
     def _module_before_stage(self, genotype, stage: int) -> ModuleRecord:
         """The module that feeds position 0 of `stage` in a valid genotype: the stem, or the
-        previous stage's last block."""
-        if stage == 1:
-            return self.stems[int(genotype[0])]
-        for s, depth, choices in self._stage_genes(genotype):
-            if s == stage - 1:
-                p = depth - 1
-                if self.granularity == "run":
-                    return self.blocks[s][self.sources[choices[p]]][p]
-                return (self.first_choices[s] if p == 0 else self.other_choices[s])[choices[p]]
-        raise ValueError(f"no stage {stage}")
+        previous stage's last block (read off the decoded network)."""
+        depths = [depth for _, depth, _ in self._stage_genes(genotype)]
+        return self.kb.record(self.decode(genotype).modules[sum(depths[:stage - 1])])
 
     # -- size -----------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ class RandomSearch(SearchAlgorithm):
                     self.seen.add(self.space.canonical(g))
                     batch.append(g)
         while len(batch) < self.batch_size:
-            batch.append(unseen(lambda: self.space.sample(self.rng, self.continue_run_prob), self.space.canonical, self.seen))
+            batch.append(unseen(lambda: self.space.sample(self.rng, self.continue_run_prob), self.space.canonical,
+                                self.seen))
         self.pending = np.stack(batch)
         return self.pending.copy()
 
