@@ -1,16 +1,23 @@
 """Does the search beat random sampling, and what helps it? Each search variant (NSGA-II as
 configured, random search sampling as NSGA-II's initial population does, uniform random search,
-NSGA-II without source seeds, without the junction bias, with uniform crossover) runs for the
-config's generations with several seeds, all with one evaluator and one shared fitness cache (a
-network is evaluated once whatever variant asks for it). The score after every generation is the
+NSGA-II with random immigrants, without shrink offspring, without source seeds, without the
+junction bias, with uniform crossover) runs for the config's generations with several seeds, all
+with one evaluator and one shared fitness cache (a network is evaluated once whatever variant
+asks for it). The score after every generation is the
 hypervolume of the validation front of every network evaluated so far, as `modulenet runs
 compare` and the final table measure it (`runs.hypervolume`: error and parameters against the
 fixed reference point (1, 10^6 parameters), the share of that box), so runs, seeds and configs
 are comparable. Every variant asks for the same number of genotypes per generation (equal
 evaluations); the distinct networks each run evaluated are reported too.
 
+With `--final`, each run also gets what `modulenet search` would put in its final table: the
+found networks' own validation front (sources left out) and the sources, evaluated on the
+config's final split (each network once, kept in final_evaluations.jsonl), and it reports how
+many of those found networks no source dominates at or above the smallest source's accuracy, and
+the final split's hypervolume with and without them: the make-search target, over seeds.
+
     python -m modulenet_jax.benchmarks.search_ablation --config cifar10_resnet --out runs/ablation \\
-        --variants nsga2 random random-uniform --seeds 0 1 2
+        --variants nsga2 nsga2-no-shrink random random-uniform --seeds 0 1 2 --final
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from modulenet_jax.config import load_config
+from modulenet_jax.data import protocol_split
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.base import pareto_indices
-from modulenet_jax.search.runner import Run, make_algorithm
+from modulenet_jax.search.runner import Run, dominated_by, make_algorithm
 
 VARIANTS = {
     "nsga2": {},
     "random": {"algorithm": "random"},
     "random-uniform": {"algorithm": "random", "continue_run_prob": 0.0},
     "nsga2-immigrants": {"immigrants": 3},
+    "nsga2-no-shrink": {"shrink_prob": 0.0},
     "nsga2-no-seeds": {"seed_sources": False},
     "nsga2-no-junction-bias": {"continue_run_prob": 0.0},
     "nsga2-uniform-crossover": {"crossover": "uniform"},
@@ -68,21 +77,58 @@ def run_variant(run: Run, config, name: str, seed: int, cache: dict, log=print, 
                                 "distinct": len(seen), "hypervolume": hv})
         log(f"{name} seed {seed} generation {algo.generation}: hypervolume {hv:.4f} ({len(seen)} networks)")
     pts = np.array([cache[k] for k in seen])
-    return {"variant": name, "seed": seed, "generations": per_generation, "hypervolume": per_generation[-1]["hypervolume"],
+    return {"variant": name, "seed": seed, "generations": per_generation,
+            "hypervolume": per_generation[-1]["hypervolume"],
             "networks": len(seen), "best_accuracy": float(1 - pts[:, 0].min()),
             "front": pts[pareto_indices(pts)].tolist(), "archive": [list(k) for k in seen],
             "seconds": round(time.time() - t0, 1)}
 
 
+def final_outcome(run: Run, config, row: dict, cache: dict, final_cache: dict, save=None) -> dict:
+    """The run's final table as `modulenet search` makes it (the found networks' validation front
+    and the sources, on the final split), summarised: the found networks no source dominates at or
+    above the smallest source's accuracy, and the final split's hypervolume of the sources alone
+    and with the found networks. `final_cache` maps a canonical genotype to its (accuracy,
+    parameters) on the final split; `save(key, value)` is told each new one."""
+    space = run.space
+    sources = {space.canonical(space.encode_source(s)): s for s in space.sources if space.fits_source(s)}
+    found = [tuple(k) for k in row["archive"] if tuple(k) not in sources]
+    front = [found[i] for i in pareto_indices(np.array([cache[k] for k in found]))]
+    todo = [k for k in [*sources, *front] if k not in final_cache]
+    final = protocol_split(run.dataset, config.final.split, config.final.size)
+    for k, ev in zip(todo, run.evaluate_many([space.decode(np.array(k)) for k in todo], final)):
+        final_cache[k] = (ev.accuracy, ev.params)
+        if save is not None:
+            save(k, final_cache[k])
+    as_row = (lambda k, name: {"name": name, "final_accuracy": final_cache[k][0], "params": final_cache[k][1]})
+    source_rows = [as_row(k, name) for k, name in sources.items()]
+    found_rows = [as_row(k, f"front{i}") for i, k in enumerate(sorted(front, key=lambda k: cache[k][1]))]
+    floor = min(source_rows, key=lambda r: r["params"])["final_accuracy"]
+    free = [r for r in found_rows if r["final_accuracy"] >= floor and not dominated_by(r, source_rows)]
+    points = (lambda rows: [{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows])
+    return {"final_free": [[r["params"], r["final_accuracy"]] for r in free],
+            "final_hypervolume_sources": hypervolume(points(source_rows)),
+            "final_hypervolume": hypervolume(points(source_rows + found_rows)), "final_front_size": len(found_rows)}
+
+
 def markdown(rows: list[dict], variants) -> str:
+    final = any("final_free" in x for x in rows)
     lines = ["| variant | seeds | hypervolume after the last generation (mean) | per seed | distinct networks "
-             "(mean) | best val accuracy |", "| --- | ---: | ---: | --- | ---: | ---: |"]
+             "(mean) | best val accuracy |" + (" final: found networks no source dominates, at or above the "
+                                               "smallest source (per seed) | final hypervolume (per seed) |"
+                                               if final else ""),
+             "| --- | ---: | ---: | --- | ---: | ---: |" + (" --- | --- |" if final else "")]
     for name in variants:
         r = [x for x in rows if x["variant"] == name]
         if r:
+            extra = ""
+            if final:
+                extra = (" " + ", ".join(str(len(x["final_free"])) if "final_free" in x else "-" for x in r) + " | "
+                         + ", ".join(f"{x['final_hypervolume']:.4f}" if "final_free" in x else "-" for x in r) + " |")
             lines.append(f"| {name} | {len(r)} | {np.mean([x['hypervolume'] for x in r]):.4f} | "
                          + ", ".join(f"{x['hypervolume']:.4f}" for x in r)
-                         + f" | {np.mean([x['networks'] for x in r]):.1f} | {max(x['best_accuracy'] for x in r):.3f} |")
+                         + f" | {np.mean([x['networks'] for x in r]):.1f} | {max(x['best_accuracy'] for x in r):.3f} |"
+                         + extra)
     return "\n".join(lines)
 
 
@@ -110,18 +156,34 @@ def plot(rows: list[dict], variants, path) -> None:
     plt.close(fig)
 
 
+def read_cache(path: Path, measure: str) -> dict:
+    """canonical genotype -> (measure, parameters), from a JSON-lines file (empty if none)."""
+    if not path.is_file():
+        return {}
+    return {tuple(r["canonical"]): (r[measure], r["params"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def append_cache(path: Path, measure: str, key, value) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps({"canonical": list(key), measure: value[0], "params": value[1]}) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cifar10_resnet", help="a packaged config's name or a .py file")
     p.add_argument("--set", nargs="*", default=())
-    p.add_argument("--variants", nargs="+", default=["nsga2", "random", "random-uniform"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["nsga2", "nsga2-no-shrink", "random", "random-uniform"],
+                   choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--final", action="store_true",
+                   help="also evaluate each run's final table (found networks' front and sources) on the final split")
     args = p.parse_args(argv)
     config = load_config(args.config, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved, evaluations = out / "ablation.json", out / "evaluations.jsonl"
+    final_evaluations = out / "final_evaluations.jsonl"
     setting = {"config": args.config, "config_overrides": list(args.set), "reference_point": list(HV_REFERENCE)}
     rows = []
     if saved.is_file():  # resumes: finished runs and every evaluated network are kept
@@ -130,16 +192,11 @@ def main(argv=None):
             p.error(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
                     f"give another --out")
         rows = before["rows"]
-    cache = {}
-    if evaluations.is_file():
-        for line in evaluations.read_text().splitlines():
-            r = json.loads(line)
-            cache[tuple(r["canonical"])] = (r["error"], r["params"])
+    cache = read_cache(evaluations, "error")
+    final_cache = read_cache(final_evaluations, "accuracy")
     run = Run.from_config(config)  # after the folder is checked: a refused resume builds nothing
-
-    def save(key, value):
-        with evaluations.open("a") as f:
-            f.write(json.dumps({"canonical": list(key), "error": value[0], "params": value[1]}) + "\n")
+    save = (lambda key, value: append_cache(evaluations, "error", key, value))
+    save_final = (lambda key, value: append_cache(final_evaluations, "accuracy", key, value))
 
     t0 = time.time()
     for seed in args.seeds:  # seed by seed, every variant: an interrupted comparison stays balanced
@@ -148,6 +205,11 @@ def main(argv=None):
                 continue
             rows.append(run_variant(run, config, name, seed, cache, save=save))
             saved.write_text(json.dumps({**setting, "rows": rows}, indent=1))
+    if args.final:
+        for row in rows:
+            if row["variant"] in args.variants and row["seed"] in args.seeds and "archive" in row:
+                row.update(final_outcome(run, config, row, cache, final_cache, save_final))
+        saved.write_text(json.dumps({**setting, "rows": rows}, indent=1))
     table = markdown(rows, args.variants)
     (out / "ablation.md").write_text(f"{table}\n\nWall time of this invocation: {time.time() - t0:.0f} s.\n")
     plot(rows, args.variants, out / "ablation.png")

@@ -71,6 +71,7 @@ def get_config():
     c.search.mutation_prob = ml_collections.FieldReference(None, field_type=float)
     c.search.continue_run_prob = 0.5
     c.search.immigrants = 0                # fresh samples among each generation's offspring
+    c.search.shrink_prob = 0.25            # offspring that are a parent one block shorter (docs/RESULTS.md §5)
 
     c.final = ml_collections.ConfigDict()
     c.final.split = "final"

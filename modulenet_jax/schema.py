@@ -198,6 +198,8 @@ FIELDS = (
     Field("search.mutation_prob", optional(number(0, 1)), REQUIRED, "per gene (None: 1 / number of genes)"),
     Field("search.immigrants", integer(0), 0, "NSGA-II: fresh samples among each generation's offspring "
           "(random immigrants; below search.population)"),
+    Field("search.shrink_prob", number(0, 1), 0.0, "NSGA-II: share of offspring that are a tournament winner "
+          "with one stage one block shorter"),
     Field("search.continue_run_prob", number(0, 1), REQUIRED,
           "a sampled or mutated block gene continues its predecessor's run (fewer junctions; 0: uniform sampling)"),
     Field("final.split", one_of(*FINAL_SPLITS), REQUIRED, "the final table's split (`final`: the odd test positions)"),

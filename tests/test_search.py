@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.search import NSGA2, FitnessError, RandomSearch, crowding_distance, non_dominated_fronts, survive
-from modulenet_jax.search.operators import binary_tournament, depth_step, mutate
+from modulenet_jax.search.operators import binary_tournament, depth_step, mutate, shrink
 from modulenet_jax.space import SearchSpace
 
 
@@ -150,6 +150,51 @@ def test_nsga2_immigrants_are_fresh_samples(tiny_kb, monkeypatch):
 
 
 @pytest.mark.parametrize("granularity", ["run", "block"])
+def test_shrink_drops_the_last_block_of_one_stage(tiny_kb, granularity):
+    """`shrink`: one depth gene one lower, nothing else changed, so the network is its parent
+    without the last block of one stage; None when every stage is at its minimum depth."""
+    space = SearchSpace(tiny_kb, granularity)
+    rng = np.random.default_rng(0)
+    depth_genes = [i for i, g in enumerate(space.genes) if g.kind == "depth"]
+    shrunk = 0
+    for source in space.sources:
+        parent = space.encode_source(source)
+        if all(parent[i] == space.lower[i] for i in depth_genes):
+            assert shrink(parent, space, rng) is None
+            continue
+        shrunk += 1
+        for _ in range(10):
+            child = shrink(parent, space, rng)
+            changed = np.flatnonzero(child != parent)
+            assert len(changed) == 1 and changed[0] in depth_genes and child[changed[0]] == parent[changed[0]] - 1
+            big, small = space.decode(parent).modules, space.decode(child).modules
+            assert len(small) == len(big) - 1 and set(small) < set(big)
+    assert shrunk == 1  # resnet14; resnet8 has one block per stage
+    shallowest = space.repair(np.where([g.kind == "depth" for g in space.genes], space.lower, space.upper))
+    assert shrink(shallowest, space, rng) is None
+
+
+def test_nsga2_shrink_offspring_are_parents_one_block_shorter(tiny_kb):
+    """With shrink_prob 1 every offspring is a population member with one stage one block
+    shorter, never asked before; the probability is checked."""
+    from modulenet_jax.errors import UserError
+
+    space = SearchSpace(tiny_kb, "run")
+    with pytest.raises(UserError, match="search.shrink_prob must be between 0 and 1, got 1.5"):
+        NSGA2(space, 6, 0, shrink_prob=1.5)
+    algo = NSGA2(space, 6, 0, initial=tuple(space.encode_source(s) for s in space.sources), shrink_prob=1.0)
+    X = algo.ask()
+    algo.tell(X, _objectives(space, X))
+    parents = [space.decode(g).modules for g in algo.pop_X]
+    Y = algo.ask()
+    asked = {space.canonical(g) for g in X}
+    for y in Y:
+        child = space.decode(y).modules
+        assert space.canonical(y) not in asked
+        assert any(len(child) == len(p) - 1 and set(child) < set(p) for p in parents)
+
+
+@pytest.mark.parametrize("granularity", ["run", "block"])
 def test_sampling_towards_fewer_junctions(tiny_kb, granularity):
     """`sample` with continue_run_prob: fewer junctions, always valid; at 0 it is the uniform draw
     it always was (the same random numbers, so earlier seeds give the same networks)."""
@@ -173,6 +218,7 @@ def test_depth_mutation_steps_to_a_neighbour(tiny_kb):
     assert {depth_step(2, 1, 4, rng) for _ in range(50)} == {1, 3}
     space = SearchSpace(tiny_kb, "run")
     depth_genes = [i for i, g in enumerate(space.genes) if g.kind == "depth"]
+    shrunk = 0
     for source in space.sources:
         g0 = space.encode_source(source)
         for _ in range(20):

@@ -1,11 +1,14 @@
 """The search ablation's score: the hypervolume of the archive's front with a fixed reference
-point, per generation, for NSGA-II and random search at equal genotypes asked."""
+point, per generation, for NSGA-II and random search at equal genotypes asked; and each run's
+final-split outcome, the one `modulenet search` writes in its final table."""
 
 import numpy as np
 import pytest
 
-from modulenet_jax.benchmarks.search_ablation import archive_hypervolume, markdown, run_variant
-from modulenet_jax.runs import HV_REFERENCE
+from modulenet_jax.benchmarks.search_ablation import archive_hypervolume, final_outcome, markdown, run_variant
+from modulenet_jax.runs import HV_REFERENCE, hypervolume
+from modulenet_jax.search.run_folder import read_history
+from modulenet_jax.search.runner import dominated_by, final_table, search
 from tests.test_runner import _run
 
 
@@ -32,3 +35,29 @@ def test_nsga2_and_random_search_at_equal_asks(tiny_kb, tiny_dataset):
         assert [g["asked"] for g in r["generations"]] == [4, 8] and r["networks"] <= 8
     assert len(cache) <= sum(r["networks"] for r in rows)  # one evaluation per network, whoever asked first
     assert "| nsga2 | 1 |" in markdown(rows, ["nsga2", "random"])
+
+
+def test_final_outcome_is_the_search_final_table(tiny_kb, tiny_dataset, tmp_path):
+    """A variant run with the config's seed asks what `modulenet search` asks, and its final
+    outcome (found networks no source dominates at or above the smallest source, final-split
+    hypervolume) is the one the search's final table gives."""
+    run = _run(tiny_kb, tiny_dataset, ["search.population=4", "search.generations=2"])
+    table = final_table(run, search(run, tmp_path, log=lambda m: None), tmp_path, log=lambda m: None)
+    cache, final_cache, saved = {}, {}, []
+    row = run_variant(run, run.config, "nsga2", run.config.seed, cache, log=lambda m: None)
+    history = read_history(tmp_path / "history.jsonl")
+    assert {tuple(k) for k in row["archive"]} == {tuple(h["canonical"]) for h in history}
+    out = final_outcome(run, run.config, row, cache, final_cache, save=lambda k, v: saved.append(k))
+    sources = [r for r in table if r["kind"] == "source"]
+    found = [r for r in table if r["kind"] == "found"]
+    floor = min(sources, key=lambda r: r["params"])["final_accuracy"]
+    free = [[r["params"], r["final_accuracy"]] for r in found
+            if r["final_accuracy"] >= floor and not dominated_by(r, sources)]
+    assert out["final_free"] == free and out["final_front_size"] == len(found)
+    assert out["final_hypervolume"] == hypervolume([{"error": 1 - r["final_accuracy"], "params": r["params"]}
+                                                    for r in table])
+    assert out["final_hypervolume_sources"] == hypervolume([{"error": 1 - r["final_accuracy"], "params": r["params"]}
+                                                            for r in sources])
+    assert sorted(saved) == sorted(final_cache) and len(final_cache) == len(table)  # each network once
+    assert final_outcome(run, run.config, row, cache, final_cache, save=lambda k, v: saved.append(k)) == out
+    assert len(saved) == len(table)  # the second time from the cache

@@ -8,7 +8,10 @@ population can be seeded with the source models themselves; the rest of it is sa
 same bias towards continuing runs as the mutation. Optionally, each generation's offspring
 include `immigrants` fresh samples drawn as the initial population is (random immigrants,
 Grefenstette 1992): they keep reaching parts of the space, such as the smallest networks, that
-selection and small mutations get to slowly.
+selection and small mutations get to slowly. With probability `shrink_prob` an offspring is
+instead a tournament winner with one stage one block shorter (`operators.shrink`): the move from
+a network on the front, a source at first, to its cheapest neighbour, which crossover and
+per-gene mutation make rarely.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from modulenet_jax.errors import UserError
-from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, crowding_distance,
+from modulenet_jax.search.base import (MAX_DUPLICATE_TRIES, SearchAlgorithm, check_objectives, crowding_distance,
                                        non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state, unseen)
-from modulenet_jax.search.operators import CROSSOVERS, binary_tournament, mutate, stage_crossover, uniform_crossover
+from modulenet_jax.search.operators import (CROSSOVERS, binary_tournament, mutate, shrink, stage_crossover,
+                                           uniform_crossover)
 from modulenet_jax.space import SearchSpace
 
 def survive(F: np.ndarray, n: int) -> np.ndarray:
@@ -42,7 +46,7 @@ class NSGA2(SearchAlgorithm):
     def __init__(self, space: SearchSpace, population_size: int, seed: int, *,
                  initial: tuple[np.ndarray, ...] = (), crossover_prob: float = 0.9,
                  mutation_prob: float | None = None, continue_run_prob: float = 0.0, crossover: str = "stage",
-                 immigrants: int = 0):
+                 immigrants: int = 0, shrink_prob: float = 0.0):
         if crossover not in CROSSOVERS:
             raise UserError(f"search.crossover must be one of {CROSSOVERS}, got {crossover!r}")
         if population_size < 2:
@@ -50,6 +54,8 @@ class NSGA2(SearchAlgorithm):
         if not 0 <= immigrants < population_size:
             raise UserError(f"search.immigrants must be at least 0 and below search.population ({population_size}), "
                             f"got {immigrants}")
+        if not 0 <= shrink_prob <= 1:
+            raise UserError(f"search.shrink_prob must be between 0 and 1, got {shrink_prob}")
         if len(initial) > population_size:
             raise UserError(f"{len(initial)} source models do not fit a population of {population_size}; raise "
                             f"search.population or set search.seed_sources=False")
@@ -60,6 +66,7 @@ class NSGA2(SearchAlgorithm):
         self.mutation_prob = mutation_prob if mutation_prob is not None else 1.0 / space.num_genes
         self.continue_run_prob = continue_run_prob
         self.immigrants = immigrants
+        self.shrink_prob = shrink_prob
         self.initial = [space.repair(g) for g in initial]
         self.rng = np.random.default_rng(seed)
         self.pop_X: np.ndarray | None = None
@@ -94,6 +101,11 @@ class NSGA2(SearchAlgorithm):
         rank, crowd = rank_and_crowding(self.pop_F)
         children = [self._sample() for _ in range(self.immigrants)]
         while len(children) < self.population_size:
+            if self.shrink_prob > 0 and self.rng.random() < self.shrink_prob:  # no draw at 0: old runs replay
+                child = self._shrunk(rank, crowd)
+                if child is not None:
+                    children.append(child)
+                    continue
             a, b = binary_tournament(rank, crowd, 2, self.rng)
 
             def make(a=a, b=b):
@@ -105,6 +117,15 @@ class NSGA2(SearchAlgorithm):
 
             children.append(self._unique(make))
         return np.stack(children)
+
+    def _shrunk(self, rank, crowd) -> np.ndarray | None:
+        """A tournament winner one block shorter, not asked before (a few tries), else None."""
+        for _ in range(MAX_DUPLICATE_TRIES):
+            child = shrink(self.pop_X[binary_tournament(rank, crowd, 1, self.rng)[0]], self.space, self.rng)
+            if child is not None and self.space.canonical(child) not in self.seen:
+                self.seen.add(self.space.canonical(child))
+                return child
+        return None
 
     def ask(self) -> np.ndarray:
         if self.pending is None:

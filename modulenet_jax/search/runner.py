@@ -67,7 +67,8 @@ def make_algorithm(space: SearchSpace, cfg, seed: int) -> SearchAlgorithm:
     if cfg.algorithm == "nsga2":
         return NSGA2(space, cfg.population, seed, initial=initial, crossover_prob=cfg.crossover_prob,
                      mutation_prob=cfg.mutation_prob, continue_run_prob=cfg.continue_run_prob,
-                     crossover=cfg.crossover, immigrants=setting(cfg, "search.immigrants"))
+                     crossover=cfg.crossover, immigrants=setting(cfg, "search.immigrants"),
+                     shrink_prob=setting(cfg, "search.shrink_prob"))
     return RandomSearch(space, cfg.population, seed, initial=initial, continue_run_prob=cfg.continue_run_prob)
 
 
