@@ -11,7 +11,7 @@ Grefenstette 1992): they keep reaching parts of the space, such as the smallest 
 selection and small mutations get to slowly. With probability `shrink_prob` an offspring is
 instead a tournament winner with one stage one block shorter (`operators.shrink`): the move from
 a network on the front, a source at first, to its cheapest neighbour, which crossover and
-per-gene mutation make rarely.
+per-gene mutation propose less often (docs/RESULTS.md, section 5).
 """
 
 from __future__ import annotations
