@@ -16,6 +16,7 @@ import pytest
 
 from modulenet_jax.cli import main
 from modulenet_jax.data import save_bundle
+from modulenet_jax.errors import UserError
 from modulenet_jax.search.run_folder import RunFolder
 from modulenet_jax.search.runner import final_table, search
 from tests.conftest import COMPILE_CACHE, ROOT
@@ -109,6 +110,25 @@ def test_a_replacement_stopped_between_its_renames_is_repaired(tmp_path):
     old.mkdir()  # stopped after both renames, before the old run was removed
     RunFolder.check(tmp_path / "run", config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_folder_made_before_a_field_existed_resumes_under_its_default(tmp_path):
+    """A run folder whose config.json lacks a field with a default (made before the field
+    existed) is the run that default gives: a config setting the default resumes it, another
+    value is refused, naming the field and both values."""
+    from modulenet_jax.config import load_config, to_dict
+
+    from tests.test_runner import CONFIG
+
+    config = to_dict(load_config(CONFIG))
+    old = json.loads(json.dumps(config))
+    del old["search"]["shrink_prob"]
+    tmp_path.joinpath("config.json").write_text(json.dumps(old))
+    config["search"]["shrink_prob"] = 0.0
+    assert RunFolder.check(tmp_path, config) == {}
+    config["search"]["shrink_prob"] = 0.25
+    with pytest.raises(UserError, match=r"different config \(search.shrink_prob: 0.0 there, 0.25 here\)"):
+        RunFolder.check(tmp_path, config)
 
 
 def test_more_generations_extend_a_finished_search_to_the_longer_run(tiny_kb, tiny_dataset, tmp_path):

@@ -32,7 +32,7 @@ import ml_collections
 from modulenet_jax.checks import check_writable
 from modulenet_jax.config import from_dict
 from modulenet_jax.errors import UserError
-from modulenet_jax.schema import BUDGET_KEYS
+from modulenet_jax.schema import BUDGET_KEYS, BY_KEY, REQUIRED
 
 CONFIG, STATE, HISTORY, LOG = "config.json", "state.json", "history.jsonl", "log.txt"
 RESULTS = ("front.json", "front.png", "final.json", "final.md")
@@ -54,6 +54,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _with_defaults(flat: dict) -> dict:
+    """A flat config with every field it leaves out that has a default set to it: a folder made
+    before a field existed holds the run its default gives, and resumes under a config saying so."""
+    return {**{k: f.absent for k, f in BY_KEY.items() if f.absent is not REQUIRED}, **flat}
 
 
 def _read_json(path: Path, what: str):
@@ -117,7 +123,7 @@ class RunFolder:
                             f"(a new or empty folder)")
         if restart or not (path / CONFIG).is_file():
             return {}
-        there, here = _flat(_read_json(path / CONFIG, "config")), _flat(config)
+        there, here = _with_defaults(_flat(_read_json(path / CONFIG, "config"))), _with_defaults(_flat(config))
         changed = [k for k in {**there, **here} if k not in BUDGET_KEYS and there.get(k) != here.get(k)]
         if changed:
             first = changed[0]
