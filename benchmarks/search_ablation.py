@@ -33,7 +33,7 @@ from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.base import pareto_indices
-from modulenet_jax.search.runner import Run, dominated_by, make_algorithm
+from modulenet_jax.search.runner import Run, dominated_by, final_hypervolume, make_algorithm
 
 VARIANTS = {
     "nsga2": {},
@@ -93,22 +93,20 @@ def final_outcome(run: Run, config, row: dict, cache: dict, final_cache: dict, s
     space = run.space
     sources = {space.canonical(space.encode_source(s)): s for s in space.sources if space.fits_source(s)}
     found = [tuple(k) for k in row["archive"] if tuple(k) not in sources]
-    front = [found[i] for i in pareto_indices(np.array([cache[k] for k in found]))]
+    front = sorted((found[i] for i in pareto_indices(np.array([cache[k] for k in found]))), key=lambda k: cache[k][1])
     todo = [k for k in [*sources, *front] if k not in final_cache]
     final = protocol_split(run.dataset, config.final.split, config.final.size)
     for k, ev in zip(todo, run.evaluate_many([space.decode(np.array(k)) for k in todo], final)):
         final_cache[k] = (ev.accuracy, ev.params)
         if save is not None:
             save(k, final_cache[k])
-    as_row = (lambda k, name: {"name": name, "final_accuracy": final_cache[k][0], "params": final_cache[k][1]})
-    source_rows = [as_row(k, name) for k, name in sources.items()]
-    found_rows = [as_row(k, f"front{i}") for i, k in enumerate(sorted(front, key=lambda k: cache[k][1]))]
+    as_row = (lambda k: {"name": sources.get(k), "final_accuracy": final_cache[k][0], "params": final_cache[k][1]})
+    source_rows, found_rows = [as_row(k) for k in sources], [as_row(k) for k in front]
     floor = min(source_rows, key=lambda r: r["params"])["final_accuracy"]
     free = [r for r in found_rows if r["final_accuracy"] >= floor and not dominated_by(r, source_rows)]
-    points = (lambda rows: [{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows])
     return {"final_free": [[r["params"], r["final_accuracy"]] for r in free],
-            "final_hypervolume_sources": hypervolume(points(source_rows)),
-            "final_hypervolume": hypervolume(points(source_rows + found_rows)), "final_front_size": len(found_rows)}
+            "final_hypervolume_sources": final_hypervolume(source_rows),
+            "final_hypervolume": final_hypervolume(source_rows + found_rows), "final_front_size": len(found_rows)}
 
 
 def markdown(rows: list[dict], variants) -> str:

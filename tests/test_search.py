@@ -218,7 +218,6 @@ def test_depth_mutation_steps_to_a_neighbour(tiny_kb):
     assert {depth_step(2, 1, 4, rng) for _ in range(50)} == {1, 3}
     space = SearchSpace(tiny_kb, "run")
     depth_genes = [i for i, g in enumerate(space.genes) if g.kind == "depth"]
-    shrunk = 0
     for source in space.sources:
         g0 = space.encode_source(source)
         for _ in range(20):

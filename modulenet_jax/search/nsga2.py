@@ -122,8 +122,9 @@ class NSGA2(SearchAlgorithm):
         """A tournament winner one block shorter, not asked before (a few tries), else None."""
         for _ in range(MAX_DUPLICATE_TRIES):
             child = shrink(self.pop_X[binary_tournament(rank, crowd, 1, self.rng)[0]], self.space, self.rng)
-            if child is not None and self.space.canonical(child) not in self.seen:
-                self.seen.add(self.space.canonical(child))
+            key = None if child is None else self.space.canonical(child)
+            if key is not None and key not in self.seen:
+                self.seen.add(key)
                 return child
         return None
 

@@ -370,14 +370,17 @@ def markdown_table(rows: list[dict], split: str) -> str:
                      f"| {pub} | {won} |{after}")
     found = [r for r in rows if r["kind"] == "found"]
     free = [r["name"] for r in found if not dominated_by(r, sources)]
-    final = [{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows]
     lines += ["", f"Found networks no source dominates on the final split (more accurate, or as accurate with "
                   f"fewer parameters, than every source at most as large): {', '.join(free) or 'none'}.",
               f"Hypervolume of the final split's (error, parameters) front (reference: error {HV_REFERENCE[0]}, "
               f"{HV_REFERENCE[1]:,} parameters): the sources alone "
-              f"{hypervolume([f for f, r in zip(final, rows) if r['kind'] == 'source']):.4f}, "
-              f"with the found networks {hypervolume(final):.4f}."]
+              f"{final_hypervolume(sources):.4f}, with the found networks {final_hypervolume(rows):.4f}."]
     return "\n".join(lines)
+
+
+def final_hypervolume(rows: list[dict]) -> float:
+    """`runs.hypervolume` of final-table rows' (final-split error, parameters)."""
+    return hypervolume([{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows])
 
 
 def dominated_by(row: dict, sources: list[dict]) -> list[str]:
