@@ -58,6 +58,7 @@ def get_config():
     c.evaluator = ml_collections.ConfigDict()
     c.evaluator.strategy = "auto"         # fused population program on GPU/TPU, per-module calls on CPU
     c.evaluator.chunk_size = ml_collections.FieldReference(None, field_type=int)  # None: from device memory
+    c.evaluator.group = ml_collections.FieldReference(None, field_type=int)  # None: 1 on CPU, the chunk on GPU/TPU
     c.evaluator.prefix_memory_mb = 2048   # module path: most memory kept for prefixes shared by a generation
 
     c.search = ml_collections.ConfigDict()

@@ -4,25 +4,28 @@ Every network of a staged space has the same skeleton: a stem, then per stage a 
 and up to D-1 further slots. Candidate modules of one slot share their shapes, so their
 params are stacked into a *bank* and each genotype gathers its module by index. Slots past a
 network's depth pass their input through (`active`), and a stitch is used only at a junction
-(`junction`); both are exact masks, so one program serves every genotype of the space and
-`vmap` runs a population chunk at once. What no genotype of a chunk needs is not computed: a
-conditional on the chunk (`chunk_presence`, outside the vmap) skips a slot none reaches and a
-stitch where none has a junction, and populations are chunked by structure so that chunks
-share depths and junctions. Scoring runs each fitted module in its inference form, BatchNorm
+(`junction`); both are exact masks, so one program serves every genotype of the space. A
+chunk runs in groups (`by_group`): the genotypes of a group side by side (`vmap`, whose
+convolutions become grouped ones), the groups one after another (`lax.map`); a group of one
+runs plain convolutions. What no genotype of a group needs is not computed: a conditional on
+the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
+none has a junction, and populations are chunked by structure so that chunks share depths
+and junctions. Scoring runs each fitted module in its inference form, BatchNorm
 folded into the convolution (`protocol.folded`). Chunks have a fixed size (the last one
-padded), so a search compiles once. The population axis is sharded over `jax.devices()`; a chunk that runs
-out of device memory is split in half and retried.
+padded), so a search compiles once. Each of `jax.devices()` runs its share of a chunk
+(`over_devices`); a chunk that runs out of device memory is split in half and retried.
 
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
 `protocol.py`'s, scanned over the slots here; `evaluate.Evaluator` is the per-module driver
-of the same functions (best on a CPU, where vmapping over different kernels is slow), and both
-count the same correct predictions.
+of the same functions (with the prefixes a generation shares computed once), and both count
+the same correct predictions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -236,24 +239,71 @@ def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
     return jnp.sum(hits), jnp.all(finite)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes"))
-def _evaluate_chunk(layout, protocol, num_classes, banks, slots, fit_x, fit_y, images, labels, valid):
-    present = chunk_presence(protocol, slots)
+def by_group(protocol: Protocol, group: int, one: Callable, slots, *rest):
+    """`one(slots, *rest, present=...)` for every genotype of a chunk (`slots` and `rest` stacked
+    over it): `group` genotypes side by side (vmapped), the groups one after another
+    (`lax.map`), each group skipping what none of its genotypes needs (its `chunk_presence`).
+    `group` 1 runs each genotype alone, with plain convolutions and exactly its own slots and
+    stitches; the whole chunk is one vmap, whose convolutions are grouped over genotypes."""
+    n = len(slots[0])
+    if n % group:
+        raise ValueError(f"a chunk of {n} genotypes cannot run in groups of {group}")
 
-    def one(slots):
-        fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y, present)
-        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
-        return correct, finite & fit_ok
-    return jax.vmap(one)(slots)
+    def together(args):
+        s, r = args
+        present = chunk_presence(protocol, s)
+        return jax.vmap(lambda s, r: one(s, *r, present=present))(s, r)
+
+    if group == 1:
+        def alone(args):
+            s, r = args
+            return one(s, *r, present=chunk_presence(protocol, jax.tree_util.tree_map(lambda a: a[None], s)))
+
+        return jax.lax.map(alone, (slots, rest))
+    if group == n:
+        return together((slots, rest))
+    split = jax.tree_util.tree_map(lambda a: a.reshape((n // group, group) + a.shape[1:]), (slots, rest))
+    return jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), jax.lax.map(together, split))
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol"))
-def _score_chunk(layout, protocol, banks, slots, fits, heads, images, labels, valid):
-    present = chunk_presence(protocol, slots)
+def over_devices(mesh: Mesh, local: Callable, per_genotype, shared):
+    """`local(per_genotype, shared)` on each device's share of the population axis
+    (`shard_map`): `per_genotype` is split over the mesh's `pop` axis, `shared` replicated.
+    Devices do not communicate, so the replication check (`check_vma`, which asks every
+    conditional's branches to agree on it) is off."""
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("pop"), PartitionSpec()),
+                         out_specs=PartitionSpec("pop"), check_vma=False)(per_genotype, shared)
 
-    def one(slots, fits, head):
-        return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
-    return jax.vmap(one)(slots, fits, heads)
+
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "mesh"))
+def _evaluate_chunk(layout, protocol, num_classes, group, mesh, banks, slots, fit_x, fit_y, images, labels, valid):
+    def local(slots, shared):
+        banks, fit_x, fit_y, images, labels, valid = shared
+
+        def one(slots, present):
+            fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y, present)
+            correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
+            return correct, finite & fit_ok
+        return by_group(protocol, group, one, slots)
+    return over_devices(mesh, local, slots, (banks, fit_x, fit_y, images, labels, valid))
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group", "mesh"))
+def _score_chunk(layout, protocol, group, mesh, banks, slots, fits, heads, images, labels, valid):
+    def local(per_genotype, shared):
+        banks, images, labels, valid = shared
+
+        def one(slots, fits, head, present):
+            return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
+        return by_group(protocol, group, one, *per_genotype)
+    return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
+
+
+def default_group(platform: str) -> int | None:
+    """`PopulationEvaluator.group` for a platform: one genotype at a time on a CPU (measured: a
+    genotype alone, with plain convolutions and its own branches, runs faster than vmapped
+    ones), the device's whole share of the chunk elsewhere (None)."""
+    return 1 if platform == "cpu" else None
 
 
 def structure_order(slots: Sequence[tuple]) -> list[int]:
@@ -267,12 +317,15 @@ class PopulationEvaluator:
     """Scores populations of a staged space in fixed-size, vmapped, sharded chunks.
 
     `chunk_size` genotypes run per compiled call (None: chosen from the device's free memory);
-    `devices` defaults to `jax.devices()`. The per-module `Evaluator` it wraps supplies the
-    stitch targets, the normalisation and the costs.
+    on each device `group` of them side by side, the groups one after another (`by_group`;
+    None: all of the device's share, one vmap; `default_group` says what suits a platform).
+    `devices` defaults to `jax.devices()`. The per-module `Evaluator`
+    it wraps supplies the stitch targets, the normalisation and the costs.
     """
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
-                 devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None):
+                 devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None,
+                 group: int | None = None):
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
@@ -282,6 +335,9 @@ class PopulationEvaluator:
         self.layout, self.banks, self.pools = self._build_banks()
         self.chunk_size = chunk_size or self._chunk_from_memory()
         self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
+        if group is not None and group < 1:
+            raise ValueError(f"group must be a positive number of genotypes, got {group}")
+        self.group = group
         self._run_chunk: Callable = self._evaluate_chunk_on_device
 
     # -- banks ------------------------------------------------------------------------------
@@ -404,17 +460,25 @@ class PopulationEvaluator:
             arrays = multihost_utils.process_allgather(arrays, tiled=True)
         return tuple(np.asarray(jax.device_get(a)) for a in arrays)
 
+    def group_of(self, chunk: int) -> int:
+        """Genotypes side by side on a device for a chunk of `chunk`: `group` (None: all of the
+        device's share), cut to a divisor of that share."""
+        local = chunk // len(self.devices)
+        return local if self.group is None else math.gcd(local, self.group)
+
     def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, scored):
+        group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, self.banks,
-                                               slots, fit_x, fit_y, *scored))
+        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group, self.mesh,
+                                               self.banks, slots, fit_x, fit_y, *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
         stacked `heads`) on a `device_split`: the forward pass alone, one program."""
+        group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, self.banks, slots, fits, heads,
-                                                       *scored))
+        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.mesh, self.banks, slots,
+                                                       fits, heads, *scored))
         if not finite.all():
             raise EvaluationError("non-finite logits")
         return correct

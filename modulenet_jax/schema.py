@@ -184,6 +184,9 @@ FIELDS = (
           "`fused` (population program; GPU/TPU), `loop` (per-module calls; CPU), `auto` picks by device"),
     Field("evaluator.chunk_size", optional(integer(1)), None,
           "genotypes per fused call (None: from the device's free memory)"),
+    Field("evaluator.group", optional(integer(1)), None,
+          "fused path: genotypes of a chunk run side by side (vmapped), the groups one after another (None: one "
+          "on a CPU, the whole chunk on GPU/TPU)"),
     Field("evaluator.prefix_memory_mb", integer(0), PREFIX_MEMORY_MB,
           "module path: most memory kept for the states of module prefixes a generation shares (0: no sharing)"),
     Field("search.algorithm", one_of(*ALGORITHMS), REQUIRED, "`nsga2` or `random`"),

@@ -15,7 +15,7 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import PopulationEvaluator, chunk_presence, structure_order
+from modulenet_jax.population import PopulationEvaluator, by_group, chunk_presence, structure_order
 from modulenet_jax.space import Architecture, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +41,11 @@ VARIANTS = {
 }
 
 
-def _both_paths(kb, dataset, protocol):
+def _both_paths(kb, dataset, protocol, group=None):
     space, fit, archs, val = _setup(kb, dataset, protocol=protocol, n=4)
     loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
-    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop).evaluate(archs, val)
+    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group).evaluate(archs, val)
     return fused, one_by_one
 
 
@@ -55,6 +55,28 @@ def test_population_equals_one_by_one(tiny_kb, tiny_dataset, variant):
     count exactly the same correct predictions, for every head, stitch and BN setting."""
     fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]}))
     assert fused == one_by_one
+
+
+@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("logistic+stitch+from_junction", 2),
+                                           ("tuned-stitches+source", 1)])
+def test_a_chunk_in_groups_equals_one_by_one(tiny_kb, tiny_dataset, variant, group):
+    """A chunk of 4 run 1 or 2 genotypes at a time (`by_group`: the groups one after another,
+    each skipping what none of its genotypes needs) counts what the per-module path counts."""
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
+    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group)
+    assert fused == one_by_one
+
+
+def test_groups_divide_each_devices_share_of_the_chunk(tiny_kb, tiny_dataset):
+    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=0)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=12, group=8)
+    assert [pe.group_of(n) for n in (12, 6, 3)] == [4, 2, 1]
+    pe.group = None
+    assert pe.group_of(12) == 12
+    with pytest.raises(ValueError, match="positive"):
+        PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4, group=0)
+    with pytest.raises(ValueError, match="groups of 4"):
+        by_group(PROTOCOL, 4, lambda s, present: s, (np.zeros((6, 7)),) * 3)
 
 
 # One block per stage, ResNet-8 deep: no network reaches a stage's second slot of the block
@@ -78,16 +100,18 @@ def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny
                                                                                     "cifar_resnet8")]) == [1, 0]
 
 
+@pytest.mark.parametrize("group", [None, 1])
 @pytest.mark.parametrize("variant", ["logistic+stitch+recalibrate", "tuned-stitches+source"])
-def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_dataset, variant):
+def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_dataset, variant, group):
     """A chunk whose networks are all shallower than the layout and share junction-free slots
-    runs the cheaper branches of the fused program (`chunk_presence`): still exactly the
-    per-module path's counts, for the fitted and the tuned stitches."""
+    runs the cheaper branches of the fused program (`chunk_presence`), and a genotype run alone
+    (group 1) skips by its own slots and junctions: still exactly the per-module path's counts,
+    for the fitted and the tuned stitches."""
     protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
     space, fit, _, val = _setup(tiny_kb, tiny_dataset, protocol=protocol, n=0)
     archs = [Architecture(m) for m in SHALLOW]
     loop = Evaluator(tiny_kb, protocol, fit)
-    fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop).evaluate(archs, val)
+    fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop, group=group).evaluate(archs, val)
     assert fused == [loop.evaluate(a, val) for a in archs]
 
 

@@ -33,7 +33,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import Evaluation, Evaluator, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
-from modulenet_jax.population import FusionError, PopulationEvaluator
+from modulenet_jax.population import FusionError, PopulationEvaluator, default_group
 from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
@@ -120,8 +120,9 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
     try:
         if isinstance(space, MixedSpace):
             raise FusionError("a mixed-family space has slots whose candidates differ in shape")
+        group = setting(config, "evaluator.group") or default_group(jax.devices()[0].platform)
         return PopulationEvaluator(space, protocol, fit, chunk_size=setting(config, "evaluator.chunk_size"),
-                                   evaluator=evaluator)
+                                   evaluator=evaluator, group=group)
     except FusionError as e:
         if strategy == "fused":
             raise UserError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
