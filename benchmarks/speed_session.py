@@ -16,6 +16,11 @@ machine that kept the folder compiles nothing again. `--quick` is the same scrip
 few images, populations 1 and 2, no time limits) to check it on a CPU; it runs the fused JAX
 path as a GPU does unless `--strategy` says otherwise.
 
+The fused JAX path is timed once per `--groups` size (`population.by_group`: the chunk as one
+vmap, one genotype at a time, eight at a time), and at `--profile-population` each of its rows
+is traced with `jax.profiler` and summarised by op kind (`profile_summary.py`; the traces stay
+beside the cache, the summary goes into the report).
+
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
 json and md are rewritten after every measurement, so a session cut short keeps them.
 """
@@ -59,12 +64,16 @@ def main(argv=None):
     p.add_argument("--torch-max-w1", type=int, default=8, help="most networks a PyTorch W1 row times")
     p.add_argument("--torch-max-w2", type=int, default=2, help="most networks a PyTorch W2 row times")
     p.add_argument("--phase-population", type=int, default=8, help="population of the fused W2 phase timing")
+    p.add_argument("--profile-population", type=int, default=64,
+                   help="population at which each fused row is also traced with the profiler (summary in speed.md)")
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
     p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     p.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
     p.add_argument("--torch-fold-modes", nargs="*", default=["eager"], choices=["eager", "compile"],
                    help="PyTorch modes also timed with BatchNorm folded (W1)")
     p.add_argument("--strategy", default="fused", choices=["auto", "fused", "loop"])
+    p.add_argument("--groups", nargs="+", type=int, default=[0, 1, 8],
+                   help="fused rows per group size: G genotypes side by side at a time (0: the chunk as one vmap)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     args = p.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
@@ -96,6 +105,7 @@ def main(argv=None):
         # different heads and W2's counts differ by an image, which is the check --quick makes
         protocol = dataclasses.replace(protocol, fit_images=128, stitch_images=64, batch_size=50)
         populations, val_size, phase_population = [1, 2], 100, 2
+        args.profile_population = 2
     log(f"devices: {jax.devices()}; python {sys.version.split()[0]}, jax {jax.__version__}; "
         f"loaded in {time.time() - t0:.1f} s")
     report = throughput.run(kb, dataset, protocol, granularity="run", val_size=val_size,
@@ -103,7 +113,9 @@ def main(argv=None):
                             torch_modes=tuple(args.torch_modes), torch_fold_modes=tuple(args.torch_fold_modes),
                             torch_max_w1=2 if args.quick else args.torch_max_w1,
                             torch_max_w2=2 if args.quick else args.torch_max_w2, strategy=args.strategy,
-                            budget_s=budget, row_cap_s=row_cap, phase_population=phase_population, log=log,
+                            budget_s=budget, row_cap_s=row_cap, phase_population=phase_population,
+                            groups=tuple(g or None for g in args.groups), profile_population=args.profile_population,
+                            trace_dir=cache.parent / "traces", log=log,
                             checkpoint=lambda r: throughput.write_report(r, throughput.markdown(r), out, "speed"))
     throughput.save(report, out, "speed")
     log(throughput.markdown(report))

@@ -41,7 +41,7 @@ from modulenet_jax import protocol as core
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator, chunk_presence, fit_modules, inference_fits, walk
+from modulenet_jax.population import PopulationEvaluator, by_group, fit_modules, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -162,22 +162,26 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
     return jax.vmap(one)(idx, fits, heads)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol"))
-def _fit_pass_chunk(layout, protocol, banks, slots, images):
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group"))
+def _fit_pass_chunk(layout, protocol, group, banks, slots, images):
     """W2's first phase alone: every genotype's modules fitted (`fit_modules`), and the head's
-    pooled features."""
-    present = chunk_presence(protocol, slots)
-
-    def one(slots):
+    pooled features, `group` genotypes side by side (`by_group`)."""
+    def one(slots, present):
         state, fits = fit_modules(layout, protocol, banks, slots, images, present)
         return fits, core.head_features(protocol, state, len(images))
-    return jax.vmap(one)(slots)
+    return by_group(protocol, group, one, slots)
 
 
 @functools.partial(jax.jit, static_argnames=("protocol", "num_classes"))
 def _head_chunk(protocol, num_classes, features, labels):
     """W2's second phase alone: every genotype's head on its features."""
     return jax.vmap(lambda f: core.fit_head(protocol, f, labels, num_classes))(features)
+
+
+def fused_impl(group: int | None) -> str:
+    """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
+    genotypes side by side at a time (`population.by_group`)."""
+    return "jax-fused" if group is None else f"jax-fused-g{group}"
 
 
 def _graphs(compiled: bool, before: int, warm: int, runner) -> tuple[int | None, int | None]:
@@ -208,6 +212,7 @@ class Bench:
         self.skipped: list[str] = []
         self.paired: list[dict] = []
         self.phases: list[dict] = []
+        self.profiles: dict[str, dict] = {}  # title -> `profile_summary.summarize` of a traced call
         self.failed: list[str] = []
         self.broken: set[tuple] = set()  # rows that raised: not measured again
         self.torch_device = torch_device
@@ -269,8 +274,8 @@ class Bench:
 
     # -- W1 ----------------------------------------------------------------------------------------
 
-    def w1_jax(self, archs, dtype, P):
-        impl = f"jax-{self.strategy}"
+    def w1_jax(self, archs, dtype, P, group=None):
+        impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
         row = ("W1", impl, dtype)
         if self._skip(row, f"W1 {impl} {dtype} P={P}"):
             return
@@ -292,6 +297,7 @@ class Bench:
         else:
             pe = self._once(("w1-fused", dtype),
                             lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+            pe.group = group
             scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
             slots = pe.stacked_slots(archs)  # a stitch at each real junction
             fits = pe.published_fits(archs)
@@ -404,24 +410,37 @@ class Bench:
         self.timed_networks[row] = n
 
     def w1_paired(self, archs, dtype, n: int, rounds: int):
-        """W1 on the per-module JAX path against PyTorch eager network by network, alternating
-        (JAX, PyTorch) so that the drifts of a shared machine hit both alike: per-network ratios."""
+        """W1 on the JAX path (per-module loop, or the fused program one network at a time)
+        against PyTorch eager network by network, alternating (JAX, PyTorch) so that the drifts
+        of a shared machine hit both alike: per-network ratios."""
         from .torch_baseline import timed
 
-        if self.strategy != "loop" or self._skip(("paired", dtype), f"W1 paired {dtype}"):
+        if self._skip(("paired", dtype), f"W1 paired {dtype}"):
             return
         protocol = self._protocol(dtype)
-        ev = self._once(("loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
         runner, _ = self._runner(NUMERICS[dtype], False)
         archs = archs[:n]
-        nets = [self._loop_network(ev, a) for a in archs]
         data = self._resident(runner, self.val, self.protocol.batch_size)
         prepared = [(a, runner.identity_stitches(a), runner.head(_head(self.kb, a))) for a in archs]
-        bs = self.protocol.batch_size
+        if self.strategy == "loop":
+            ev = self._once(("loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
+            nets = [self._loop_network(ev, a) for a in archs]
+
+            def jax_correct(i):
+                return count_correct(nets[i].logits, self.val, self.protocol.batch_size, protocol.jnp_dtype)[0]
+        else:
+            pe = self._once(("w1-fused", dtype),
+                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+            one = [(pe.stacked_slots([a]), pe.published_fits([a]),
+                    jax.tree_util.tree_map(lambda h: h[None], _head(self.kb, a))) for a in archs]
+
+            def jax_correct(i):
+                return int(pe.score_fitted(*one[i], scored)[0])
 
         def jax_pass(i):
             t = time.time()
-            c = count_correct(nets[i].logits, self.val, bs, protocol.jnp_dtype)[0]
+            c = jax_correct(i)
             return c, time.time() - t
 
         def torch_pass(i):
@@ -437,7 +456,8 @@ class Bench:
                     raise AssertionError(f"W1 paired: JAX counts {cj} correct, PyTorch {ct}, on {archs[i].describe()}")
                 correct.append(cj)
         ratio = np.median(t_torch, axis=0) / np.median(t_jax, axis=0)  # JAX speed over PyTorch's, per network
-        row = {"dtype": dtype, "numerics": NUMERICS[dtype], "networks": n, "rounds": rounds,
+        row = {"impl": f"jax-{self.strategy}", "dtype": dtype, "numerics": NUMERICS[dtype], "networks": n,
+               "rounds": rounds,
                "jax_rate": n * len(self.val) / float(np.median(t_jax, axis=0).sum()),
                "torch_rate": n * len(self.val) / float(np.median(t_torch, axis=0).sum()),
                "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()),
@@ -449,8 +469,8 @@ class Bench:
 
     # -- W2 ----------------------------------------------------------------------------------------
 
-    def w2_jax(self, archs, dtype, P):
-        impl = f"jax-{self.strategy}"
+    def w2_jax(self, archs, dtype, P, group=None):
+        impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
         row = ("W2", impl, dtype)
         if self._skip(row, f"W2 {impl} {dtype} P={P}"):
             return
@@ -469,8 +489,8 @@ class Bench:
         else:
             pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, protocol, self.fit))
             memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
-            pe.chunk_size = min(P, memory_chunk)
-            impl = f"jax-fused/{pe.chunk_size}"
+            pe.chunk_size, pe.group = min(P, memory_chunk), group
+            impl = f"{impl}/{pe.chunk_size}"
             programs = jax_programs()
             t = time.time()
             pe.evaluate(archs[:pe.chunk_size], self.val)
@@ -483,23 +503,24 @@ class Bench:
                          built - programs, jax_programs() - built, correct=[r.correct for r in res]))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def w2_jax_phases(self, archs, dtype, P):
+    def w2_jax_phases(self, archs, dtype, P, group=None):
         """The fused W2 program cut into its phases, each its own program timed after compiling:
         the fit pass (stitch solves and BatchNorm statistics, module by module), the head, the
         scoring. Their sum is near the whole program's time (what fusion saves is the
         difference)."""
-        row = ("W2 phases", "jax-fused", dtype)
-        if self.strategy != "fused" or self._skip(row, f"W2 jax-fused phases {dtype} P={P}"):
+        impl = fused_impl(group)
+        row = ("W2 phases", impl, dtype)
+        if self.strategy != "fused" or self._skip(row, f"W2 {impl} phases {dtype} P={P}"):
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
-        pe = PopulationEvaluator(self.space, protocol, self.fit, chunk_size=P)
+        pe = PopulationEvaluator(self.space, protocol, self.fit, chunk_size=P, devices=jax.devices()[:1], group=group)
         slots = pe.stacked_slots(archs[:P])
         fit_x, fit_y = pe.evaluator.fit_images, pe.evaluator.fit_labels
         scored = pe.device_split(self.val)
 
         def fit_pass():
-            return jax.block_until_ready(_fit_pass_chunk(pe.layout, protocol, pe.banks, slots, fit_x))
+            return jax.block_until_ready(_fit_pass_chunk(pe.layout, protocol, pe.group_of(P), pe.banks, slots, fit_x))
 
         def head(features):
             return jax.block_until_ready(_head_chunk(protocol, self.num_classes, features, fit_y))
@@ -514,10 +535,49 @@ class Bench:
         heads, t_head = timed_twice(head, features)
         _, t_score = timed_twice(lambda: pe.score_fitted(slots, fits, heads, scored))
         phases = {"fit pass": t_fit, "head": t_head, "score": t_score}
-        self.phases.append({"impl": "jax-fused", "numerics": NUMERICS[dtype], "population": P, "networks": P,
+        self.phases.append({"impl": impl, "numerics": NUMERICS[dtype], "population": P, "networks": P,
                             "seconds": phases})
-        self.log(f"W2 jax-fused phases {NUMERICS[dtype]} P={P}: "
+        self.log(f"W2 {impl} phases {NUMERICS[dtype]} P={P}: "
                  + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def profile(self, archs, dtype, P, group, workload, trace_dir):
+        """A `jax.profiler` trace of one fused call, compiled beforehand (W1: scoring `P` fitted
+        networks; W2: the whole protocol on a chunk of `P`), summarised by op kind
+        (`profile_summary`) under the row's title in `profiles`."""
+        from . import profile_summary
+
+        impl = fused_impl(group)
+        title = f"{workload} {impl} {NUMERICS[dtype]} P={P}"
+        row = ("profile", workload, impl, dtype)
+        if self.strategy != "fused" or self._skip(row, f"profile of {title}"):
+            return
+        t_row = time.time()
+        protocol = self._protocol(dtype)
+        if workload == "W1":
+            pe = self._once(("w1-fused", dtype),
+                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+            archs = archs[:P]
+            args = (pe.stacked_slots(archs), pe.published_fits(archs),
+                    jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs]), scored)
+
+            def call():
+                pe.group = group
+                return pe.score_fitted(*args)
+        else:
+            pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, protocol, self.fit))
+            memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
+
+            def call():
+                pe.chunk_size, pe.group = min(P, memory_chunk), group
+                return pe.evaluate(archs[:P], self.val)
+        call()  # compiled (or read from the cache) outside the trace
+        summary = profile_summary.capture(call, Path(trace_dir) / title.replace(" ", "_").replace("=", ""))
+        self.profiles[title] = summary
+        top = summary["kinds"][0] if summary["kinds"] else {"kind": "-", "share": 0.0}
+        self.log(f"profile {title}: {summary['device_seconds']:.3f} s of op time, largest `{top['kind']}` "
+                 f"{100 * top['share']:.0f}%")
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def w2_torch(self, archs, numerics, P, compile_: bool, max_networks: int):
@@ -556,12 +616,15 @@ class Bench:
 def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, populations=(1, 8, 64, 256),
         dtypes=("float32", "bfloat16"), workloads=("W1", "W2"), torch_modes=("eager", "compile"),
         torch_fold_modes=("eager", "compile"), torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None,
-        row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, log=print,
-        checkpoint: Callable[[dict], None] | None = None) -> dict:
+        row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, groups=(None,),
+        profile_population=None, trace_dir=None, log=print, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Every measurement, population by population (small ones first: a budget that runs out
     costs the large points, not whole rows); returns the report. `torch_fold_modes`: the PyTorch
     modes whose W1 rows are also timed with BatchNorm folded; `phase_population`: the
-    population the fused W2 program is also timed at phase by phase (None: not);
+    population the fused W2 program is also timed at phase by phase (None: not); `groups`:
+    the fused path's rows, one per group size (`fused_impl`; None: the chunk as one vmap);
+    `profile_population`: the population at which each fused row is also traced with the
+    profiler (`Bench.profile`; traces under `trace_dir`, summaries in the report);
     `checkpoint(report)`: called with the report so far after each measurement (a session
     killed by its time limit keeps what it measured)."""
     bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log,
@@ -575,8 +638,10 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     for P in sorted(populations):
         for dtype in dtypes:
             numerics = bench.torch_numerics(dtype) if torch_modes else []
+            jax_groups = groups if bench.strategy == "fused" else (None,)
             if "W1" in workloads:
-                bench.attempt(("W1 jax", dtype), bench.w1_jax, w1, dtype, P)
+                for g in jax_groups:
+                    bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
                 bench.attempt(("W1 jax probe", dtype), bench.w1_probe, w1, dtype, P)
                 for num in numerics:
                     for mode in torch_modes:
@@ -584,13 +649,20 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                             bench.attempt(("W1 torch", num, mode, fold), bench.w1_torch, w1, num, P,
                                           mode == "compile", fold, torch_max_w1)
             if "W2" in workloads:
-                bench.attempt(("W2 jax", dtype), bench.w2_jax, w2, dtype, P)
-                if P == phase_population:
-                    bench.attempt(("W2 jax phases", dtype), bench.w2_jax_phases, w2, dtype, P)
+                for g in jax_groups:
+                    bench.attempt(("W2 jax", dtype, g), bench.w2_jax, w2, dtype, P, g)
+                    if P == phase_population:
+                        bench.attempt(("W2 jax phases", dtype, g), bench.w2_jax_phases, w2, dtype, P, g)
                 for num in numerics:
                     for mode in torch_modes:
                         bench.attempt(("W2 torch", num, mode), bench.w2_torch, w2, num, P, mode == "compile",
                                       torch_max_w2)
+            if P == profile_population:
+                for workload, archs in (("W1", w1), ("W2", w2)):
+                    if workload in workloads:
+                        for g in jax_groups:
+                            bench.attempt(("profile", workload, dtype, g), bench.profile, archs, dtype, P, g,
+                                          workload, trace_dir)
     if paired and "W1" in workloads and "eager" in torch_modes:
         for dtype in dtypes:
             bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
@@ -608,7 +680,7 @@ def report_of(bench: Bench) -> dict:
             "strategy": bench.strategy, "protocol": dataclasses.asdict(bench.protocol),
             "validation_images": len(bench.val),
             "results": [dataclasses.asdict(r) for r in bench.results], "paired": bench.paired,
-            "phases": bench.phases, "skipped": bench.skipped, "failed": bench.failed,
+            "phases": bench.phases, "profiles": bench.profiles, "skipped": bench.skipped, "failed": bench.failed,
             "seconds": round(time.time() - bench.t0, 1)}
 
 
@@ -714,13 +786,19 @@ def markdown(report: dict) -> str:
                       "workload | impl | population: | networks: | mean change: | largest change:",
                       [f"{a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | "
                        f"{a['mean_change']:+.2f} | {a['largest_change']:+d}" for a in dtype_accuracy(report)])
-    lines += _section("W1, JAX (per-module loop) and PyTorch eager of the same numerics timed alternately network by "
-                      "network (median of the rounds per network):",
-                      "numerics | networks: | rounds: | JAX genotype-images/s: | eager genotype-images/s: | "
+    lines += _section("W1, JAX and PyTorch eager of the same numerics timed alternately network by network (median "
+                      "of the rounds per network; the fused JAX program runs one network per call):",
+                      "JAX | numerics | networks: | rounds: | JAX genotype-images/s: | eager genotype-images/s: | "
                       "JAX/eager per network: median: | min: | max:",
-                      [f"{p['numerics']} | {p['networks']} | {p['rounds']} | {_rate(p['jax_rate'])} | "
+                      [f"{p.get('impl', 'jax-loop')} | {p['numerics']} | {p['networks']} | {p['rounds']} | "
+                       f"{_rate(p['jax_rate'])} | "
                        f"{_rate(p['torch_rate'])} | {p['ratio_median']:.2f} | {p['ratio_min']:.2f} | "
                        f"{p['ratio_max']:.2f}" for p in report.get("paired", ())])
+    if report.get("profiles"):
+        from .profile_summary import markdown as profile_markdown
+
+        lines += ["", "Device time by op kind (`jax.profiler` traces of compiled calls, `benchmarks/profile_summary.py`):",
+                  "", profile_markdown(report["profiles"])]
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(report["skipped"])]
     if report.get("failed"):

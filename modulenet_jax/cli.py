@@ -432,7 +432,8 @@ def cmd_bench(args) -> int:
                                 torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
                                 strategy=args.strategy, budget_s=args.budget, row_cap_s=args.row_cap,
                                 seed=args.seed, paired=args.paired, paired_rounds=args.paired_rounds,
-                                phase_population=args.phase_population, log=log)
+                                phase_population=args.phase_population,
+                                groups=tuple(g or None for g in args.groups), log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
@@ -630,9 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds after which a row (workload, implementation, numerics) starts no larger population")
     bn.add_argument("--phase-population", type=POSITIVE, metavar="P",
                     help="also time the fused W2 program phase by phase at this population")
+    bn.add_argument("--groups", nargs="+", type=COUNT, default=[0], metavar="G",
+                    help="fused path: a row per group size, G genotypes side by side at a time (0: the whole "
+                         "chunk as one vmap)")
     bn.add_argument("--seed", type=COUNT, default=0)
     bn.add_argument("--paired", type=COUNT, default=0, metavar="N",
-                    help="also time W1 for N networks alternating JAX (loop) and PyTorch eager per network")
+                    help="also time W1 for N networks alternating JAX and PyTorch eager per network")
     bn.add_argument("--paired-rounds", type=POSITIVE, default=2, help="rounds of the paired W1 timing")
     _add_runs_commands(sub, common)
     return p

@@ -26,14 +26,16 @@ def _rows(report, **match):
 
 
 @pytest.fixture(scope="module")
-def fused_run(tiny_kb, tiny_dataset):
+def fused_run(tiny_kb, tiny_dataset, tmp_path_factory):
     """The accelerator path (`fused`), W2 also timed phase by phase, on a CPU: the report and
     the reports checkpointed along the way."""
     protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
     checkpoints = []
     report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
                             dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
-                            strategy="fused", phase_population=2, log=lambda m: None, checkpoint=checkpoints.append)
+                            strategy="fused", phase_population=2, groups=(None, 1), paired=2, paired_rounds=1,
+                            profile_population=2, trace_dir=tmp_path_factory.mktemp("traces"), log=lambda m: None,
+                            checkpoint=checkpoints.append)
     return report, checkpoints
 
 
@@ -51,19 +53,22 @@ def test_jax_and_pytorch_count_the_same_correct_predictions(report, workload):
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
 def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
+    """Each fused row (the chunk as one vmap, `jax-fused`, and one genotype at a time,
+    `jax-fused-g1`) counts what PyTorch counts, compiled once."""
     fused_report, checkpoints = fused_run
-    jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
-                     impl="jax-fused" if workload == "W1" else "jax-fused/2")
     torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
-    assert jax_row["correct"] == torch_row["correct"]
-    assert jax_row["compiles"] >= 0 and jax_row["recompiles"] == 0  # the timed calls reuse the warm-up's programs
+    for fused in ("jax-fused", "jax-fused-g1"):
+        jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
+                         impl=fused if workload == "W1" else f"{fused}/2")
+        assert jax_row["correct"] == torch_row["correct"]
+        assert jax_row["compiles"] >= 0 and jax_row["recompiles"] == 0  # the timed calls reuse the warm-up's programs
     if workload == "W1":  # the naive vmap probe: a speed reference, not read against PyTorch
         probe, = _rows(fused_report, workload="W1", impl="jax-probe", numerics="fp32-strict", population=2)
         assert probe["rate"] > 0 and len(probe["correct"]) == 2
         assert not [s for s in throughput.speedups(fused_report) if s["impl"] == "jax-probe"]
     if workload == "W2":
         phases = {(p["impl"], p["numerics"]): p["seconds"] for p in fused_report["phases"]}
-        for impl in ("jax-fused", "torch-eager"):
+        for impl in ("jax-fused", "jax-fused-g1", "torch-eager"):
             assert set(phases[impl, "fp32-strict"]) == {"fit pass", "head", "score"}
         assert torch_row["phases"] == phases["torch-eager", "fp32-strict"]
         assert "W2 by protocol phase" in throughput.markdown(fused_report)
@@ -105,6 +110,17 @@ def test_paired_w1_times_the_same_networks_both_ways(report):
     assert "| W1 | jax-loop | bf16 | 2 | torch-eager+fold (P=2) | bf16 |" in md  # JAX rows read against same numerics
 
 
+def test_paired_w1_on_the_fused_path(fused_run):
+    """The fused program paired with PyTorch eager network by network counts what PyTorch counts
+    (the timing raises otherwise) and says which JAX path it timed."""
+    fused_report, _ = fused_run
+    p, = fused_report["paired"]
+    assert p["impl"] == "jax-fused" and p["networks"] == 2 and p["jax_rate"] > 0
+    w1, = _rows(fused_report, workload="W1", impl="torch-eager", numerics="fp32-strict", population=2)
+    assert p["correct"] == w1["correct"]
+    assert "| jax-fused | fp32-strict | 2 | 1 |" in throughput.markdown(fused_report)
+
+
 def test_the_device_session_imports_without_pymoo_or_tfds():
     """The accelerator image has neither pymoo nor TFDS: `python -m benchmarks.speed_session`, run
     from the repository root, must import everything it uses without them."""
@@ -118,3 +134,37 @@ def test_the_device_session_imports_without_pymoo_or_tfds():
             "from benchmarks.prepare_device_bundle import load_kb\nfrom modulenet_jax.data import load_dataset\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_fused_rows_are_profiled(fused_run):
+    """At the profile population every fused row's call is traced and summarised by op kind."""
+    fused_report, _ = fused_run
+    titles = sorted(fused_report["profiles"])
+    assert titles == sorted(f"{w} {impl} fp32-strict P=2" for w in ("W1", "W2") for impl in ("jax-fused", "jax-fused-g1"))
+    for summary in fused_report["profiles"].values():
+        assert summary["device_seconds"] > 0 and summary["kinds"] and summary["calls"] == 1
+        assert abs(sum(k["share"] for k in summary["kinds"]) - 1) < 1e-9
+    assert "Device time by op kind" in throughput.markdown(fused_report)
+
+
+def test_profile_summary_sums_device_time_by_op_kind():
+    """Op kinds are names without XLA's instance numbers; device streams win over host events;
+    shares add up; kinds past `top` are summed as `other`."""
+    from modulenet_jax.benchmarks import profile_summary
+
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+    ops = [("loop_convolution_fusion.12", 300), ("loop_convolution_fusion.3", 100), ("copy.1", 50),
+           ("input_reduce_fusion_7", 40), ("cond.2", 10)]
+    events = meta + [{"ph": "X", "pid": 1, "tid": 0, "name": n, "ts": 0, "dur": d} for n, d in ops]
+    events.append({"ph": "X", "pid": 2, "tid": 0, "name": "host-side", "ts": 0, "dur": 10_000,
+                   "args": {"hlo_op": "convolution.1"}})
+    s = profile_summary.summarize(events, top=2)
+    assert s["source"] == "device streams" and s["events"] == 5
+    assert abs(s["device_seconds"] - 500e-6) < 1e-12
+    assert [(k["kind"], k["count"]) for k in s["kinds"]] == [("loop_convolution_fusion", 2), ("copy", 1),
+                                                             ("other (2 kinds)", 2)]
+    assert [round(k["share"], 2) for k in s["kinds"]] == [0.8, 0.1, 0.1]
+    host = profile_summary.summarize(events[1:2] + events[-1:])  # no device process: the HLO-op host events
+    assert host["source"] == "host events of HLO ops" and host["kinds"][0]["kind"] == "convolution"
+    assert "| `copy` | 0.050 | 10.0% | 1 |" in profile_summary.markdown({"W1": s})

@@ -1,0 +1,101 @@
+"""Where a compiled JAX program spends its device time: a `jax.profiler` trace of calls already
+compiled, cut down to a table of op kinds (convolutions, fusions, copies, ...) with their time and
+share. The device session commits the table, not the trace (which is large and needs a viewer).
+
+    summary = profile_summary.capture(lambda: program(*args), out_dir / "trace")
+    print(profile_summary.markdown({"W1 jax-fused bf16 P=64": summary}))
+
+The trace is JAX's Perfetto/Chrome JSON (`create_perfetto_trace=True`). Device time is the sum
+of the complete events on the accelerator's streams (a GPU's or TPU's `/device:` processes); on
+a CPU, which has no device stream, it is the events XLA marks with the HLO op they run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+_SUFFIX = re.compile(r"[._]\d+$")
+
+
+def capture(call: Callable[[], object], trace_dir, repeats: int = 1) -> dict:
+    """`call()` (compiled beforehand) `repeats` times under the profiler; the trace's `summarize`,
+    with the wall seconds of the traced calls."""
+    trace_dir = Path(trace_dir)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        t = time.time()
+        for _ in range(repeats):
+            jax.block_until_ready(call())
+        wall = time.time() - t
+    traces = sorted(trace_dir.rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        raise FileNotFoundError(f"the profiler wrote no perfetto_trace.json.gz under {trace_dir}")
+    summary = summarize(load_events(traces[-1]))
+    summary["wall_seconds"] = wall
+    summary["calls"] = repeats
+    return summary
+
+
+def load_events(path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def op_kind(name: str) -> str:
+    """An event's op kind: its name without the numbering XLA gives every instance
+    (`loop_convolution_fusion.12` -> `loop_convolution_fusion`)."""
+    name = name.split(":", 1)[0].strip()
+    while _SUFFIX.search(name):
+        name = _SUFFIX.sub("", name)
+    return name or "?"
+
+
+def summarize(events: list[dict], top: int = 15) -> dict:
+    """Device time by op kind: `{"source", "device_seconds", "events", "kinds": [{kind, seconds,
+    share, count}, ...]}`, the `top` largest kinds and the rest as `other`."""
+    names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for pid, n in names.items() if "/device:" in n and "CPU" not in n}
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    if device_pids:
+        chosen, source = [e for e in complete if e["pid"] in device_pids], "device streams"
+    else:
+        chosen, source = [e for e in complete if "hlo_op" in e.get("args", {})], "host events of HLO ops"
+    seconds, count = defaultdict(float), defaultdict(int)
+    for e in chosen:
+        kind = op_kind(e.get("args", {}).get("hlo_op") or e["name"])
+        seconds[kind] += e["dur"] * 1e-6  # the trace's times are microseconds
+        count[kind] += 1
+    total = sum(seconds.values())
+    ranked = sorted(seconds, key=seconds.get, reverse=True)
+    kinds = [{"kind": k, "seconds": seconds[k], "share": seconds[k] / total if total else 0.0, "count": count[k]}
+             for k in ranked[:top]]
+    rest = ranked[top:]
+    if rest:
+        s = sum(seconds[k] for k in rest)
+        kinds.append({"kind": f"other ({len(rest)} kinds)", "seconds": s, "share": s / total if total else 0.0,
+                      "count": sum(count[k] for k in rest)})
+    return {"source": source, "device_seconds": total, "events": len(chosen), "kinds": kinds}
+
+
+def markdown(summaries: dict[str, dict]) -> str:
+    """One table per profiled program (`{title: summary}`)."""
+    lines = []
+    for title, s in summaries.items():
+        said = (f"{s['events']} events on the {s['source']}: {1e3 * s['device_seconds']:.3f} ms of op time in "
+                f"{s.get('calls', 1)} call(s) taking {1e3 * s.get('wall_seconds', float('nan')):.3f} ms wall.")
+        lines += [f"### {title}", "", said, "",
+                  "| op kind | ms | share | events |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| `{k['kind']}` | {1e3 * k['seconds']:.3f} | {100 * k['share']:.1f}% | {k['count']} |"
+                  for k in s["kinds"]]
+        lines.append("")
+    return "\n".join(lines)
