@@ -1,7 +1,8 @@
 """The per-module driver of the evaluation protocol, and the search objectives.
 
 `Evaluator` runs the protocol of `protocol.py` (stitches, BatchNorm statistics, head, scoring)
-one compiled call per module: best on a CPU, where vmapping over different kernels is slow.
+one compiled call per module: the CPU's driver (measured as fast as the fused program run one
+genotype at a time, and it shares prefixes).
 Given many networks it walks the `PrefixSchedule`, so a module prefix several of them share
 is fitted and run once. `population.PopulationEvaluator` is the other driver of the same
 protocol (fused, vmapped: accelerators); both count the same correct predictions.
