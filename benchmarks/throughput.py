@@ -43,6 +43,7 @@ from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.population import PopulationEvaluator, by_group, fit_modules, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
+from modulenet_jax.ranking import kendall
 from modulenet_jax.space import Architecture, SearchSpace
 
 # Dense peak FLOP/s by device kind, from the vendors' datasheets (SXM parts): (fp32, bf16).
@@ -714,7 +715,8 @@ def speedups(report: dict) -> list[dict]:
 
 def dtype_accuracy(report: dict) -> list[dict]:
     """The accuracy change of bf16 compute: per (workload, impl, population), bf16's correct counts
-    minus strict fp32's on the same networks."""
+    minus strict fp32's on the same networks, and how much bf16 reorders them (Kendall's tau-b of
+    the two counts; NaN where either side is constant)."""
     rows = []
     res = report["results"]
     for r in res:
@@ -726,7 +728,8 @@ def dtype_accuracy(report: dict) -> list[dict]:
             d = np.asarray(r["correct"]) - np.asarray(base[0]["correct"])
             rows.append({"workload": r["workload"], "impl": r["impl"], "population": r["population"],
                          "networks": len(d), "mean_change": float(d.mean()),
-                         "largest_change": int(d[np.argmax(np.abs(d))])})
+                         "largest_change": int(d[np.argmax(np.abs(d))]),
+                         "tau": kendall(base[0]["correct"], r["correct"]) if len(d) > 1 else float("nan")})
     return rows
 
 
@@ -783,9 +786,10 @@ def markdown(report: dict) -> str:
                        f"{100 * v / (sum(ph['seconds'].values()) or 1.0):.0f}%"
                        for ph in report.get("phases", ()) for k, v in ph["seconds"].items()])
     lines += _section("bf16 against fp32-strict, same networks, same images (correct predictions per network):",
-                      "workload | impl | population: | networks: | mean change: | largest change:",
+                      "workload | impl | population: | networks: | mean change: | largest change: | Kendall τ:",
                       [f"{a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | "
-                       f"{a['mean_change']:+.2f} | {a['largest_change']:+d}" for a in dtype_accuracy(report)])
+                       f"{a['mean_change']:+.2f} | {a['largest_change']:+d} | {a.get('tau', float('nan')):.3f}"
+                       for a in dtype_accuracy(report)])
     lines += _section("W1, JAX and PyTorch eager of the same numerics timed alternately network by network (median "
                       "of the rounds per network; the fused JAX program runs one network per call):",
                       "JAX | numerics | networks: | rounds: | JAX genotype-images/s: | eager genotype-images/s: | "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.protocol import Protocol
+from modulenet_jax.ranking import kendall
 
 pytest.importorskip("torch")
 from modulenet_jax.benchmarks import throughput  # noqa: E402
@@ -87,6 +88,9 @@ def test_rates_flops_and_the_dtype_comparison(report):
     bf16, = _rows(report, workload="W2", impl="jax-loop", dtype="bfloat16", population=2)
     fp32, = _rows(report, workload="W2", impl="jax-loop", dtype="float32", population=2)
     assert acc["W2", 2]["mean_change"] == pytest.approx(np.mean(bf16["correct"]) - np.mean(fp32["correct"]))
+    # the ranking change the W2 target reads (tau >= 0.95): the two dtypes' counts of the same networks
+    assert acc["W2", 2]["tau"] == pytest.approx(kendall(fp32["correct"], bf16["correct"]), nan_ok=True)
+    assert np.isnan(acc["W2", 1]["tau"]) and "Kendall τ" in throughput.markdown(report)
 
 
 def test_saved_files_name_the_device(report, tmp_path):
