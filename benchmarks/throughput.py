@@ -41,7 +41,7 @@ from modulenet_jax import protocol as core
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator, by_group, fit_modules, inference_fits, walk
+from modulenet_jax.population import PopulationEvaluator, fit_chunk, fit_heads, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
 from modulenet_jax.ranking import kendall
 from modulenet_jax.space import Architecture, SearchSpace
@@ -163,20 +163,9 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
     return jax.vmap(one)(idx, fits, heads)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group"))
-def _fit_pass_chunk(layout, protocol, group, banks, slots, images):
-    """W2's first phase alone: every genotype's modules fitted (`fit_modules`), and the head's
-    pooled features, `group` genotypes side by side (`by_group`)."""
-    def one(slots, present):
-        state, fits = fit_modules(layout, protocol, banks, slots, images, present)
-        return fits, core.head_features(protocol, state, len(images))
-    return by_group(protocol, group, one, slots)
-
-
-@functools.partial(jax.jit, static_argnames=("protocol", "num_classes"))
-def _head_chunk(protocol, num_classes, features, labels):
-    """W2's second phase alone: every genotype's head on its features."""
-    return jax.vmap(lambda f: core.fit_head(protocol, f, labels, num_classes))(features)
+# W2's first two phases alone (the fused program's own functions, each its own program here).
+_fit_pass_chunk = jax.jit(fit_chunk, static_argnames=("layout", "protocol", "group"))
+_head_chunk = jax.jit(fit_heads, static_argnames=("protocol", "num_classes"))
 
 
 def fused_impl(group: int | None) -> str:

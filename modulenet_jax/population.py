@@ -187,17 +187,13 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
     return walk(layout, layout.per_slot((tuple(slots), present)), core.start(protocol, images, mean, std), visit)
 
 
-def fit_network(layout: Layout, protocol: Protocol, num_classes: int, banks, slots, images, labels, present=None):
-    """One genotype through the protocol on the fit images: `(fits, head, finite)`: its modules
-    (`fit_modules`), the head, and (if the protocol says so) the stitches and head tuned."""
-    state, fits = fit_modules(layout, protocol, banks, slots, images, present)
-    head = core.finish(protocol, state, labels, num_classes)
-    if protocol.stitch_steps:
-        idx = slots[0]
-        x = core.prepare(protocol, images[:protocol.stitch_images], banks["mean"][idx[0]], banks["std"][idx[0]])
-        fits, head = core.tune(protocol, functools.partial(network_logits, layout, slots, present=present), fits,
-                               head, x, labels[:protocol.stitch_images])
-    return fits, head, core.fit_is_finite(fits, head)
+def tune_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, present=None):
+    """`(fits, head)` of one fitted genotype after the protocol's Adam steps on its stitches
+    and head (`protocol.tune`), on the first `stitch_images` fit images."""
+    idx = slots[0]
+    x = core.prepare(protocol, images[:protocol.stitch_images], banks["mean"][idx[0]], banks["std"][idx[0]])
+    return core.tune(protocol, functools.partial(network_logits, layout, slots, present=present), fits, head, x,
+                     labels[:protocol.stitch_images])
 
 
 def network_logits(layout: Layout, slots, fits, head, x, present=None):
@@ -275,16 +271,45 @@ def over_devices(mesh: Mesh, local: Callable, per_genotype, shared):
                          out_specs=PartitionSpec("pop"), check_vma=False)(per_genotype, shared)
 
 
+def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images):
+    """The first phase for every genotype of a chunk (`by_group`): `(fits, features)`, its
+    modules fitted on the fit images and the head's pooled features of them."""
+    def fit(slots, present):
+        state, fits = fit_modules(layout, protocol, banks, slots, images, present)
+        return fits, core.head_features(protocol, state, len(images))
+    return by_group(protocol, group, fit, slots)
+
+
+def fit_heads(protocol: Protocol, num_classes: int, features, labels):
+    """Every genotype's head at once (vmapped over the chunk, whatever its groups: L-BFGS's many
+    small steps run once for all)."""
+    return jax.vmap(lambda f: core.fit_head(protocol, f, labels, num_classes))(features)
+
+
+def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: int, banks, slots, fit_x, fit_y,
+                   images, labels, valid):
+    """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
+    protocol, phase by phase: `fit_chunk`, `fit_heads`, the optional tuning and the scoring
+    (`by_group`)."""
+    fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x)
+    heads = fit_heads(protocol, num_classes, features, fit_y)
+    if protocol.stitch_steps:
+        def tune(slots, fits, head, present):
+            return tune_network(layout, protocol, banks, slots, fits, head, fit_x, fit_y, present)
+
+        fits, heads = by_group(protocol, group, tune, slots, fits, heads)
+
+    def score(slots, fits, head, present):
+        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
+        return correct, finite & core.fit_is_finite(fits, head)
+    return by_group(protocol, group, score, slots, fits, heads)
+
+
 @functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "mesh"))
 def _evaluate_chunk(layout, protocol, num_classes, group, mesh, banks, slots, fit_x, fit_y, images, labels, valid):
     def local(slots, shared):
         banks, fit_x, fit_y, images, labels, valid = shared
-
-        def one(slots, present):
-            fits, head, fit_ok = fit_network(layout, protocol, num_classes, banks, slots, fit_x, fit_y, present)
-            correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
-            return correct, finite & fit_ok
-        return by_group(protocol, group, one, slots)
+        return evaluate_chunk(layout, protocol, num_classes, group, banks, slots, fit_x, fit_y, images, labels, valid)
     return over_devices(mesh, local, slots, (banks, fit_x, fit_y, images, labels, valid))
 
 
