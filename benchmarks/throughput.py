@@ -43,7 +43,6 @@ from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.population import PopulationEvaluator, fit_chunk, fit_heads, inference_fits, walk
 from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
-from modulenet_jax.ranking import kendall
 from modulenet_jax.space import Architecture, SearchSpace
 
 # Dense peak FLOP/s by device kind, from the vendors' datasheets (SXM parts): (fp32, bf16).
@@ -706,6 +705,8 @@ def dtype_accuracy(report: dict) -> list[dict]:
     """The accuracy change of bf16 compute: per (workload, impl, population), bf16's correct counts
     minus strict fp32's on the same networks, and how much bf16 reorders them (Kendall's tau-b of
     the two counts; NaN where either side is constant)."""
+    from modulenet_jax.ranking import kendall  # scipy.stats: only where a report is read
+
     rows = []
     res = report["results"]
     for r in res:

@@ -10,17 +10,25 @@ import pytest
 from modulenet_jax.data import save_bundle
 
 # Runs `modulenet` commands in a process where importing torch or torchvision fails as if they
-# were not installed; prints [exit status, stderr] per command as JSON.
+# were not installed (a finder that refuses them: `sys.modules` keeps no entry, as without the
+# packages, which scipy.stats checks); prints [exit status, stderr] per command as JSON.
 WITHOUT_TORCH = """
-import contextlib, io, json, sys
-sys.modules["torch"] = sys.modules["torchvision"] = None
+import contextlib, importlib.abc, io, json, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
 from modulenet_jax.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         results.append([main(argv), err.getvalue()])
-assert "torch" not in [m.split(".")[0] for m, v in sys.modules.items() if v is not None]
+assert "torch" not in [m.split(".")[0] for m in sys.modules]
 print(json.dumps(results))
 """
 EXTRA = "pip install 'modulenet-jax[torch]'"
