@@ -261,6 +261,29 @@ class Bench:
     def _w1_flops(self, archs) -> float:
         return float(np.mean([self.cost.cost(a)[1] for a in archs]))
 
+    def _w1_fused(self, dtype, group=None):
+        """W1's fused evaluator of a dtype (made once, set to `group`) and the validation split on
+        its device."""
+        protocol = self._protocol(dtype)
+        pe = self._once(("w1-fused", dtype),
+                        lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
+        pe.group = group
+        return pe, self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+
+    def _w1_fitted(self, pe, archs) -> tuple:
+        """W1's networks as fitted, stacked: `(slots, fits, heads)` (published params, an identity
+        stitch at each real junction, each network's head its last block's source head)."""
+        return (pe.stacked_slots(archs), pe.published_fits(archs),
+                jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs]))
+
+    def _w2_fused(self, dtype, P, group=None):
+        """W2's fused evaluator of a dtype (made once), set to chunks of `P` (at most what the
+        device's memory allows) run in `group`s."""
+        pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, self._protocol(dtype), self.fit))
+        memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
+        pe.chunk_size, pe.group = min(P, memory_chunk), group
+        return pe
+
     # -- W1 ----------------------------------------------------------------------------------------
 
     def w1_jax(self, archs, dtype, P, group=None):
@@ -284,13 +307,8 @@ class Bench:
             correct = [count_correct(n.logits, self.val, protocol.batch_size, protocol.jnp_dtype)[0] for n in nets]
             dt = time.time() - t
         else:
-            pe = self._once(("w1-fused", dtype),
-                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
-            pe.group = group
-            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
-            slots = pe.stacked_slots(archs)  # a stitch at each real junction
-            fits = pe.published_fits(archs)
-            heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs])
+            pe, scored = self._w1_fused(dtype, group)
+            slots, fits, heads = self._w1_fitted(pe, archs)
             programs = jax_programs()
             t = time.time()
             pe.score_fitted(slots, fits, heads, scored)
@@ -314,13 +332,10 @@ class Bench:
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
-        pe = self._once(("w1-fused", dtype),
-                        lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
-        images, labels, valid = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
+        pe, (images, labels, valid) = self._w1_fused(dtype)
         archs = archs[:P]
-        idx = jnp.asarray(pe.stacked_slots(archs)[0])
-        fits = pe.published_fits(archs)
-        heads = jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs])
+        slots, fits, heads = self._w1_fitted(pe, archs)
+        idx = jnp.asarray(slots[0])
 
         def call():
             return jax.block_until_ready(_probe_chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images,
@@ -418,11 +433,8 @@ class Bench:
             def jax_correct(i):
                 return count_correct(nets[i].logits, self.val, self.protocol.batch_size, protocol.jnp_dtype)[0]
         else:
-            pe = self._once(("w1-fused", dtype),
-                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
-            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
-            one = [(pe.stacked_slots([a]), pe.published_fits([a]),
-                    jax.tree_util.tree_map(lambda h: h[None], _head(self.kb, a))) for a in archs]
+            pe, scored = self._w1_fused(dtype)
+            one = [self._w1_fitted(pe, [a]) for a in archs]
 
             def jax_correct(i):
                 return int(pe.score_fitted(*one[i], scored)[0])
@@ -476,9 +488,7 @@ class Bench:
             res = ev.evaluate_many(archs[:P], self.val)  # module prefixes the networks share: once
             dt = time.time() - t
         else:
-            pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, protocol, self.fit))
-            memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
-            pe.chunk_size, pe.group = min(P, memory_chunk), group
+            pe = self._w2_fused(dtype, P, group)
             impl = f"{impl}/{pe.chunk_size}"
             programs = jax_programs()
             t = time.time()
@@ -542,24 +552,16 @@ class Bench:
         if self.strategy != "fused" or self._skip(row, f"profile of {title}"):
             return
         t_row = time.time()
-        protocol = self._protocol(dtype)
         if workload == "W1":
-            pe = self._once(("w1-fused", dtype),
-                            lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
-            scored = self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
-            archs = archs[:P]
-            args = (pe.stacked_slots(archs), pe.published_fits(archs),
-                    jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs]), scored)
+            pe, scored = self._w1_fused(dtype, group)
+            fitted = self._w1_fitted(pe, archs[:P])
 
             def call():
-                pe.group = group
-                return pe.score_fitted(*args)
+                return pe.score_fitted(*fitted, scored)
         else:
-            pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, protocol, self.fit))
-            memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
+            pe = self._w2_fused(dtype, P, group)
 
             def call():
-                pe.chunk_size, pe.group = min(P, memory_chunk), group
                 return pe.evaluate(archs[:P], self.val)
         call()  # compiled (or read from the cache) outside the trace
         summary = profile_summary.capture(call, Path(trace_dir) / title.replace(" ", "_").replace("=", ""))
