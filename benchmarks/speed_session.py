@@ -66,7 +66,8 @@ def main(argv=None):
     p.add_argument("--phase-population", type=int, default=8, help="population of the fused W2 phase timing")
     p.add_argument("--profile-population", type=int, default=64,
                    help="population at which each fused row is also traced with the profiler (summary in speed.md)")
-    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "tensorfloat32", "float32"],
+                   choices=["bfloat16", "tensorfloat32", "float32"])
     p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     p.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
     p.add_argument("--torch-fold-modes", nargs="*", default=["eager"], choices=["eager", "compile"],

@@ -15,11 +15,12 @@ resident on the device, BatchNorm in evaluation mode or folded into the conv (`+
 sizes. Compile time and the number of programs (JAX) or graphs (dynamo) compiled are reported
 apart and excluded from the rates.
 
-Numerics, named in every row: `fp32-strict` (JAX `Precision.HIGHEST`; PyTorch with TF32 off),
-`fp32-tf32` (PyTorch's default on GPUs: TF32 convolutions; no JAX row has it, so its JAX
-counterpart is the stricter `fp32-strict`), `bf16` (JAX bf16 compute with fp32 accumulation and
-fp32 fits; PyTorch bf16 autocast with fp32 fits). A row's speed-up is read against the PyTorch
-rows of the same numerics, and against `fp32-tf32` for the JAX fp32 rows, said as such.
+Numerics, named in every row: `fp32-strict` (JAX `protocol.dtype` `float32`, `Precision.HIGHEST`;
+PyTorch with TF32 off), `fp32-tf32` (JAX `tensorfloat32`: fp32 activations, TF32 convolutions and
+products, fp32 fits; PyTorch's GPU default, TF32 convolutions, with TF32 matmuls too; on a CPU,
+which has no TF32, both compute fp32 and PyTorch has no such row), `bf16` (JAX bf16 compute with
+fp32 accumulation and fp32 fits; PyTorch bf16 autocast with fp32 fits). A row's speed-up is read
+against the PyTorch rows of the same numerics only.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.population import PopulationEvaluator, fit_chunk, fit_heads, inference_fits, walk
-from modulenet_jax.protocol import FittedNetwork, Protocol, count_correct
+from modulenet_jax.protocol import FittedNetwork, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 
-# Dense peak FLOP/s by device kind, from the vendors' datasheets (SXM parts): (fp32, bf16).
-PEAK_FLOPS = {"H100": (67e12, 989e12), "H200": (67e12, 989e12), "A100": (19.5e12, 312e12)}
-NUMERICS = {"float32": "fp32-strict", "bfloat16": "bf16"}  # JAX dtype -> numerics
+# Dense peak FLOP/s by device kind and numerics, from the vendors' datasheets (SXM parts, no sparsity).
+PEAK_FLOPS = {"H100": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
+              "H200": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
+              "A100": {"fp32-strict": 19.5e12, "fp32-tf32": 156e12, "bf16": 312e12}}
+NUMERICS = {"float32": "fp32-strict", "tensorfloat32": "fp32-tf32", "bfloat16": "bf16"}  # JAX dtype -> numerics
+DTYPE_OF = {numerics: dtype for dtype, numerics in NUMERICS.items()}  # PyTorch numerics -> the JAX dtype it matches
 LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"  # once per program built (cached or not)
 _PROGRAMS = [0]
 
@@ -86,10 +90,10 @@ def device_name() -> str:
     return d.device_kind
 
 
-def peak_flops(name: str, dtype: str) -> float | None:
-    for key, (fp32, bf16) in PEAK_FLOPS.items():
+def peak_flops(name: str, numerics: str) -> float | None:
+    for key, peaks in PEAK_FLOPS.items():
         if key in name:
-            return fp32 if dtype == "float32" else bf16
+            return peaks[numerics]
     return None
 
 
@@ -159,7 +163,8 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
 
         hits, finite = jax.lax.map(batch, (images, labels, valid))
         return jnp.sum(hits), jnp.all(finite)
-    return jax.vmap(one)(idx, fits, heads)
+    with core.numerics(protocol):
+        return jax.vmap(one)(idx, fits, heads)
 
 
 # W2's first two phases alone (the fused program's own functions, each its own program here).
@@ -250,7 +255,7 @@ class Bench:
     def _add(self, r: Result, flops_per_image: float | None = None):
         if flops_per_image is not None and r.workload == "W1":
             r.tflops = r.rate * flops_per_image / 1e12
-            peak = peak_flops(self.device, r.dtype)
+            peak = peak_flops(self.device, r.numerics)
             r.peak_fraction = None if peak is None else r.tflops * 1e12 / peak
         self.results.append(r)
         self.log(f"{r.workload} {r.impl:20s} {r.numerics:11s} P={r.population:4d}: {_rate(r.rate):>12s} {r.unit}"
@@ -300,11 +305,11 @@ class Bench:
             nets = [self._loop_network(ev, a) for a in archs]
             programs = jax_programs()
             t = time.time()
-            count_correct(nets[0].logits, self.val, protocol.batch_size, protocol.jnp_dtype)
+            ev.score(nets[0], self.val)
             compile_s = time.time() - t
             built = jax_programs()
             t = time.time()
-            correct = [count_correct(n.logits, self.val, protocol.batch_size, protocol.jnp_dtype)[0] for n in nets]
+            correct = [ev.score(n, self.val)[0] for n in nets]
             dt = time.time() - t
         else:
             pe, scored = self._w1_fused(dtype, group)
@@ -372,11 +377,10 @@ class Bench:
         return self.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def torch_numerics(self, dtype: str) -> list[str]:
-        """The PyTorch numerics timed against a JAX dtype: bf16 autocast, or strict fp32 and (on
-        a GPU, where it differs) fp32 with TF32 convolutions."""
-        if dtype == "bfloat16":
-            return ["bf16"]
-        return ["fp32-strict"] + (["fp32-tf32"] if self._torch_device().startswith("cuda") else [])
+        """The PyTorch numerics timed against a JAX dtype: its own (`NUMERICS`), except TF32 where
+        PyTorch runs on a CPU (no TF32 there: it would be the strict row again)."""
+        numerics = NUMERICS[dtype]
+        return [] if numerics == "fp32-tf32" and not self._torch_device().startswith("cuda") else [numerics]
 
     def _runner(self, numerics: str, compile_: bool, fold: bool = False):
         from .torch_baseline import TorchRunner
@@ -407,7 +411,7 @@ class Bench:
         _, compile_s = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
         built = runner.compiles()
         correct, dt = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
-        self._add(Result("W1", impl, "float32" if numerics != "bf16" else "bfloat16", numerics, P, n, dt,
+        self._add(Result("W1", impl, DTYPE_OF[numerics], numerics, P, n, dt,
                          compile_s, n * len(data) / dt, "genotype-images/s", *_graphs(compile_, graphs, built, runner),
                          correct=correct), self._w1_flops(archs[:n]))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
@@ -431,7 +435,7 @@ class Bench:
             nets = [self._loop_network(ev, a) for a in archs]
 
             def jax_correct(i):
-                return count_correct(nets[i].logits, self.val, self.protocol.batch_size, protocol.jnp_dtype)[0]
+                return ev.score(nets[i], self.val)[0]
         else:
             pe, scored = self._w1_fused(dtype)
             one = [self._w1_fitted(pe, [a]) for a in archs]
@@ -453,7 +457,7 @@ class Bench:
         for r in range(rounds):
             for i in range(n):
                 (cj, t_jax[r, i]), (ct, t_torch[r, i]) = jax_pass(i), torch_pass(i)
-                if dtype == "float32" and cj != ct:
+                if NUMERICS[dtype] == "fp32-strict" and cj != ct:
                     raise AssertionError(f"W1 paired: JAX counts {cj} correct, PyTorch {ct}, on {archs[i].describe()}")
                 correct.append(cj)
         ratio = np.median(t_torch, axis=0) / np.median(t_jax, axis=0)  # JAX speed over PyTorch's, per network
@@ -582,7 +586,7 @@ class Bench:
         if self._skip(row, f"W2 {impl} {numerics} P={P}"):
             return
         t_row = time.time()
-        dtype = "float32" if numerics != "bf16" else "bfloat16"
+        dtype = DTYPE_OF[numerics]
         protocol = self._protocol(dtype)
         fit = self._resident(runner, self.fit, protocol.batch_size)
         val = self._resident(runner, self.val, protocol.batch_size)
@@ -675,13 +679,8 @@ def report_of(bench: Bench) -> dict:
             "seconds": round(time.time() - bench.t0, 1)}
 
 
-def _comparable(numerics: str) -> tuple[str, ...]:
-    """The PyTorch numerics a JAX row is read against: its own, and TF32 for strict fp32."""
-    return ("fp32-strict", "fp32-tf32") if numerics == "fp32-strict" else (numerics,)
-
-
 def speedups(report: dict) -> list[dict]:
-    """JAX over each PyTorch row of comparable numerics, per workload and population. PyTorch
+    """JAX over each PyTorch row of the same numerics, per workload and population. PyTorch
     runs networks one after another, so its rate does not depend on the population: where a
     PyTorch row was not timed at a population (more networks than it times), its row at the
     largest smaller population stands for it."""
@@ -691,7 +690,7 @@ def speedups(report: dict) -> list[dict]:
         if not r["impl"].startswith("jax") or r["impl"] == "jax-probe":
             continue
         torch_rows = {(b["impl"], b["numerics"]) for b in res if b["impl"].startswith("torch")
-                      and b["workload"] == r["workload"] and b["numerics"] in _comparable(r["numerics"])}
+                      and b["workload"] == r["workload"] and b["numerics"] == r["numerics"]}
         for impl, numerics in sorted(torch_rows):
             base = [b for b in res if (b["workload"], b["impl"], b["numerics"]) == (r["workload"], impl, numerics)
                     and b["population"] <= r["population"]]
@@ -704,22 +703,22 @@ def speedups(report: dict) -> list[dict]:
 
 
 def dtype_accuracy(report: dict) -> list[dict]:
-    """The accuracy change of bf16 compute: per (workload, impl, population), bf16's correct counts
-    minus strict fp32's on the same networks, and how much bf16 reorders them (Kendall's tau-b of
-    the two counts; NaN where either side is constant)."""
+    """The accuracy change of the faster numerics (bf16, TF32): per (workload, impl, numerics,
+    population), their correct counts minus strict fp32's on the same networks, and how much they
+    reorder them (Kendall's tau-b of the two counts; NaN where either side is constant)."""
     from modulenet_jax.ranking import kendall  # scipy.stats: only where a report is read
 
     rows = []
     res = report["results"]
     for r in res:
-        if r["numerics"] != "bf16" or not r.get("correct"):
+        if r["numerics"] == "fp32-strict" or not r.get("correct"):
             continue
         base = [b for b in res if b["numerics"] == "fp32-strict" and b.get("correct") and
                 (b["workload"], b["impl"], b["population"]) == (r["workload"], r["impl"], r["population"])]
         if base and len(base[0]["correct"]) == len(r["correct"]):
             d = np.asarray(r["correct"]) - np.asarray(base[0]["correct"])
-            rows.append({"workload": r["workload"], "impl": r["impl"], "population": r["population"],
-                         "networks": len(d), "mean_change": float(d.mean()),
+            rows.append({"workload": r["workload"], "impl": r["impl"], "numerics": r["numerics"],
+                         "population": r["population"], "networks": len(d), "mean_change": float(d.mean()),
                          "largest_change": int(d[np.argmax(np.abs(d))]),
                          "tau": kendall(base[0]["correct"], r["correct"]) if len(d) > 1 else float("nan")})
     return rows
@@ -749,9 +748,10 @@ def markdown(report: dict) -> str:
              else f"no PyTorch baseline); jax {report['jax']}")
     lines = [f"Device: **{report['device']}** ({torch}; {report['validation_images']} validation images; JAX strategy "
              f"`{report['strategy']}`; total {report['seconds']} s.", "",
-             "Numerics: `fp32-strict` = JAX `Precision.HIGHEST` / PyTorch with TF32 off; `fp32-tf32` = PyTorch's "
-             "GPU default (TF32 convolutions; no JAX row); `bf16` = JAX bf16 compute, fp32 accumulation / PyTorch "
-             "bf16 autocast. `compiled` = JAX programs lowered or dynamo graphs compiled by the warm-up call (its "
+             "Numerics: `fp32-strict` = JAX `Precision.HIGHEST` / PyTorch with TF32 off; `fp32-tf32` = TF32 "
+             "convolutions (JAX `tensorfloat32` / PyTorch's GPU default; fp32 on a CPU); `bf16` = JAX bf16 compute, "
+             "fp32 accumulation / PyTorch bf16 autocast. Each JAX row is read against PyTorch rows of its own "
+             "numerics. `compiled` = JAX programs lowered or dynamo graphs compiled by the warm-up call (its "
              "time is `compile s`), `again` = by the timed calls on the other networks (0: compiled once, reused). "
              "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
              "speed reference for `jax-fused`, not the protocol).", "",
@@ -777,9 +777,12 @@ def markdown(report: dict) -> str:
                       [f"{ph['impl']} | {ph['numerics']} | {ph['population']} | {ph['networks']} | {k} | {v:.3f} | "
                        f"{100 * v / (sum(ph['seconds'].values()) or 1.0):.0f}%"
                        for ph in report.get("phases", ()) for k, v in ph["seconds"].items()])
-    lines += _section("bf16 against fp32-strict, same networks, same images (correct predictions per network):",
-                      "workload | impl | population: | networks: | mean change: | largest change: | Kendall τ:",
-                      [f"{a['workload']} | {a['impl']} | {a['population']} | {a['networks']} | "
+    lines += _section("bf16 and TF32 against fp32-strict, same networks, same images (correct predictions per "
+                      "network):",
+                      "workload | impl | numerics | population: | networks: | mean change: | largest change: | "
+                      "Kendall τ:",
+                      [f"{a['workload']} | {a['impl']} | {a.get('numerics', 'bf16')} | {a['population']} | "
+                       f"{a['networks']} | "
                        f"{a['mean_change']:+.2f} | {a['largest_change']:+d} | {a.get('tau', float('nan')):.3f}"
                        for a in dtype_accuracy(report)])
     lines += _section("W1, JAX and PyTorch eager of the same numerics timed alternately network by network (median "

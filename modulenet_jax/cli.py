@@ -616,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
     bn.add_argument("--name", help="file stem (default: the device's name)")
     bn.add_argument("--populations", nargs="+", type=POSITIVE, default=[1, 8, 64, 256])
-    bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "tensorfloat32", "bfloat16"],
+                    help="JAX numerics timed (tensorfloat32: TF32 convolutions, against PyTorch's TF32 row on a GPU)")
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
                     help="PyTorch baselines to time (the torch extra); with no value, JAX alone")

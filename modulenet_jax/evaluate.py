@@ -160,7 +160,8 @@ class Evaluator:
 
     def score(self, fitted: FittedNetwork, split: Split) -> tuple[int, int]:
         """(correct, total) of a fitted network on a split, in fixed-size batches."""
-        return count_correct(fitted.logits, split, self.protocol.batch_size, self.protocol.jnp_dtype)
+        with core.numerics(self.protocol):
+            return count_correct(fitted.logits, split, self.protocol.batch_size, self.protocol.jnp_dtype)
 
     def evaluate_iter(self, archs: Sequence[Architecture], split: Split) -> Iterator[tuple[int, Evaluation]]:
         """Yields `(index, evaluation)` for every architecture, in `PrefixSchedule` order: a module

@@ -231,7 +231,8 @@ def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
         logits = network_logits(layout, slots, fits, head, core.prepare(protocol, x, mean, std), present)
         return core.score_logits(logits, y, v)
 
-    hits, finite = jax.lax.map(one, (images, labels, valid))
+    with core.numerics(protocol):
+        hits, finite = jax.lax.map(one, (images, labels, valid))
     return jnp.sum(hits), jnp.all(finite)
 
 

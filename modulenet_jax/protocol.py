@@ -17,6 +17,7 @@ reaches both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, NamedTuple
@@ -33,6 +34,7 @@ from modulenet_jax.zoo import fold_batch_norms
 
 BN_MODES = ("source", "recalibrate", "from_junction")
 HEADS = ("ridge", "logistic")
+DTYPES = ("float32", "tensorfloat32", "bfloat16")
 
 
 class EvaluationError(RuntimeError):
@@ -56,8 +58,10 @@ class Protocol:
       `stitch_images` of them);
     - `batch_size`: images per compiled call when scoring (and for the head's features
       without recalibration);
-    - `dtype`: `float32`, or `bfloat16` convolutions and products with fp32 accumulation
-      (stitch solves, BN statistics and the head stay in fp32);
+    - `dtype`: `float32` (strict: `Precision.HIGHEST`), `tensorfloat32` (fp32 activations,
+      convolutions in TF32 where the GPU has it, as PyTorch runs fp32 convolutions by default;
+      fp32 on a CPU), or `bfloat16` convolutions and products with fp32 accumulation (stitch
+      solves, BN statistics and the head stay in fp32 in every case);
     - `stitch_steps`: after the least-squares fits, Adam steps (learning rate `stitch_lr`) on
       the stitches and the head together, on the cross-entropy of the first `stitch_images`
       fit images, every module param frozen (see `tune.py`); 0 (the default) keeps the
@@ -90,8 +94,8 @@ class Protocol:
         if not 0 < self.stitch_images <= self.fit_images:
             raise UserError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
                              f"got {self.stitch_images}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"protocol.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"protocol.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size < 1 or self.head_steps < 1:
             raise UserError("protocol.batch_size and protocol.head_steps must be positive")
         if self.stitch_steps < 0 or not self.stitch_lr > 0:
@@ -102,7 +106,8 @@ class Protocol:
 
     @property
     def jnp_dtype(self):
-        return jnp.float32 if self.dtype == "float32" else jnp.bfloat16
+        """The activations' dtype."""
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
     @property
     def fit_pass_all(self) -> bool:
@@ -114,6 +119,17 @@ class Protocol:
         """Are a module's BN statistics recalibrated, given whether a junction lies at or before
         it (`mixed`: a bool, or a boolean array inside the fused program)?"""
         return {"source": False, "recalibrate": True, "from_junction": mixed}[self.bn]
+
+
+def numerics(protocol: Protocol):
+    """The scope in which the protocol's convolutions run at its precision: for `tensorfloat32`,
+    JAX's `default_matmul_precision` at TF32 (read while tracing, and part of every compiled
+    program's cache key); nothing to set for the others, whose precision the activations' dtype
+    gives (`zoo.layers`). Entered by the protocol's functions that run modules and by the
+    drivers around their scoring."""
+    if protocol.dtype == "tensorfloat32":
+        return jax.default_matmul_precision("tensorfloat32")
+    return contextlib.nullcontext()
 
 
 class ModuleFit(NamedTuple):
@@ -169,11 +185,12 @@ def source_inputs(protocol: Protocol, kb, source: str, fit_images) -> dict:
     x = prepare(protocol, fit_images[:protocol.stitch_images], jnp.asarray(model.mean, jnp.float32),
                 jnp.asarray(model.std, jnp.float32))
     inputs = {}
-    for rec in kb.modules_of(source):
-        inputs[rec.spec.name] = x
-        if rec.spec.kind == "head":
-            break
-        x, _ = run_module(rec.spec, kb.module_params(rec.id), x)
+    with numerics(protocol):
+        for rec in kb.modules_of(source):
+            inputs[rec.spec.name] = x
+            if rec.spec.kind == "head":
+                break
+            x, _ = run_module(rec.spec, kb.module_params(rec.id), x)
     return inputs
 
 
@@ -237,13 +254,14 @@ def step(protocol: Protocol, op: tuple, params, state: State, target, junction, 
     `fit`/`apply`/`fold` default to `fit_module`/`apply_module`/`folded`; the per-module driver
     passes their compiled forms so that each compiles once per op and is reused for every batch."""
     mixed = _or(state.mixed, junction)
-    y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed))
-    inference = fold(op, module_fit) if state.features or state.scored else None
+    with numerics(protocol):
+        y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed))
+        inference = fold(op, module_fit) if state.features or state.scored else None
 
-    def forward(x):
-        return apply(op, inference, x, junction, active)
+        def forward(x):
+            return apply(op, inference, x, junction, active)
 
-    return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored)), mixed), module_fit
+        return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored)), mixed), module_fit
 
 
 def _or(a, b):
@@ -290,8 +308,9 @@ def tune(protocol: Protocol, network_logits, fits, head, x, labels):
         joined = jax.tree_util.tree_map(lambda f, p, s: ModuleFit(p, s), fits, params, stitches, is_leaf=_is_fit)
         return network_logits(joined, head, x)
 
-    stitches, head, _ = tune_stitches(forward, params, stitches, head, x, labels, protocol.stitch_steps,
-                                      protocol.stitch_lr)
+    with numerics(protocol):
+        stitches, head, _ = tune_stitches(forward, params, stitches, head, x, labels, protocol.stitch_steps,
+                                          protocol.stitch_lr)
     tuned = jax.tree_util.tree_map(lambda f, s: ModuleFit(f.params, s), fits, stitches, is_leaf=_is_fit)
     return tuned, head
 

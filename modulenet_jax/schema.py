@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import OBJECTIVES, PREFIX_MEMORY_MB
-from modulenet_jax.protocol import BN_MODES, HEADS, Protocol
+from modulenet_jax.protocol import BN_MODES, DTYPES, HEADS, Protocol
 from modulenet_jax.search.operators import CROSSOVERS
 from modulenet_jax.space import GRANULARITIES
 from modulenet_jax.train import OPTIMIZERS
@@ -25,7 +25,6 @@ from modulenet_jax.train import OPTIMIZERS
 ALGORITHMS = ("nsga2", "random")
 STRATEGIES = ("auto", "loop", "fused")
 SPACE_KINDS = ("stages", "mixed")
-DTYPES = ("float32", "bfloat16")
 FINAL_SPLITS = ("final", "val", "test")
 
 
@@ -174,7 +173,8 @@ FIELDS = (
     Field("protocol.fit_images", integer(1), PROTOCOL, "train images for BatchNorm statistics and the head"),
     Field("protocol.batch_size", integer(1), PROTOCOL, "images per compiled call"),
     Field("protocol.dtype", one_of(*DTYPES), PROTOCOL,
-          "`bfloat16`: convolutions and products in bf16, fp32 accumulation"),
+          "`tensorfloat32`: fp32 with TF32 convolutions on GPUs that have it (PyTorch's GPU default; fp32 "
+          "elsewhere); `bfloat16`: convolutions and products in bf16, fp32 accumulation"),
     Field("protocol.stitch_steps", integer(0), PROTOCOL, "Adam steps on stitches and head after the fits (0: none)"),
     Field("protocol.stitch_lr", number(0, lo_open=True), PROTOCOL, "the learning rate of those steps"),
     Field("protocol.input_size", optional(integer(1)), PROTOCOL,

@@ -93,12 +93,29 @@ def test_rates_flops_and_the_dtype_comparison(report):
     assert np.isnan(acc["W2", 1]["tau"]) and "Kendall τ" in throughput.markdown(report)
 
 
+def test_tensorfloat32_rows_are_read_against_tf32_only(tiny_kb, tiny_dataset):
+    """A JAX `tensorfloat32` row is named `fp32-tf32` and read against PyTorch's TF32 rows only:
+    on a CPU PyTorch has none (no TF32 there), and JAX counts what strict fp32 counts; the
+    dtype table compares it with the strict row of the same networks."""
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
+    report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
+                            dtypes=("float32", "tensorfloat32"), workloads=("W1",), torch_modes=("eager",),
+                            torch_fold_modes=(), torch_max_w1=2, strategy="loop", log=lambda m: None)
+    tf32, = _rows(report, impl="jax-loop", dtype="tensorfloat32")
+    strict, = _rows(report, impl="jax-loop", dtype="float32")
+    assert tf32["numerics"] == "fp32-tf32" and tf32["correct"] == strict["correct"]
+    assert {r["numerics"] for r in report["results"] if r["impl"].startswith("torch")} == {"fp32-strict"}
+    assert {s["vs_numerics"] for s in throughput.speedups(report)} == {"fp32-strict"}
+    tf32_change, = [a for a in throughput.dtype_accuracy(report) if a["numerics"] == "fp32-tf32"]
+    assert tf32_change["mean_change"] == 0 and "| W1 | jax-loop | fp32-tf32 | 2 |" in throughput.markdown(report)
+
+
 def test_saved_files_name_the_device(report, tmp_path):
     out = throughput.save(report, tmp_path, "tiny")
     saved = json.loads((out / "tiny.json").read_text())
     assert saved["device"] == throughput.device_name() and saved["device"].startswith("CPU (")
     md = (out / "tiny.md").read_text()
-    assert saved["device"] in md and "bf16 against fp32" in md and (out / "tiny.png").stat().st_size > 0
+    assert saved["device"] in md and "bf16 and TF32 against fp32-strict" in md and (out / "tiny.png").stat().st_size > 0
 
 
 def test_paired_w1_times_the_same_networks_both_ways(report):

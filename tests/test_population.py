@@ -135,6 +135,27 @@ def test_population_in_bfloat16_stays_close_to_one_by_one(tiny_kb, tiny_dataset)
     assert [(f.params, f.flops) for f in fused] == [(o.params, o.flops) for o in one_by_one]
 
 
+def test_tensorfloat32_reaches_every_convolution_of_both_drivers(tiny_kb, tiny_dataset, tmp_path):
+    """`tensorfloat32` is fp32 with TF32 convolutions: every convolution either driver compiles
+    asks for `HIGH` precision (XLA's TF32 on a GPU), none for `HIGHEST` (strict fp32), while the
+    stitch solves and the head keep `HIGHEST`; on a CPU, which has no TF32, the two drivers still
+    count exactly the same correct predictions."""
+    protocol = Protocol(**{**PROTOCOL.__dict__, "dtype": "tensorfloat32", "head_steps": 13})  # compiled here only
+    jax.config.update("jax_dump_ir_to", str(tmp_path))
+    try:
+        fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol)
+    finally:
+        jax.config.update("jax_dump_ir_to", "")
+    assert fused == one_by_one
+    programs = [f.read_text() for f in tmp_path.glob("*.mlir")]
+    convolutions = [line for text in programs for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert len(convolutions) > 10
+    assert all("precision HIGH>" in c and "HIGHEST" not in c for c in convolutions), convolutions[0]
+    solves = [line for text in programs for line in text.splitlines()  # the stitches' Gram matrices: sums over
+              if "stablehlo.dot_general" in line and "x49152x" in line]  # 48 stitch images x 32 x 32 pixels
+    assert solves and all("HIGHEST" in line for line in solves)
+
+
 def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):
     space, fit, archs, _ = _setup(tiny_kb, tiny_dataset, "run")
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)

@@ -1,8 +1,9 @@
 """Pure layer functions with PyTorch semantics (NHWC activations, HWIO kernels).
 
 Every function computes in the dtype of its input: float32 runs at full precision
-(`Precision.HIGHEST`, so GPUs do not silently use TF32), bfloat16 multiplies in bf16 and
-accumulates in float32.
+(`Precision.HIGHEST`, so GPUs do not silently use TF32) unless JAX's `default_matmul_precision`
+is set (the protocol's `tensorfloat32` numerics set it to TF32 for their scope, `protocol.numerics`),
+bfloat16 multiplies in bf16 and accumulates in float32.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _precision(dtype) -> lax.Precision:
-    return lax.Precision.HIGHEST if dtype == jnp.float32 else lax.Precision.DEFAULT
+def _precision(dtype) -> lax.Precision | None:
+    if dtype != jnp.float32:
+        return lax.Precision.DEFAULT
+    return None if jax.config.jax_default_matmul_precision is not None else lax.Precision.HIGHEST
 
 
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1):
