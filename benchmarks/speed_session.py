@@ -17,9 +17,11 @@ few images, populations 1 and 2, no time limits) to check it on a CPU; it runs t
 path as a GPU does unless `--strategy` says otherwise.
 
 The fused JAX path is timed once per `--groups` size (`population.by_group`: the chunk as one
-vmap, one genotype at a time, eight at a time), and at `--profile-population` each of its rows
-is traced with `jax.profiler` and summarised by op kind (`profile_summary.py`; the traces stay
-beside the cache, the summary goes into the report).
+vmap, one genotype at a time, eight at a time) up to `--groups-until` (64), and above it only in
+the group that ran fastest there (per workload and dtype: the 256 points are the slowest to
+compile and run); at `--profile-population` each of its rows is traced with `jax.profiler` and
+summarised by op kind (`profile_summary.py`; the traces stay beside the cache, the summary goes
+into the report). Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).
 
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
 json and md are rewritten after every measurement, so a session cut short keeps them.
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--strategy", default="fused", choices=["auto", "fused", "loop"])
     p.add_argument("--groups", nargs="+", type=int, default=[0, 1, 8],
                    help="fused rows per group size: G genotypes side by side at a time (0: the chunk as one vmap)")
+    p.add_argument("--groups-until", type=int, default=64,
+                   help="above this population only the fastest group so far runs (per workload and dtype)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     args = p.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
@@ -106,7 +110,7 @@ def main(argv=None):
         # different heads and W2's counts differ by an image, which is the check --quick makes
         protocol = dataclasses.replace(protocol, fit_images=128, stitch_images=64, batch_size=50)
         populations, val_size, phase_population = [1, 2], 100, 2
-        args.profile_population = 2
+        args.profile_population, args.groups_until = 2, 1
     log(f"devices: {jax.devices()}; python {sys.version.split()[0]}, jax {jax.__version__}; "
         f"loaded in {time.time() - t0:.1f} s")
     report = throughput.run(kb, dataset, protocol, granularity="run", val_size=val_size,
@@ -115,7 +119,8 @@ def main(argv=None):
                             torch_max_w1=2 if args.quick else args.torch_max_w1,
                             torch_max_w2=2 if args.quick else args.torch_max_w2, strategy=args.strategy,
                             budget_s=budget, row_cap_s=row_cap, phase_population=phase_population,
-                            groups=tuple(g or None for g in args.groups), profile_population=args.profile_population,
+                            groups=tuple(g or None for g in args.groups), groups_until=args.groups_until,
+                            profile_population=args.profile_population,
                             trace_dir=cache.parent / "traces", log=log,
                             checkpoint=lambda r: throughput.write_report(r, throughput.markdown(r), out, "speed"))
     throughput.save(report, out, "speed")

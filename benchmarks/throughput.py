@@ -138,6 +138,7 @@ class Result:
     mean_correct: float | None = None
     correct: list[int] | None = None  # per network timed, in order: what the dtype comparison reads
     phases: dict | None = None  # W2: seconds per protocol phase over the timed networks
+    group: int | None = None  # fused JAX rows: genotypes side by side (`fused_impl`; None: the chunk as one vmap)
 
     def __post_init__(self):
         if self.correct is not None:
@@ -176,6 +177,17 @@ def fused_impl(group: int | None) -> str:
     """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
     genotypes side by side at a time (`population.by_group`)."""
     return "jax-fused" if group is None else f"jax-fused-g{group}"
+
+
+def fastest_group(results: list[Result], workload: str, dtype: str, groups: tuple) -> tuple:
+    """Of `groups`, the one whose fused row ran fastest at the largest population measured (for
+    `workload` and `dtype`), as a 1-tuple; `groups` as they are where none was measured."""
+    rows = [r for r in results if r.impl.startswith("jax-fused") and (r.workload, r.dtype) == (workload, dtype)
+            and r.group in groups]
+    if not rows:
+        return groups
+    largest = max(r.population for r in rows)
+    return (max((r for r in rows if r.population == largest), key=lambda r: r.rate).group,)
 
 
 def _graphs(compiled: bool, before: int, warm: int, runner) -> tuple[int | None, int | None]:
@@ -326,7 +338,8 @@ class Bench:
                 times.append(time.time() - t)
             dt = float(np.median(times))
         self._add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
-                         built - programs, jax_programs() - built, correct=correct), self._w1_flops(archs))
+                         built - programs, jax_programs() - built, correct=correct, group=group),
+                  self._w1_flops(archs))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def w1_probe(self, archs, dtype, P):
@@ -503,7 +516,7 @@ class Bench:
             res = pe.evaluate(archs[:P], self.val)
             dt = time.time() - t
         self._add(Result("W2", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P / dt, "genotypes/s",
-                         built - programs, jax_programs() - built, correct=[r.correct for r in res]))
+                         built - programs, jax_programs() - built, correct=[r.correct for r in res], group=group))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def w2_jax_phases(self, archs, dtype, P, group=None):
@@ -612,13 +625,16 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
         dtypes=("float32", "bfloat16"), workloads=("W1", "W2"), torch_modes=("eager", "compile"),
         torch_fold_modes=("eager", "compile"), torch_max_w1=64, torch_max_w2=16, strategy="auto", budget_s=None,
         row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, groups=(None,),
-        profile_population=None, trace_dir=None, log=print, checkpoint: Callable[[dict], None] | None = None) -> dict:
+        groups_until=None, profile_population=None, trace_dir=None, log=print,
+        checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Every measurement, population by population (small ones first: a budget that runs out
     costs the large points, not whole rows); returns the report. `torch_fold_modes`: the PyTorch
     modes whose W1 rows are also timed with BatchNorm folded; `phase_population`: the
     population the fused W2 program is also timed at phase by phase (None: not); `groups`:
-    the fused path's rows, one per group size (`fused_impl`; None: the chunk as one vmap);
-    `profile_population`: the population at which each fused row is also traced with the
+    the fused path's rows, one per group size (`fused_impl`; None: the chunk as one vmap), and
+    at populations above `groups_until` (None: at every one) only the group that ran fastest
+    so far (`fastest_group`, per workload and dtype: the large points, the slowest to
+    compile and run, for the one curve that counts); `profile_population`: the population at which each fused row is also traced with the
     profiler (`Bench.profile`; traces under `trace_dir`, summaries in the report);
     `checkpoint(report)`: called with the report so far after each measurement (a session
     killed by its time limit keeps what it measured)."""
@@ -634,8 +650,12 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
         for dtype in dtypes:
             numerics = bench.torch_numerics(dtype) if torch_modes else []
             jax_groups = groups if bench.strategy == "fused" else (None,)
+            if groups_until is not None and P > groups_until:
+                w1_groups, w2_groups = (fastest_group(bench.results, w, dtype, jax_groups) for w in ("W1", "W2"))
+            else:
+                w1_groups = w2_groups = jax_groups
             if "W1" in workloads:
-                for g in jax_groups:
+                for g in w1_groups:
                     bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
                 bench.attempt(("W1 jax probe", dtype), bench.w1_probe, w1, dtype, P)
                 for num in numerics:
@@ -644,7 +664,7 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                             bench.attempt(("W1 torch", num, mode, fold), bench.w1_torch, w1, num, P,
                                           mode == "compile", fold, torch_max_w1)
             if "W2" in workloads:
-                for g in jax_groups:
+                for g in w2_groups:
                     bench.attempt(("W2 jax", dtype, g), bench.w2_jax, w2, dtype, P, g)
                     if P == phase_population:
                         bench.attempt(("W2 jax phases", dtype, g), bench.w2_jax_phases, w2, dtype, P, g)

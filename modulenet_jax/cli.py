@@ -433,7 +433,8 @@ def cmd_bench(args) -> int:
                                 strategy=args.strategy, budget_s=args.budget, row_cap_s=args.row_cap,
                                 seed=args.seed, paired=args.paired, paired_rounds=args.paired_rounds,
                                 phase_population=args.phase_population,
-                                groups=tuple(g or None for g in args.groups), log=log)
+                                groups=tuple(g or None for g in args.groups), groups_until=args.groups_until,
+                                log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
@@ -636,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--groups", nargs="+", type=COUNT, default=[0], metavar="G",
                     help="fused path: a row per group size, G genotypes side by side at a time (0: the whole "
                          "chunk as one vmap)")
+    bn.add_argument("--groups-until", type=POSITIVE, metavar="P",
+                    help="above this population only the group that ran fastest so far (default: every group at "
+                         "every population)")
     bn.add_argument("--seed", type=COUNT, default=0)
     bn.add_argument("--paired", type=COUNT, default=0, metavar="N",
                     help="also time W1 for N networks alternating JAX and PyTorch eager per network")

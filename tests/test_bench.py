@@ -110,6 +110,34 @@ def test_tensorfloat32_rows_are_read_against_tf32_only(tiny_kb, tiny_dataset):
     assert tf32_change["mean_change"] == 0 and "| W1 | jax-loop | fp32-tf32 | 2 |" in throughput.markdown(report)
 
 
+def test_above_groups_until_only_the_fastest_group_runs(tiny_kb, tiny_dataset):
+    """Past `groups_until`, a fused row runs only in the group that was fastest at the largest
+    population before (per workload and dtype): the costly large points for one curve."""
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
+    report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(1, 2),
+                            dtypes=("float32",), workloads=("W1",), torch_modes=(), strategy="fused",
+                            groups=(None, 1), groups_until=1, log=lambda m: None)
+    fused = [r for r in report["results"] if r["impl"].startswith("jax-fused")]
+    at_1 = {r["group"]: r["rate"] for r in fused if r["population"] == 1}
+    at_2 = [r["group"] for r in fused if r["population"] == 2]
+    assert set(at_1) == {None, 1} and at_2 == [max(at_1, key=at_1.get)]
+
+
+def test_fastest_group_reads_the_largest_population_of_its_own_rows():
+    def row(workload, impl, dtype, population, rate, group):
+        return throughput.Result(workload, impl, dtype, throughput.NUMERICS[dtype], population, population, 1.0, None,
+                                 rate, "genotype-images/s", group=group)
+
+    results = [row("W1", "jax-fused", "bfloat16", 8, 90.0, None), row("W1", "jax-fused-g8", "bfloat16", 8, 80.0, 8),
+               row("W1", "jax-fused", "bfloat16", 64, 100.0, None), row("W1", "jax-fused-g8", "bfloat16", 64, 150.0, 8),
+               row("W1", "jax-fused-g1", "bfloat16", 8, 500.0, 1),  # faster, but not measured at 64
+               row("W1", "jax-fused", "float32", 64, 999.0, None), row("W2", "jax-fused-g1/64", "bfloat16", 64, 9.0, 1),
+               row("W1", "torch-eager", "bfloat16", 64, 999.0, None)]
+    assert throughput.fastest_group(results, "W1", "bfloat16", (None, 1, 8)) == (8,)
+    assert throughput.fastest_group(results, "W2", "bfloat16", (None, 1, 8)) == (1,)
+    assert throughput.fastest_group(results, "W2", "float32", (None, 1, 8)) == (None, 1, 8)  # nothing measured yet
+
+
 def test_saved_files_name_the_device(report, tmp_path):
     out = throughput.save(report, tmp_path, "tiny")
     saved = json.loads((out / "tiny.json").read_text())
