@@ -129,3 +129,26 @@ def test_dominated_by_names_the_sources_at_most_as_large_and_at_least_as_accurat
     assert dominated_by(row(100, 0.80), sources) == []          # the source itself: not dominated
     assert dominated_by(row(400, 0.85), sources) == ["large"]
     assert dominated_by(row(50, 0.1), sources) == []            # smaller than every source
+
+
+def test_the_final_table_judges_found_networks_on_the_searchs_own_costs():
+    """A search on (error, params, flops) or (error, flops): a found network larger than a source
+    but with fewer FLOPs is not dominated by it, and beats it only where it is cheaper in every
+    cost the search minimised; the table says which costs."""
+    from modulenet_jax.search.runner import beats, cost_objectives, dominated_by, markdown_table
+
+    assert cost_objectives(("error", "params")) == ("params",)
+    assert cost_objectives(("error", "params", "flops")) == ("params", "flops")
+    assert cost_objectives(("error",)) == ("params",)
+    source = {"name": "r20", "kind": "source", "params": 270_000, "flops": 81e6, "final_accuracy": 0.80}
+    found = {"name": "front0", "kind": "found", "params": 300_000, "flops": 60e6, "final_accuracy": 0.80}
+    assert dominated_by(found, [source]) == ["r20"]  # on parameters alone
+    assert dominated_by(found, [source], ("params", "flops")) == []
+    assert dominated_by(found, [source], ("flops",)) == []
+    better = {**found, "final_accuracy": 0.81}
+    assert beats(better, [source], ("flops",)) == ["r20"] and beats(better, [source], ("params", "flops")) == []
+    rows = [{**r, "junctions": 0, "val_accuracy": 0.8, "final_correct": 80, "final_total": 100,
+             "published_final_accuracy": None} for r in (source, better)]
+    md = markdown_table(rows, "test", ("flops",))
+    assert "| front0 | 300,000 | 60.0 | 0 | 0.8000 | 0.8100 (80/100) |  | r20 |" in md
+    assert "in accuracy and FLOPs" in md and ": front0." in md

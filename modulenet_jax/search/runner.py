@@ -333,26 +333,37 @@ def final_table(run: Run, result: dict, out_dir, log: Callable[[str], None] = pr
                      "on_front": tuple(rec["modules"]) in by_modules})
         log(f"final: front{i}: {ev.correct}/{ev.total}")
     rows.sort(key=lambda r: (r["params"], r["name"]))
-    _write_final(Path(out_dir), final.description, rows)
+    costs = cost_objectives(run.objectives)
+    _write_final(Path(out_dir), final.description, rows, costs)
     if setting(run.config, "final.finetune.epochs") > 0:
         finetune_rows(run, out_dir, rows, log)
-        _write_final(Path(out_dir), final.description, rows)
+        _write_final(Path(out_dir), final.description, rows, costs)
     return rows
 
 
-def _write_final(out: Path, split: str, rows: list[dict]) -> None:
-    write_atomic(out / "final.json", json.dumps({"split": split, "rows": rows}, indent=1) + "\n")
-    write_atomic(out / "final.md", markdown_table(rows, split) + "\n")
+def _write_final(out: Path, split: str, rows: list[dict], costs: tuple[str, ...]) -> None:
+    write_atomic(out / "final.json", json.dumps({"split": split, "costs": list(costs), "rows": rows}, indent=1) + "\n")
+    write_atomic(out / "final.md", markdown_table(rows, split, costs) + "\n")
 
 
-def beats(row: dict, sources: list[dict]) -> list[str]:
-    """The sources this row beats: more accurate on the final split at no more parameters."""
+COST_NAMES = {"params": "parameters", "flops": "FLOPs"}
+
+
+def cost_objectives(objectives) -> tuple[str, ...]:
+    """The costs the final table judges a found network on against the sources: the search's
+    objectives other than the error (parameters where it has none)."""
+    return tuple(o for o in objectives if o != "error") or ("params",)
+
+
+def beats(row: dict, sources: list[dict], costs=("params",)) -> list[str]:
+    """The sources this row beats: more accurate on the final split at no more of any cost."""
     return [s["name"] for s in sources
-            if row["final_accuracy"] > s["final_accuracy"] and row["params"] <= s["params"]]
+            if row["final_accuracy"] > s["final_accuracy"] and all(row[c] <= s[c] for c in costs)]
 
 
-def markdown_table(rows: list[dict], split: str) -> str:
-    """`final.md`: the final table's rows, with the sources each found network beats."""
+def markdown_table(rows: list[dict], split: str, costs=("params",)) -> str:
+    """`final.md`: the final table's rows, with the sources each found network beats on accuracy
+    and `costs` (the search's, `cost_objectives`)."""
     sources = [r for r in rows if r["kind"] == "source"]
     tuned = any("finetuned_accuracy" in r for r in rows)
     lines = [f"Final split: {split}. Protocol accuracy = fitted stitches/BN/head as in the search; "
@@ -364,18 +375,19 @@ def markdown_table(rows: list[dict], split: str) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: |" if tuned else "")]
     for r in rows:
         pub = "" if r["published_final_accuracy"] is None else f"{r['published_final_accuracy']:.4f}"
-        won = ", ".join(beats(r, sources)) if r["kind"] == "found" else ""
+        won = ", ".join(beats(r, sources, costs)) if r["kind"] == "found" else ""
         after = (f" {r['finetuned_accuracy']:.4f} ({r['finetuned_correct']}/{r['finetuned_total']}) |"
                  if tuned else "")
         lines.append(f"| {r['name']} | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['junctions']} | "
                      f"{r['val_accuracy']:.4f} | {r['final_accuracy']:.4f} ({r['final_correct']}/{r['final_total']}) "
                      f"| {pub} | {won} |{after}")
     found = [r for r in rows if r["kind"] == "found"]
-    free = [r["name"] for r in found if not dominated_by(r, sources)]
-    lines += ["", f"Found networks no source dominates on the final split (more accurate, or as accurate with "
-                  f"fewer parameters, than every source at most as large): {', '.join(free) or 'none'}.",
-              f"Hypervolume of the final split's (error, parameters) front (reference: error {HV_REFERENCE[0]}, "
-              f"{HV_REFERENCE[1]:,} parameters): the sources alone "
+    free = [r["name"] for r in found if not dominated_by(r, sources, costs)]
+    named = " and ".join(COST_NAMES[c] for c in costs)
+    lines += ["", f"Found networks no source dominates on the final split in accuracy and {named} (more accurate, "
+                  f"or as accurate and cheaper, than every source at most as costly): {', '.join(free) or 'none'}.",
+              f"Hypervolume of the final split's (error, parameters) front, whatever the search's costs so that "
+              f"runs compare (reference: error {HV_REFERENCE[0]}, {HV_REFERENCE[1]:,} parameters): the sources alone "
               f"{final_hypervolume(sources):.4f}, with the found networks {final_hypervolume(rows):.4f}."]
     return "\n".join(lines)
 
@@ -385,12 +397,15 @@ def final_hypervolume(rows: list[dict]) -> float:
     return hypervolume([{"error": 1 - r["final_accuracy"], "params": r["params"]} for r in rows])
 
 
-def dominated_by(row: dict, sources: list[dict]) -> list[str]:
-    """The sources that dominate this row on the final split: at least as accurate with at most as
-    many parameters, and better in one of the two."""
+def dominated_by(row: dict, sources: list[dict], costs=("params",)) -> list[str]:
+    """The sources that dominate this row on the final split: at least as accurate at no more of
+    any of `costs`, and better in one of them."""
+    def key(r):
+        return (r["final_accuracy"], *(r[c] for c in costs))
+
     return [s["name"] for s in sources
-            if s["final_accuracy"] >= row["final_accuracy"] and s["params"] <= row["params"]
-            and (s["final_accuracy"], s["params"]) != (row["final_accuracy"], row["params"])]
+            if s["final_accuracy"] >= row["final_accuracy"] and all(s[c] <= row[c] for c in costs)
+            and key(s) != key(row)]
 
 
 def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, objectives) -> None:
