@@ -32,9 +32,10 @@ from modulenet_jax.assemble import apply_stitch, head_logits, pool, preprocess, 
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import FittedNetwork, count_correct
+from modulenet_jax.zoo.layers import numerics
 from modulenet_jax.zoo.registry import ModuleSpec, fold_batch_norms
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "tensorfloat32": jnp.float32, "bfloat16": jnp.bfloat16}  # -> activations
 
 
 def split_buffers(tree: dict) -> tuple[dict, dict]:
@@ -93,7 +94,8 @@ class Network(nn.Module):
     - `junctions`: per module, is there a stitch before it;
     - `num_classes`, `mean`, `std`: the head's classes and the input normalisation
       `(x / 255 - mean) / std`; `input_size`: images are resized to it first (None: as they are);
-    - `dtype`: `float32`, or `bfloat16` activations (fp32 accumulation, BN and head);
+    - `dtype`: `float32`, `tensorfloat32` (fp32 activations, TF32 convolutions on GPUs that
+      have them: `zoo.layers.numerics`), or `bfloat16` activations (fp32 accumulation, BN and head);
     - `bn_momentum`: the running statistics' momentum in training mode (PyTorch's 0.1).
 
     Variables: `params` = {`module{i}`, `stitch{i}` (junctions only), `head`}, `batch_stats` =
@@ -114,24 +116,25 @@ class Network(nn.Module):
     @nn.compact
     def __call__(self, images, train: bool = False):
         """Logits (float32) of uint8 NHWC `images`; `train`: BatchNorm in training mode."""
-        x = preprocess(images, jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32),
-                       DTYPES[self.dtype], self.input_size)
-        for i, (spec, model, junction) in enumerate(zip(self.specs, self.models, self.junctions)):
-            if junction:
-                x = apply_stitch(self.param(f"stitch{i}", _linear_init, x.shape[-1], spec.in_channels), x)
-            trainable = self.param(f"module{i}", _init_trainable, model, spec.name)
-            stats, buffers = None, {}
-            if split_buffers(_model_shapes(model)[spec.name])[1]:  # a module with BatchNorm
-                stats = self.variable("batch_stats", f"module{i}", _init_buffers, model, spec.name)
-                buffers = stats.value
-            params = merge_buffers(trainable, buffers)
-            if not train:  # evaluation runs the inference form the protocol scores with
-                params = fold_batch_norms(spec.op, spec.static, params)
-            x, used = run_op((spec.op, spec.static), params, x, calibrate=train)
-            if train and stats is not None and not self.is_initializing():
-                stats.value = blend_running_stats(buffers, split_buffers(used)[1], self.bn_momentum)
-        head = self.param("head", _linear_init, self.specs[-1].out_channels, self.num_classes)
-        return head_logits(head, pool(x))
+        with numerics(self.dtype):
+            x = preprocess(images, jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32),
+                           DTYPES[self.dtype], self.input_size)
+            for i, (spec, model, junction) in enumerate(zip(self.specs, self.models, self.junctions)):
+                if junction:
+                    x = apply_stitch(self.param(f"stitch{i}", _linear_init, x.shape[-1], spec.in_channels), x)
+                trainable = self.param(f"module{i}", _init_trainable, model, spec.name)
+                stats, buffers = None, {}
+                if split_buffers(_model_shapes(model)[spec.name])[1]:  # a module with BatchNorm
+                    stats = self.variable("batch_stats", f"module{i}", _init_buffers, model, spec.name)
+                    buffers = stats.value
+                params = merge_buffers(trainable, buffers)
+                if not train:  # evaluation runs the inference form the protocol scores with
+                    params = fold_batch_norms(spec.op, spec.static, params)
+                x, used = run_op((spec.op, spec.static), params, x, calibrate=train)
+                if train and stats is not None and not self.is_initializing():
+                    stats.value = blend_running_stats(buffers, split_buffers(used)[1], self.bn_momentum)
+            head = self.param("head", _linear_init, self.specs[-1].out_channels, self.num_classes)
+            return head_logits(head, pool(x))
 
 
 def _linear_init(key, cin: int, cout: int) -> dict:

@@ -17,7 +17,6 @@ reaches both.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
 from modulenet_jax.zoo import fold_batch_norms
+from modulenet_jax.zoo.layers import numerics as layer_numerics
 
 BN_MODES = ("source", "recalibrate", "from_junction")
 HEADS = ("ridge", "logistic")
@@ -122,14 +122,10 @@ class Protocol:
 
 
 def numerics(protocol: Protocol):
-    """The scope in which the protocol's convolutions run at its precision: for `tensorfloat32`,
-    JAX's `default_matmul_precision` at TF32 (read while tracing, and part of every compiled
-    program's cache key); nothing to set for the others, whose precision the activations' dtype
-    gives (`zoo.layers`). Entered by the protocol's functions that run modules and by the
-    drivers around their scoring."""
-    if protocol.dtype == "tensorfloat32":
-        return jax.default_matmul_precision("tensorfloat32")
-    return contextlib.nullcontext()
+    """The scope in which the protocol's convolutions run at its precision (`zoo.layers.numerics`
+    of its dtype). Entered by the protocol's functions that run modules and by the drivers
+    around their scoring."""
+    return layer_numerics(protocol.dtype)
 
 
 class ModuleFit(NamedTuple):

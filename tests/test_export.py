@@ -56,6 +56,21 @@ def test_the_flax_network_counts_what_the_protocol_counts(tiny_kb, tiny_dataset,
         assert jax.tree_util.tree_map(np.shape, fresh) == jax.tree_util.tree_map(np.shape, variables)
 
 
+def test_a_tensorfloat32_network_exports_with_its_numerics(tiny_kb, tiny_dataset, tmp_path):
+    """A network fitted under `tensorfloat32` exports as such: its convolutions ask for TF32
+    (`HIGH`, never `HIGHEST`), it counts what the protocol counts, and it saves and loads."""
+    protocol = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10, dtype="tensorfloat32")
+    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64))
+    arch = _junction_archs(tiny_kb, 1)[0]
+    model, variables = from_fitted(evaluator.fit(arch), _models(tiny_kb, arch), protocol.dtype)
+    assert evaluate(model, variables, tiny_dataset.test, 32)[0] == evaluator.evaluate(arch, tiny_dataset.test).correct
+    text = jax.jit(model.apply).lower(variables, tiny_dataset.test.images[:2]).as_text()
+    convolutions = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert convolutions and all("precision HIGH>" in c for c in convolutions)
+    export.save(tmp_path, model, variables, [tiny_kb.record(m) for m in arch.modules], {})
+    assert export.load(tmp_path)[0] == model
+
+
 def test_training_mode_updates_running_statistics_like_pytorch(tiny_kb, tiny_dataset):
     protocol = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10)
     evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64))

@@ -2,15 +2,25 @@
 
 Every function computes in the dtype of its input: float32 runs at full precision
 (`Precision.HIGHEST`, so GPUs do not silently use TF32) unless JAX's `default_matmul_precision`
-is set (the protocol's `tensorfloat32` numerics set it to TF32 for their scope, `protocol.numerics`),
+is set (`numerics("tensorfloat32")` sets it to TF32 for its scope),
 bfloat16 multiplies in bf16 and accumulates in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+def numerics(dtype: str):
+    """The scope in which a computation named by `dtype` runs its convolutions and products:
+    for `tensorfloat32` (fp32 activations), JAX's `default_matmul_precision` at TF32 (read while
+    tracing, and part of every compiled program's cache key); nothing to set for `float32` and
+    `bfloat16`, whose precision the activations' dtype gives (`_precision`)."""
+    return jax.default_matmul_precision("tensorfloat32") if dtype == "tensorfloat32" else contextlib.nullcontext()
 
 
 def _precision(dtype) -> lax.Precision | None:
