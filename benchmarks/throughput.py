@@ -634,8 +634,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     the fused path's rows, one per group size (`fused_impl`; None: the chunk as one vmap), and
     at populations above `groups_until` (None: at every one) only the group that ran fastest
     so far (`fastest_group`, per workload and dtype: the large points, the slowest to
-    compile and run, for the one curve that counts); `profile_population`: the population at which each fused row is also traced with the
-    profiler (`Bench.profile`; traces under `trace_dir`, summaries in the report);
+    compile and run, for the one curve that counts); `profile_population`: the population at
+    which each fused row is also traced with the profiler (`Bench.profile`; traces under
+    `trace_dir`, summaries in the report);
     `checkpoint(report)`: called with the report so far after each measurement (a session
     killed by its time limit keeps what it measured)."""
     bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log,
@@ -725,7 +726,9 @@ def speedups(report: dict) -> list[dict]:
 def dtype_accuracy(report: dict) -> list[dict]:
     """The accuracy change of the faster numerics (bf16, TF32): per (workload, impl, numerics,
     population), their correct counts minus strict fp32's on the same networks, and how much they
-    reorder them (Kendall's tau-b of the two counts; NaN where either side is constant)."""
+    reorder them (Kendall's tau-b of the two counts; NaN where either side is constant). A JAX row
+    is read against the strict row of its own implementation, or else of any JAX protocol row at
+    that population: in strict fp32 every driver and group counts the same (`tests/test_population.py`)."""
     from modulenet_jax.ranking import kendall  # scipy.stats: only where a report is read
 
     rows = []
@@ -733,8 +736,10 @@ def dtype_accuracy(report: dict) -> list[dict]:
     for r in res:
         if r["numerics"] == "fp32-strict" or not r.get("correct"):
             continue
-        base = [b for b in res if b["numerics"] == "fp32-strict" and b.get("correct") and
-                (b["workload"], b["impl"], b["population"]) == (r["workload"], r["impl"], r["population"])]
+        strict = [b for b in res if b["numerics"] == "fp32-strict" and b.get("correct")
+                  and (b["workload"], b["population"]) == (r["workload"], r["population"])]
+        base = ([b for b in strict if b["impl"] == r["impl"]]
+                or ([b for b in strict if _jax_protocol(b["impl"])] if _jax_protocol(r["impl"]) else []))
         if base and len(base[0]["correct"]) == len(r["correct"]):
             d = np.asarray(r["correct"]) - np.asarray(base[0]["correct"])
             rows.append({"workload": r["workload"], "impl": r["impl"], "numerics": r["numerics"],
@@ -742,6 +747,47 @@ def dtype_accuracy(report: dict) -> list[dict]:
                          "largest_change": int(d[np.argmax(np.abs(d))]),
                          "tau": kendall(base[0]["correct"], r["correct"]) if len(d) > 1 else float("nan")})
     return rows
+
+
+def _fastest(results: list[dict], workload: str, numerics: str, impl: Callable[[str], bool]) -> dict | None:
+    rows = [r for r in results if (r["workload"], r["numerics"]) == (workload, numerics) and impl(r["impl"])]
+    return max(rows, key=lambda r: r["rate"], default=None)
+
+
+def _jax_protocol(impl: str) -> bool:
+    return impl.startswith("jax-") and impl != "jax-probe"
+
+
+def _name(row: dict) -> str:
+    return f"{row['impl']} P={row['population']}"
+
+
+def targets(report: dict) -> list[dict]:
+    """The throughput targets (set for one H100/H200), each with what this report measured: the
+    fastest JAX protocol row of the numerics (any population, any group) against the fastest
+    `torch.compile` row of the same numerics (BatchNorm folded or not: PyTorch at its best).
+    `met` is None where a side was not measured."""
+    res, out = report["results"], []
+
+    def add(target, goal, value, detail):
+        out.append({"target": target, "goal": goal, "measured": value, "detail": detail,
+                    "met": None if value is None else value >= goal})
+
+    w1 = _fastest(res, "W1", "bf16", _jax_protocol)
+    add("W1 bf16, genotype-images/s", 1e6, w1 and w1["rate"], w1 and _name(w1))
+    for numerics, goal in (("bf16", 5.0), ("fp32-tf32", 3.0), ("fp32-strict", 3.0)):
+        j = _fastest(res, "W1", numerics, _jax_protocol)
+        t = _fastest(res, "W1", numerics, lambda impl: impl.startswith("torch-compile"))
+        add(f"W1 {numerics}, JAX / torch.compile", goal, j and t and j["rate"] / t["rate"],
+            j and t and f"{_name(j)} / {_name(t)}")
+    w2 = _fastest(res, "W2", "bf16", _jax_protocol)
+    add("W2 bf16, genotypes/s", 100.0, w2 and w2["rate"], w2 and _name(w2))
+    taus = [a for a in dtype_accuracy(report) if (a["workload"], a.get("numerics", "bf16")) == ("W2", "bf16")
+            and _jax_protocol(a["impl"]) and a["networks"] > 1 and not np.isnan(a["tau"])]
+    tau = max(taus, key=lambda a: a["networks"], default=None)
+    add("W2 bf16 against fp32-strict, Kendall τ of the counts", 0.95, tau and tau["tau"],
+        tau and f"{tau['impl']}, {tau['networks']} networks")
+    return out
 
 
 def _rate(rate: float) -> str:
@@ -805,6 +851,13 @@ def markdown(report: dict) -> str:
                        f"{a['networks']} | "
                        f"{a['mean_change']:+.2f} | {a['largest_change']:+d} | {a.get('tau', float('nan')):.3f}"
                        for a in dtype_accuracy(report)])
+    lines += _section("Targets (set for one H100/H200; elsewhere for reference): the fastest JAX protocol row of "
+                      "each numerics, any population and group, against the fastest `torch.compile` row of the same "
+                      "numerics:",
+                      "target | goal: | measured: | rows | met",
+                      [f"{t['target']} | {_rate(t['goal'])} | {'' if t['measured'] is None else _rate(t['measured'])} "
+                       f"| {t['detail'] or 'not measured'} | {'' if t['met'] is None else ('yes' if t['met'] else 'no')}"
+                       for t in targets(report)])
     lines += _section("W1, JAX and PyTorch eager of the same numerics timed alternately network by network (median "
                       "of the rounds per network; the fused JAX program runs one network per call):",
                       "JAX | numerics | networks: | rounds: | JAX genotype-images/s: | eager genotype-images/s: | "

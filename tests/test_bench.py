@@ -138,12 +138,39 @@ def test_fastest_group_reads_the_largest_population_of_its_own_rows():
     assert throughput.fastest_group(results, "W2", "float32", (None, 1, 8)) == (None, 1, 8)  # nothing measured yet
 
 
+def test_targets_read_the_fastest_rows_of_each_numerics():
+    """Each throughput target from the rows that decide it: the fastest JAX protocol row (any
+    group, any population; never the probe) against the fastest torch.compile row of the same
+    numerics (folded or not), W2's Kendall tau from the bf16 and strict counts of the same networks."""
+    def row(workload, impl, numerics, population, rate, correct=None):
+        return {"workload": workload, "impl": impl, "numerics": numerics, "population": population, "rate": rate,
+                "correct": correct, "networks_timed": population}
+
+    results = [row("W1", "jax-fused", "bf16", 64, 4e5), row("W1", "jax-fused-g8", "bf16", 256, 1.2e6),
+               row("W1", "jax-probe", "bf16", 256, 9e6), row("W1", "torch-compile", "bf16", 8, 1e5),
+               row("W1", "torch-compile+fold", "bf16", 8, 2e5), row("W1", "torch-eager", "bf16", 8, 1e4),
+               row("W1", "jax-fused", "fp32-strict", 64, 6e4), row("W1", "torch-compile", "fp32-strict", 8, 3e4),
+               row("W2", "jax-fused-g8/64", "bf16", 64, 120.0, [5, 4, 3, 2]),
+               row("W2", "jax-fused/64", "fp32-strict", 64, 30.0, [5, 4, 2, 3])]
+    met = {t["target"]: t for t in throughput.targets({"results": results})}
+    assert met["W1 bf16, genotype-images/s"]["measured"] == 1.2e6 and met["W1 bf16, genotype-images/s"]["met"]
+    ratio = met["W1 bf16, JAX / torch.compile"]
+    assert ratio["measured"] == pytest.approx(6.0) and ratio["met"] and "torch-compile+fold" in ratio["detail"]
+    assert met["W1 fp32-strict, JAX / torch.compile"]["measured"] == pytest.approx(2.0)
+    assert met["W1 fp32-strict, JAX / torch.compile"]["met"] is False
+    assert met["W1 fp32-tf32, JAX / torch.compile"]["met"] is None  # not measured
+    assert met["W2 bf16, genotypes/s"]["met"]
+    tau = met["W2 bf16 against fp32-strict, Kendall τ of the counts"]  # other group, same networks
+    assert tau["measured"] == pytest.approx(kendall([5, 4, 2, 3], [5, 4, 3, 2])) and tau["met"] is False
+
+
 def test_saved_files_name_the_device(report, tmp_path):
     out = throughput.save(report, tmp_path, "tiny")
     saved = json.loads((out / "tiny.json").read_text())
     assert saved["device"] == throughput.device_name() and saved["device"].startswith("CPU (")
     md = (out / "tiny.md").read_text()
-    assert saved["device"] in md and "bf16 and TF32 against fp32-strict" in md and (out / "tiny.png").stat().st_size > 0
+    assert saved["device"] in md and "bf16 and TF32 against fp32-strict" in md and "Targets (set for one H100" in md
+    assert (out / "tiny.png").stat().st_size > 0
 
 
 def test_paired_w1_times_the_same_networks_both_ways(report):
