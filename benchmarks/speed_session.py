@@ -24,7 +24,9 @@ summarised by op kind (`profile_summary.py`; the traces stay beside the cache, t
 into the report). Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).
 
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
-json and md are rewritten after every measurement, so a session cut short keeps them.
+json and md are rewritten after every measurement, so a session cut short keeps them. A budget
+too small for one call can be spread over several (`--workloads W1`, then `W2`, each to its own
+OUT), and `--merge A/speed.json B/speed.json --out DIR` joins their reports into one.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ class _Tee:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kb", required=True, help="knowledge base .npz (prepare_device_bundle)")
-    p.add_argument("--data", required=True, help="dataset bundle .npz (prepare_device_bundle)")
+    p.add_argument("--kb", help="knowledge base .npz (prepare_device_bundle)")
+    p.add_argument("--data", help="dataset bundle .npz (prepare_device_bundle)")
     p.add_argument("--out", required=True, help="results folder ($OUT on the device)")
     p.add_argument("--cache", default="runs/speed-session/cache", help="compile caches (JAX and TorchInductor)")
     p.add_argument("--budget", type=float, help="seconds after which no measurement starts (default 400; "
@@ -80,8 +82,21 @@ def main(argv=None):
     p.add_argument("--groups-until", type=int, default=64,
                    help="above this population only the fastest group so far runs (per workload and dtype)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
+    p.add_argument("--merge", nargs="+", metavar="SPEED_JSON",
+                   help="measure nothing: merge the speed.json of several sessions into OUT/speed.*")
     args = p.parse_args(argv)
     out, cache = Path(args.out), Path(args.cache)
+    if args.merge:
+        import json
+
+        from . import throughput
+
+        report = throughput.merge([json.loads(Path(f).read_text()) for f in args.merge])
+        throughput.save(report, out, "speed")
+        print(throughput.markdown(report))
+        return
+    if not (args.kb and args.data):
+        p.error("--kb and --data are required (or --merge)")
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))  # before torch loads

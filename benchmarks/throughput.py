@@ -749,6 +749,20 @@ def dtype_accuracy(report: dict) -> list[dict]:
     return rows
 
 
+def merge(reports: list[dict]) -> dict:
+    """Reports of one machine measured in several sessions (say W1 in one device call, W2 in the
+    next) as one: their rows, phases, profiles and notes together, their seconds summed."""
+    devices = {r["device"] for r in reports}
+    if len(devices) != 1:
+        raise ValueError(f"reports of different machines cannot be merged: {sorted(devices)}")
+    out = {**reports[0], "seconds": round(sum(r["seconds"] for r in reports), 1)}
+    for key in ("results", "paired", "phases", "skipped", "failed"):
+        out[key] = [item for r in reports for item in r.get(key, [])]
+    out["profiles"] = {title: p for r in reports for title, p in r.get("profiles", {}).items()}
+    out["validation_images"] = max(r["validation_images"] for r in reports)
+    return out
+
+
 def _fastest(results: list[dict], workload: str, numerics: str, impl: Callable[[str], bool]) -> dict | None:
     rows = [r for r in results if (r["workload"], r["numerics"]) == (workload, numerics) and impl(r["impl"])]
     return max(rows, key=lambda r: r["rate"], default=None)

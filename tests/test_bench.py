@@ -164,6 +164,28 @@ def test_targets_read_the_fastest_rows_of_each_numerics():
     assert tau["measured"] == pytest.approx(kendall([5, 4, 2, 3], [5, 4, 3, 2])) and tau["met"] is False
 
 
+def test_speed_session_merges_the_reports_of_several_calls(report, fused_run, tmp_path):
+    """Two sessions' reports (say W1 in one device call, W2 in the next) become one report with
+    every row, phase, profile and note, written as the session writes its own."""
+    import json
+
+    from modulenet_jax.benchmarks import speed_session
+
+    first, second = report, fused_run[0]
+    paths = []
+    for i, r in enumerate((first, second)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    speed_session.main(["--merge", *map(str, paths), "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "speed.json").read_text())
+    assert merged["results"] == first["results"] + second["results"]
+    assert merged["phases"] == first["phases"] + second["phases"] and merged["profiles"] == second["profiles"]
+    assert merged["seconds"] == pytest.approx(first["seconds"] + second["seconds"], abs=0.1)
+    assert "Targets" in (tmp_path / "merged" / "speed.md").read_text()
+    with pytest.raises(ValueError, match="different machines"):
+        throughput.merge([first, {**second, "device": "NVIDIA H200"}])
+
+
 def test_saved_files_name_the_device(report, tmp_path):
     out = throughput.save(report, tmp_path, "tiny")
     saved = json.loads((out / "tiny.json").read_text())
