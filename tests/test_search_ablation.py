@@ -2,7 +2,6 @@
 point, per generation, for NSGA-II and random search at equal genotypes asked; and each run's
 final-split outcome, the one `modulenet search` writes in its final table."""
 
-import numpy as np
 import pytest
 
 from modulenet_jax.benchmarks.search_ablation import archive_hypervolume, final_outcome, markdown, run_variant
