@@ -294,11 +294,12 @@ class Bench:
                 jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs]))
 
     def _w2_fused(self, dtype, P, group=None):
-        """W2's fused evaluator of a dtype (made once), set to chunks of `P` (at most what the
-        device's memory allows) run in `group`s."""
+        """W2's fused evaluator of a dtype (made once), set to equal chunks covering `P` within
+        what the device's memory allows (`PopulationEvaluator.chunk_for`), run in `group`s."""
         pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, self._protocol(dtype), self.fit))
         memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
-        pe.chunk_size, pe.group = min(P, memory_chunk), group
+        pe.group = group
+        pe.chunk_size = pe.chunk_for(P, memory_chunk)
         return pe
 
     # -- W1 ----------------------------------------------------------------------------------------

@@ -325,6 +325,20 @@ def _score_chunk(layout, protocol, group, mesh, banks, slots, fits, heads, image
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 
 
+def balanced_chunk(n: int, limit: int, multiple: int = 1) -> int:
+    """The chunk size for `n` genotypes when at most `limit` fit in one call: the fewest chunks
+    of equal size (a multiple of `multiple`: the devices times the group) within `limit`, so the
+    last is not mostly padding (64 genotypes under a limit of 57 run as 2 x 32, not 57 + 7
+    padded to 57; a population of 12 is not padded to 57)."""
+    limit = max(limit, multiple)
+    chunks = -(-n // limit)
+    while True:
+        size = -(-(-(-n // chunks)) // multiple) * multiple
+        if size <= limit:
+            return size
+        chunks += 1
+
+
 def default_group(platform: str) -> int | None:
     """`PopulationEvaluator.group` for a platform: one genotype at a time on a CPU (measured: a
     genotype alone, with plain convolutions and its own branches, runs faster than vmapped
@@ -342,7 +356,9 @@ def structure_order(slots: Sequence[tuple]) -> list[int]:
 class PopulationEvaluator:
     """Scores populations of a staged space in fixed-size, vmapped, sharded chunks.
 
-    `chunk_size` genotypes run per compiled call (None: chosen from the device's free memory);
+    `chunk_size` genotypes run per compiled call (None: chosen from the device's free memory and,
+    given `largest`, the most networks one `evaluate` is asked for, a search's population: cut
+    to `balanced_chunk`, so a population of 12 is not padded to the 57 the memory would hold);
     on each device `group` of them side by side, the groups one after another (`by_group`;
     None: all of the device's share, one vmap; `default_group` says what suits a platform).
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`
@@ -351,7 +367,7 @@ class PopulationEvaluator:
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None,
-                 group: int | None = None):
+                 group: int | None = None, largest: int | None = None):
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
@@ -359,11 +375,13 @@ class PopulationEvaluator:
         self.devices = list(devices or jax.devices())
         self.mesh = Mesh(np.array(self.devices), ("pop",))
         self.layout, self.banks, self.pools = self._build_banks()
-        self.chunk_size = chunk_size or self._chunk_from_memory()
-        self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
         if group is not None and group < 1:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
+        self.chunk_size = chunk_size or self._chunk_from_memory()
+        if chunk_size is None and largest is not None:
+            self.chunk_size = self.chunk_for(largest, self.chunk_size)
+        self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
         self._run_chunk: Callable = self._evaluate_chunk_on_device
 
     # -- banks ------------------------------------------------------------------------------
@@ -485,6 +503,13 @@ class PopulationEvaluator:
 
             arrays = multihost_utils.process_allgather(arrays, tiled=True)
         return tuple(np.asarray(jax.device_get(a)) for a in arrays)
+
+    def chunk_for(self, n: int, limit: int) -> int:
+        """`balanced_chunk` of `n` networks under `limit`, a multiple of the devices and, where
+        `n` fills whole groups on every device, of the group."""
+        devices = len(self.devices)
+        whole_groups = self.group is not None and n >= self.group * devices
+        return balanced_chunk(n, limit, devices * (self.group if whole_groups else 1))
 
     def group_of(self, chunk: int) -> int:
         """Genotypes side by side on a device for a chunk of `chunk`: `group` (None: all of the

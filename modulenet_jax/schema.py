@@ -183,7 +183,8 @@ FIELDS = (
     Field("evaluator.strategy", one_of(*STRATEGIES), REQUIRED,
           "`fused` (population program; GPU/TPU), `loop` (per-module calls; CPU), `auto` picks by device"),
     Field("evaluator.chunk_size", optional(integer(1)), None,
-          "genotypes per fused call (None: from the device's free memory)"),
+          "genotypes per fused call (None: from the device's free memory, cut to equal chunks of the search's "
+          "population)"),
     Field("evaluator.group", optional(integer(1)), None,
           "fused path: genotypes of a chunk run side by side (vmapped), the groups one after another (None: one "
           "on a CPU, the whole chunk on GPU/TPU)"),

@@ -87,6 +87,28 @@ SHALLOW = (("cifar_resnet8/stem", "cifar_resnet8/stage1.block0", "cifar_resnet8/
             "cifar_resnet8/stage3.block0"))
 
 
+@pytest.mark.parametrize("n,limit,multiple,size", [(64, 57, 1, 32), (256, 57, 1, 52), (256, 57, 8, 56), (12, 57, 1, 12),
+                                                  (12, 8, 1, 6), (100, 50, 8, 40), (1, 57, 8, 8), (7, 3, 4, 4)])
+def test_balanced_chunks_cover_the_population_with_the_least_padding(n, limit, multiple, size):
+    from modulenet_jax.population import balanced_chunk
+
+    """Equal chunks, a multiple of the devices times the group, within the memory's limit."""
+    assert balanced_chunk(n, limit, multiple) == size
+    assert size % multiple == 0 and size <= max(limit, multiple)
+
+
+def test_a_search_population_is_not_padded_to_what_memory_holds(tiny_kb, tiny_dataset, monkeypatch):
+    """With the chunk from memory (57 here), a population of 12 runs as one chunk of 12, 64 as two
+    of 32 (in whole groups of 8 where asked); a chunk size given is kept as it is."""
+    monkeypatch.setattr(PopulationEvaluator, "_chunk_from_memory", lambda self: 57)
+    space, fit, _, _ = _setup(tiny_kb, tiny_dataset)
+    one = jax.devices()[:1]
+    assert PopulationEvaluator(space, PROTOCOL, fit, devices=one, largest=12).chunk_size == 12
+    assert PopulationEvaluator(space, PROTOCOL, fit, devices=one, largest=64, group=8).chunk_size == 32
+    assert PopulationEvaluator(space, PROTOCOL, fit, devices=one).chunk_size == 57
+    assert PopulationEvaluator(space, PROTOCOL, fit, chunk_size=20, devices=one, largest=12).chunk_size == 20
+
+
 def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny_dataset):
     space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=0)
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)

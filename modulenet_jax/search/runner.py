@@ -123,7 +123,7 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
             raise FusionError("a mixed-family space has slots whose candidates differ in shape")
         group = setting(config, "evaluator.group") or default_group(jax.devices()[0].platform)
         return PopulationEvaluator(space, protocol, fit, chunk_size=setting(config, "evaluator.chunk_size"),
-                                   evaluator=evaluator, group=group)
+                                   evaluator=evaluator, group=group, largest=config.search.population)
     except FusionError as e:
         if strategy == "fused":
             raise UserError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
