@@ -404,6 +404,8 @@ def cmd_finetune(args) -> int:
 def cmd_bench(args) -> int:
     import dataclasses
 
+    import jax
+
     from modulenet_jax.benchmarks import throughput
     from modulenet_jax.config import load_config
     from modulenet_jax.knowledge import KnowledgeBase
@@ -422,12 +424,14 @@ def cmd_bench(args) -> int:
     _check_out(args)
     if args.batch_size:
         protocol = dataclasses.replace(protocol, batch_size=args.batch_size)
+    gpu = jax.devices()[0].platform == "gpu"
+    default_dtypes = ("float32", "tensorfloat32", "bfloat16") if gpu else ("float32", "bfloat16")
     with _reporting(args) as (log, progress):
         dataset = load_data(config.data, progress)
         kb = KnowledgeBase.load(args.kb) if args.kb else load_knowledge(config.knowledge, progress)
         report = throughput.run(kb, dataset, protocol, granularity=config.space.granularity,
                                 val_size=args.val_size, fit_seed=config.data.fit_seed,
-                                populations=tuple(args.populations), dtypes=tuple(args.dtypes),
+                                populations=tuple(args.populations), dtypes=tuple(args.dtypes or default_dtypes),
                                 workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
                                 torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
                                 strategy=args.strategy, budget_s=args.budget, row_cap_s=args.row_cap,
@@ -617,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
     bn.add_argument("--name", help="file stem (default: the device's name)")
     bn.add_argument("--populations", nargs="+", type=POSITIVE, default=[1, 8, 64, 256])
-    bn.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
-                    choices=["float32", "tensorfloat32", "bfloat16"],
-                    help="JAX numerics timed (tensorfloat32: TF32 convolutions, against PyTorch's TF32 row on a GPU)")
+    bn.add_argument("--dtypes", nargs="+", choices=["float32", "tensorfloat32", "bfloat16"],
+                    help="JAX numerics timed (default: float32 and bfloat16, and on a GPU tensorfloat32: TF32 "
+                         "convolutions, against PyTorch's TF32 row)")
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
                     help="PyTorch baselines to time (the torch extra); with no value, JAX alone")
