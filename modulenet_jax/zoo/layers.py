@@ -61,7 +61,9 @@ STAT_LANES = 128  # channels times rows side by side in `batch_stats`' reduction
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
+    """The largest divisor of `n` not above `cap` (at least 1), searched from the top: run while
+    tracing, where a whole array is one slice (`cap >= n`) it answers at once."""
+    return next(d for d in range(max(1, min(n, cap)), 0, -1) if n % d == 0)
 
 
 def batch_stats(x, chunk_bytes: int | None = None):
