@@ -32,10 +32,8 @@ from modulenet_jax.assemble import apply_stitch, head_logits, pool, preprocess, 
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import FittedNetwork, count_correct
-from modulenet_jax.zoo.layers import numerics
+from modulenet_jax.zoo.layers import ACTIVATION_DTYPES, numerics
 from modulenet_jax.zoo.registry import ModuleSpec, fold_batch_norms
-
-DTYPES = {"float32": jnp.float32, "tensorfloat32": jnp.float32, "bfloat16": jnp.bfloat16}  # -> activations
 
 
 def split_buffers(tree: dict) -> tuple[dict, dict]:
@@ -118,7 +116,7 @@ class Network(nn.Module):
         """Logits (float32) of uint8 NHWC `images`; `train`: BatchNorm in training mode."""
         with numerics(self.dtype):
             x = preprocess(images, jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32),
-                           DTYPES[self.dtype], self.input_size)
+                           ACTIVATION_DTYPES[self.dtype], self.input_size)
             for i, (spec, model, junction) in enumerate(zip(self.specs, self.models, self.junctions)):
                 if junction:
                     x = apply_stitch(self.param(f"stitch{i}", _linear_init, x.shape[-1], spec.in_channels), x)

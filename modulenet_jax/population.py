@@ -358,7 +358,7 @@ class PopulationEvaluator:
 
     `chunk_size` genotypes run per compiled call (None: chosen from the device's free memory and,
     given `largest`, the most networks one `evaluate` is asked for, a search's population: cut
-    to `balanced_chunk`, so a population of 12 is not padded to the 57 the memory would hold);
+    to `balanced_chunk`, so a population of 12 is not padded to what the memory would hold);
     on each device `group` of them side by side, the groups one after another (`by_group`;
     None: all of the device's share, one vmap; `default_group` says what suits a platform).
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`

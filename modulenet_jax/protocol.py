@@ -30,11 +30,11 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
 from modulenet_jax.zoo import fold_batch_norms
-from modulenet_jax.zoo.layers import numerics as layer_numerics
+from modulenet_jax.zoo.layers import ACTIVATION_DTYPES, numerics as layer_numerics
 
 BN_MODES = ("source", "recalibrate", "from_junction")
 HEADS = ("ridge", "logistic")
-DTYPES = ("float32", "tensorfloat32", "bfloat16")
+DTYPES = tuple(ACTIVATION_DTYPES)
 
 
 class EvaluationError(RuntimeError):
@@ -107,7 +107,7 @@ class Protocol:
     @property
     def jnp_dtype(self):
         """The activations' dtype."""
-        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+        return ACTIVATION_DTYPES[self.dtype]
 
     @property
     def fit_pass_all(self) -> bool:

@@ -15,6 +15,10 @@ import jax.numpy as jnp
 from jax import lax
 
 
+# The numerics a protocol or an exported network names, by the dtype of its activations.
+ACTIVATION_DTYPES = {"float32": jnp.float32, "tensorfloat32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def numerics(dtype: str):
     """The scope in which a computation named by `dtype` runs its convolutions and products:
     for `tensorfloat32` (fp32 activations), JAX's `default_matmul_precision` at TF32 (read while
