@@ -5,9 +5,13 @@ share. The device session commits the table, not the trace (which is large and n
     summary = profile_summary.capture(lambda: program(*args), out_dir / "trace")
     print(profile_summary.markdown({"W1 jax-fused bf16 P=64": summary}))
 
-The trace is JAX's Perfetto/Chrome JSON (`create_perfetto_trace=True`). Device time is the sum
-of the complete events on the accelerator's streams (a GPU's or TPU's `/device:` processes); on
-a CPU, which has no device stream, it is the events XLA marks with the HLO op they run.
+The trace is JAX's Perfetto/Chrome JSON (`create_perfetto_trace=True`): one process per profiler
+plane, one thread per line. A GPU's `/device:` process holds its kernels and copies on `Stream #...`
+lines and, derived from them, an `XLA Ops` and an `XLA Modules` line covering the same time again;
+device time is the sum over the stream lines only (over `XLA Ops` where a device has no stream
+line, as a TPU). On a CPU, which has no device process, it is the host events XLA marks with the
+HLO op they run. Control flow (`while`, `cond`, `call`) is left out: its events enclose
+the ops of its body.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Callable
 
 import jax
 
-_SUFFIX = re.compile(r"[._]\d+$")
+_SUFFIX = re.compile(r"([._]\d+|\.clone)$")
 
 
 def capture(call: Callable[[], object], trace_dir, repeats: int = 1) -> dict:
@@ -51,30 +55,49 @@ def load_events(path) -> list[dict]:
 
 
 def op_kind(name: str) -> str:
-    """An event's op kind: its name without the numbering XLA gives every instance
-    (`loop_convolution_fusion.12` -> `loop_convolution_fusion`)."""
+    """An event's op kind: its name without the numbering XLA gives every instance and copy
+    (`loop_convolution_fusion.12` -> `loop_convolution_fusion`, `cond.56.clone` -> `cond`)."""
     name = name.split(":", 1)[0].strip()
     while _SUFFIX.search(name):
         name = _SUFFIX.sub("", name)
     return name or "?"
 
 
+CONTROL_FLOW = ("while", "cond", "conditional", "call")  # JAX names its conditionals `cond`
+
+
+def _device_time_events(events: list[dict]) -> tuple[list[dict], str]:
+    """The complete events whose durations add up to device time, and where they come from."""
+    meta = [e for e in events if e.get("ph") == "M"]
+    device_pids = {e["pid"] for e in meta if e.get("name") == "process_name"
+                   and "/device:" in e.get("args", {}).get("name", "") and "CPU" not in e["args"]["name"]}
+    lines = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "") for e in meta if e.get("name") == "thread_name"}
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    on_device = [e for e in complete if e["pid"] in device_pids]
+    if on_device:
+        def line(e):
+            return lines.get((e["pid"], e.get("tid")), "")
+
+        streams = [e for e in on_device if line(e).startswith("Stream")]
+        if streams:
+            return streams, "device streams"
+        ops = [e for e in on_device if line(e) == "XLA Ops"]
+        if ops:
+            return ops, "device XLA Ops line"
+        return on_device, "device events"
+    return [e for e in complete if "hlo_op" in e.get("args", {})], "host events of HLO ops"
+
+
 def summarize(events: list[dict], top: int = 15) -> dict:
     """Device time by op kind: `{"source", "device_seconds", "events", "kinds": [{kind, seconds,
     share, count}, ...]}`, the `top` largest kinds and the rest as `other`."""
-    names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
-    device_pids = {pid for pid, n in names.items() if "/device:" in n and "CPU" not in n}
-    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
-    if device_pids:
-        chosen, source = [e for e in complete if e["pid"] in device_pids], "device streams"
-    else:
-        chosen, source = [e for e in complete if "hlo_op" in e.get("args", {})], "host events of HLO ops"
+    chosen, source = _device_time_events(events)
     seconds, count = defaultdict(float), defaultdict(int)
     for e in chosen:
         kind = op_kind(e.get("args", {}).get("hlo_op") or e["name"])
-        seconds[kind] += e["dur"] * 1e-6  # the trace's times are microseconds
-        count[kind] += 1
+        if kind not in CONTROL_FLOW:
+            seconds[kind] += e["dur"] * 1e-6  # the trace's times are microseconds
+            count[kind] += 1
     total = sum(seconds.values())
     ranked = sorted(seconds, key=seconds.get, reverse=True)
     kinds = [{"kind": k, "seconds": seconds[k], "share": seconds[k] / total if total else 0.0, "count": count[k]}
@@ -84,7 +107,7 @@ def summarize(events: list[dict], top: int = 15) -> dict:
         s = sum(seconds[k] for k in rest)
         kinds.append({"kind": f"other ({len(rest)} kinds)", "seconds": s, "share": s / total if total else 0.0,
                       "count": sum(count[k] for k in rest)})
-    return {"source": source, "device_seconds": total, "events": len(chosen), "kinds": kinds}
+    return {"source": source, "device_seconds": total, "events": sum(count.values()), "kinds": kinds}
 
 
 def markdown(summaries: dict[str, dict]) -> str:

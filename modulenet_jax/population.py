@@ -331,9 +331,9 @@ def balanced_chunk(n: int, limit: int, multiple: int = 1) -> int:
     last is not mostly padding (64 genotypes under a limit of 57 run as 2 x 32, not 57 + 7
     padded to 57; a population of 12 is not padded to 57)."""
     limit = max(limit, multiple)
-    chunks = -(-n // limit)
+    chunks = math.ceil(n / limit)
     while True:
-        size = -(-(-(-n // chunks)) // multiple) * multiple
+        size = math.ceil(math.ceil(n / chunks) / multiple) * multiple
         if size <= limit:
             return size
         chunks += 1

@@ -251,9 +251,10 @@ def test_profile_summary_sums_device_time_by_op_kind():
     from modulenet_jax.benchmarks import profile_summary
 
     meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
-            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 0, "args": {"name": "Stream #7(Compute)"}}]
     ops = [("loop_convolution_fusion.12", 300), ("loop_convolution_fusion.3", 100), ("copy.1", 50),
-           ("input_reduce_fusion_7", 40), ("cond.2", 10)]
+           ("input_reduce_fusion_7", 40), ("transpose.2", 10)]
     events = meta + [{"ph": "X", "pid": 1, "tid": 0, "name": n, "ts": 0, "dur": d} for n, d in ops]
     events.append({"ph": "X", "pid": 2, "tid": 0, "name": "host-side", "ts": 0, "dur": 10_000,
                    "args": {"hlo_op": "convolution.1"}})
@@ -263,6 +264,38 @@ def test_profile_summary_sums_device_time_by_op_kind():
     assert [(k["kind"], k["count"]) for k in s["kinds"]] == [("loop_convolution_fusion", 2), ("copy", 1),
                                                              ("other (2 kinds)", 2)]
     assert [round(k["share"], 2) for k in s["kinds"]] == [0.8, 0.1, 0.1]
-    host = profile_summary.summarize(events[1:2] + events[-1:])  # no device process: the HLO-op host events
+    host = profile_summary.summarize(events[1:3] + events[-1:])  # no device process: the HLO-op host events
     assert host["source"] == "host events of HLO ops" and host["kinds"][0]["kind"] == "convolution"
     assert "| `copy` | 0.050 | 10.0% | 1 |" in profile_summary.markdown({"W1": s})
+
+
+def test_profile_summary_counts_a_gpus_stream_lines_once():
+    """A GPU's trace repeats its kernels' time on derived `XLA Ops` and `XLA Modules` lines: only
+    the stream lines count (kernels named by their HLO op), control flow never (it encloses its
+    body); a device with no stream line (a TPU) counts its `XLA Ops` line."""
+    from modulenet_jax.benchmarks import profile_summary
+
+    def thread(tid, name):
+        return {"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": name}}
+
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            thread(1, "Stream #13(Compute)"), thread(2, "Stream #14(MemcpyD2H)"), thread(3, "XLA Ops"),
+            thread(4, "XLA Modules")]
+    kernels = [{"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 300, "name": "sm90_xmma_fprop_implicit_gemm",
+                "args": {"hlo_op": "cudnn-conv.3"}},
+               {"ph": "X", "pid": 1, "tid": 1, "ts": 300, "dur": 100, "name": "loop_add_fusion_2",
+                "args": {"hlo_op": "loop_add_fusion.2"}},
+               {"ph": "X", "pid": 1, "tid": 2, "ts": 400, "dur": 100, "name": "MemcpyD2H"}]
+    derived = [{"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 300, "name": "cudnn-conv.3"},
+               {"ph": "X", "pid": 1, "tid": 3, "ts": 300, "dur": 100, "name": "loop_add_fusion.2"},
+               {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 400, "name": "while.1"},
+               {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 300, "name": "cond.56.clone"},
+               {"ph": "X", "pid": 1, "tid": 4, "ts": 0, "dur": 500, "name": "jit__score_chunk"}]
+    gpu = profile_summary.summarize(meta + kernels + derived)
+    assert gpu["source"] == "device streams" and gpu["events"] == 3
+    assert abs(gpu["device_seconds"] - 500e-6) < 1e-12
+    assert [(k["kind"], round(k["share"], 2)) for k in gpu["kinds"]] == [("cudnn-conv", 0.6), ("loop_add_fusion", 0.2),
+                                                                          ("MemcpyD2H", 0.2)]
+    tpu = profile_summary.summarize(meta[:1] + meta[3:] + derived)
+    assert tpu["source"] == "device XLA Ops line" and tpu["events"] == 2  # `while`, `cond` enclose the others
+    assert abs(tpu["device_seconds"] - 400e-6) < 1e-12
