@@ -11,7 +11,8 @@ runs plain convolutions. What no genotype of a group needs is not computed: a co
 the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
 none has a junction, and populations are chunked by structure so that chunks share depths
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
-folded into the convolution (`protocol.folded`). Chunks have a fixed size (the last one
+folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
+slot together (`batch_carry`: each conditional there waits for the device). Chunks have a fixed size (the last one
 padded), so a search compiles once. Each of `jax.devices()` runs its share of a chunk
 (`over_devices`); a chunk that runs out of device memory is split in half and retried.
 
@@ -196,15 +197,20 @@ def tune_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, i
                      labels[:protocol.stitch_images])
 
 
-def network_logits(layout: Layout, slots, fits, head, x, present=None):
+def network_logits(layout: Layout, slots, fits, head, x, present=None, batches: bool = False):
     """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure, as fitted or
-    `inference_fits`) on preprocessed images."""
+    `inference_fits`) on preprocessed images `x`, one batch; with `batches`, `x` is a tuple of
+    batches that move through the network together, slot by slot, so that the chunk's
+    conditionals at a slot run once for all of them (logits: a tuple too)."""
+    def each(f, x):
+        return tuple(map(f, x)) if batches else f(x)
+
     def visit(op, slot, data, x):
         (fit, active, junction), here = data
         active, junction = _masks(slot[0], active, junction)
 
         def run(stitch: bool):
-            return core.apply_module(op, fit, x, junction if stitch else False, active)
+            return each(lambda xb: core.apply_module(op, fit, xb, junction if stitch else False, active), x)
 
         return _when_present(slot[0], here, run, lambda: x), None
 
@@ -212,7 +218,7 @@ def network_logits(layout: Layout, slots, fits, head, x, present=None):
     data = {"stem": ((fits["stem"],) + masks["stem"][0], masks["stem"][1]),
             "stages": [{k: ((f[k],) + m[k][0], m[k][1]) for k in m} for f, m in zip(fits["stages"], masks["stages"])]}
     x, _ = walk(layout, data, x, visit)
-    return core.head_logits(head, core.pool(x))
+    return each(lambda xb: core.head_logits(head, core.pool(xb)), x)
 
 
 def inference_fits(layout: Layout, fits):
@@ -220,19 +226,39 @@ def inference_fits(layout: Layout, fits):
     return walk(layout, fits, None, lambda op, slot, fit, carry: (carry, core.folded(op, fit)))[1]
 
 
-def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None):
+def batch_carry(protocol: Protocol, platform: str) -> int:
+    """The most scored batches that move through the network together on `platform`
+    (`count_correct`'s `carry`). On a GPU every conditional copies its predicate to the host
+    and waits for the device (XLA's `ConditionalThunk`), so a conditional per slot and per batch
+    left the device idle between batches: there as many batches as hold twice the fit images,
+    whose pass the chunk's memory is sized for. Elsewhere one: a CPU or TPU decides a
+    conditional without that wait, and on a CPU carrying ran up to 6% slower (a larger working set)."""
+    return max(1, 2 * protocol.fit_images // protocol.batch_size) if platform == "gpu" else 1
+
+
+def carried_batches(carry: int, num_batches: int) -> int:
+    """How many of `num_batches` move together: the most that divides them, at most `carry`."""
+    return max(k for k in range(1, min(carry, num_batches) + 1) if num_batches % k == 0)
+
+
+def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None,
+                  carry: int = 1):
     """(correct predictions, all logits finite) over a split held on the device in
-    `pad_batches` form: batch by batch through the fitted network (in its inference form)."""
+    `pad_batches` form, through the fitted network (in its inference form), `carried_batches`
+    batches at a time (`carry`: at most; `batch_carry`)."""
     mean, std = banks["mean"][slots[0][0]], banks["std"][slots[0][0]]
     fits = inference_fits(layout, fits)
+    k = carried_batches(carry, len(images))
 
-    def one(batch):
-        x, y, v = batch
-        logits = network_logits(layout, slots, fits, head, core.prepare(protocol, x, mean, std), present)
-        return core.score_logits(logits, y, v)
+    def together(batches):
+        x, y, v = batches
+        x = tuple(core.prepare(protocol, x[j], mean, std) for j in range(k))
+        logits = jnp.stack(network_logits(layout, slots, fits, head, x, present, batches=True))
+        return jax.vmap(core.score_logits)(logits, y, v)
 
+    split = jax.tree_util.tree_map(lambda a: a.reshape((len(a) // k, k) + a.shape[1:]), (images, labels, valid))
     with core.numerics(protocol):
-        hits, finite = jax.lax.map(one, (images, labels, valid))
+        hits, finite = jax.lax.map(together, split)
     return jnp.sum(hits), jnp.all(finite)
 
 
@@ -288,10 +314,10 @@ def fit_heads(protocol: Protocol, num_classes: int, features, labels):
 
 
 def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: int, banks, slots, fit_x, fit_y,
-                   images, labels, valid):
+                   images, labels, valid, carry: int = 1):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
     protocol, phase by phase: `fit_chunk`, `fit_heads`, the optional tuning and the scoring
-    (`by_group`)."""
+    (`by_group`, `carry` batches at a time at most)."""
     fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x)
     heads = fit_heads(protocol, num_classes, features, fit_y)
     if protocol.stitch_steps:
@@ -301,26 +327,29 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
         fits, heads = by_group(protocol, group, tune, slots, fits, heads)
 
     def score(slots, fits, head, present):
-        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
+        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present,
+                                        carry)
         return correct, finite & core.fit_is_finite(fits, head)
     return by_group(protocol, group, score, slots, fits, heads)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "mesh"))
-def _evaluate_chunk(layout, protocol, num_classes, group, mesh, banks, slots, fit_x, fit_y, images, labels, valid):
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "carry", "mesh"))
+def _evaluate_chunk(layout, protocol, num_classes, group, carry, mesh, banks, slots, fit_x, fit_y, images, labels,
+                    valid):
     def local(slots, shared):
         banks, fit_x, fit_y, images, labels, valid = shared
-        return evaluate_chunk(layout, protocol, num_classes, group, banks, slots, fit_x, fit_y, images, labels, valid)
+        return evaluate_chunk(layout, protocol, num_classes, group, banks, slots, fit_x, fit_y, images, labels, valid,
+                              carry)
     return over_devices(mesh, local, slots, (banks, fit_x, fit_y, images, labels, valid))
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group", "mesh"))
-def _score_chunk(layout, protocol, group, mesh, banks, slots, fits, heads, images, labels, valid):
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group", "carry", "mesh"))
+def _score_chunk(layout, protocol, group, carry, mesh, banks, slots, fits, heads, images, labels, valid):
     def local(per_genotype, shared):
         banks, images, labels, valid = shared
 
         def one(slots, fits, head, present):
-            return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present)
+            return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present, carry)
         return by_group(protocol, group, one, *per_genotype)
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 
@@ -360,14 +389,15 @@ class PopulationEvaluator:
     given `largest`, the most networks one `evaluate` is asked for, a search's population: cut
     to `balanced_chunk`, so a population of 12 is not padded to what the memory would hold);
     on each device `group` of them side by side, the groups one after another (`by_group`;
-    None: all of the device's share, one vmap; `default_group` says what suits a platform).
+    None: all of the device's share, one vmap; `default_group` says what suits a platform);
+    scored batches move through a network `carry` at a time at most (None: `batch_carry`).
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`
     it wraps supplies the stitch targets, the normalisation and the costs.
     """
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None,
-                 group: int | None = None, largest: int | None = None):
+                 group: int | None = None, largest: int | None = None, carry: int | None = None):
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
@@ -378,6 +408,7 @@ class PopulationEvaluator:
         if group is not None and group < 1:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
+        self.carry = carry or batch_carry(protocol, self.devices[0].platform)
         self.chunk_size = chunk_size or self._chunk_from_memory()
         if chunk_size is None and largest is not None:
             self.chunk_size = self.chunk_for(largest, self.chunk_size)
@@ -475,7 +506,7 @@ class PopulationEvaluator:
         widest = max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
         live = 8  # activations alive at once in a block: input, stitched input, two convs, BN, targets
         fit = p.fit_images * widest * 4 * live  # the fit pass, or the head's feature batches
-        val = p.batch_size * widest * itemsize * live
+        val = p.batch_size * widest * itemsize * (live + 2 * (self.carry - 1))  # and the batches carried in and out
         return fit + val
 
     def _chunk_from_memory(self) -> int:
@@ -520,16 +551,16 @@ class PopulationEvaluator:
     def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, scored):
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group, self.mesh,
-                                               self.banks, slots, fit_x, fit_y, *scored))
+        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group, self.carry,
+                                               self.mesh, self.banks, slots, fit_x, fit_y, *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
         stacked `heads`) on a `device_split`: the forward pass alone, one program."""
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.mesh, self.banks, slots,
-                                                       fits, heads, *scored))
+        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.carry, self.mesh,
+                                                       self.banks, slots, fits, heads, *scored))
         if not finite.all():
             raise EvaluationError("non-finite logits")
         return correct

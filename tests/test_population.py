@@ -15,7 +15,8 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import PopulationEvaluator, by_group, chunk_presence, structure_order
+from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, carried_batches, chunk_presence,
+                                     structure_order)
 from modulenet_jax.space import Architecture, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +42,12 @@ VARIANTS = {
 }
 
 
-def _both_paths(kb, dataset, protocol, group=None):
+def _both_paths(kb, dataset, protocol, group=None, carry=None):
     space, fit, archs, val = _setup(kb, dataset, protocol=protocol, n=4)
     loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
-    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group).evaluate(archs, val)
+    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group,
+                                carry=carry).evaluate(archs, val)
     return fused, one_by_one
 
 
@@ -64,6 +66,15 @@ def test_a_chunk_in_groups_equals_one_by_one(tiny_kb, tiny_dataset, variant, gro
     each skipping what none of its genotypes needs) counts what the per-module path counts."""
     protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
     fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group)
+    assert fused == one_by_one
+
+
+@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("tuned-stitches+source", None)])
+def test_scored_batches_carried_together_equal_one_by_one(tiny_kb, tiny_dataset, variant, group):
+    """Scored batches moved through the network together (`carry`, a GPU's default: the
+    validation split's two batches at once here) count what the per-module path counts."""
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
+    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group, carry=2)
     assert fused == one_by_one
 
 
@@ -95,6 +106,20 @@ def test_balanced_chunks_cover_the_population_with_the_least_padding(n, limit, m
     """Equal chunks, a multiple of the devices times the group, within the memory's limit."""
     assert balanced_chunk(n, limit, multiple) == size
     assert size % multiple == 0 and size <= max(limit, multiple)
+
+
+@pytest.mark.parametrize("carry, num_batches, k", [(8, 10, 5), (8, 2, 2), (8, 7, 7), (4, 7, 1), (1, 10, 1)])
+def test_carried_batches_divide_the_split(carry, num_batches, k):
+    assert carried_batches(carry, num_batches) == k
+
+
+def test_batches_are_carried_on_a_gpu_only():
+    """On a GPU as many batches as hold twice the fit images (the device session's 5,000
+    validation images then go as 2 x 5 batches of 500); one at a time on a CPU or TPU."""
+    protocol = Protocol(fit_images=2048, stitch_images=512, batch_size=500)
+    assert batch_carry(protocol, "gpu") == 8 and carried_batches(8, 10) == 5
+    assert batch_carry(protocol, "cpu") == batch_carry(protocol, "tpu") == 1
+    assert batch_carry(Protocol(fit_images=100, stitch_images=50, batch_size=500), "gpu") == 1
 
 
 def test_a_search_population_is_not_padded_to_what_memory_holds(tiny_kb, tiny_dataset, monkeypatch):
