@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -69,13 +70,26 @@ def test_a_chunk_in_groups_equals_one_by_one(tiny_kb, tiny_dataset, variant, gro
     assert fused == one_by_one
 
 
-@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("tuned-stitches+source", None)])
+@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("ridge+plain+recalibrate", None)])
 def test_scored_batches_carried_together_equal_one_by_one(tiny_kb, tiny_dataset, variant, group):
     """Scored batches moved through the network together (`carry`, a GPU's default: the
     validation split's two batches at once here) count what the per-module path counts."""
     protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
     fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group, carry=2)
     assert fused == one_by_one
+
+
+def test_the_forward_pass_alone_counts_the_same_with_batches_carried(tiny_kb, tiny_dataset):
+    """`score_fitted` (W1's program: published modules, identity stitches at junctions) counts the
+    same with scored batches carried together as one at a time, each network as its own head."""
+    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=4)
+    heads = [tiny_kb.module_params(f"{tiny_kb.record(a.modules[-1]).source}/head")["fc"] for a in archs]
+    heads = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *heads)
+    counts = []
+    for carry in (1, 2):
+        pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=len(archs), group=1, carry=carry)
+        counts.append(pe.score_fitted(pe.stacked_slots(archs), pe.published_fits(archs), heads, pe.device_split(val)))
+    assert counts[0].tolist() == counts[1].tolist() and counts[0].sum() > 0
 
 
 def test_groups_divide_each_devices_share_of_the_chunk(tiny_kb, tiny_dataset):
@@ -266,6 +280,7 @@ import json, os, sys
 from modulenet_jax import cpu_runtime
 cpu_runtime.configure()
 import jax
+import jax.numpy as jnp
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 """
 
