@@ -12,8 +12,8 @@ the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a s
 none has a junction, and populations are chunked by structure so that chunks share depths
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
 folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
-slot together (`batch_carry`: each conditional there waits for the device). Chunks have a fixed size (the last one
-padded), so a search compiles once. Each of `jax.devices()` runs its share of a chunk
+slot together (`batch_carry`: each conditional there waits for the device). Chunks have a
+fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs its share of a chunk
 (`over_devices`); a chunk that runs out of device memory is split in half and retried.
 
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
