@@ -71,7 +71,8 @@ def _device_time_events(events: list[dict]) -> tuple[list[dict], str]:
     meta = [e for e in events if e.get("ph") == "M"]
     device_pids = {e["pid"] for e in meta if e.get("name") == "process_name"
                    and "/device:" in e.get("args", {}).get("name", "") and "CPU" not in e["args"]["name"]}
-    lines = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "") for e in meta if e.get("name") == "thread_name"}
+    lines = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "")
+             for e in meta if e.get("name") == "thread_name"}
     complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
     on_device = [e for e in complete if e["pid"] in device_pids]
     if on_device:

@@ -551,8 +551,8 @@ class PopulationEvaluator:
     def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, scored):
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group, self.carry,
-                                               self.mesh, self.banks, slots, fit_x, fit_y, *scored))
+        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
+                                               self.carry, self.mesh, self.banks, slots, fit_x, fit_y, *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
