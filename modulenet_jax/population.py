@@ -500,22 +500,42 @@ class PopulationEvaluator:
 
     # -- chunks ------------------------------------------------------------------------------
 
+    def _widest(self) -> int:
+        """Elements of the largest module output of one image."""
+        return max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
+
     def _per_genotype_bytes(self) -> int:
         p = self.protocol
         itemsize = 2 if p.dtype == "bfloat16" else 4
-        widest = max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
         live = 8  # activations alive at once in a block: input, stitched input, two convs, BN, targets
-        fit = p.fit_images * widest * 4 * live  # the fit pass, or the head's feature batches
-        val = p.batch_size * widest * itemsize * (live + 2 * (self.carry - 1))  # and the batches carried in and out
+        fit = p.fit_images * self._widest() * 4 * live  # the fit pass, or the head's feature batches
+        val = p.batch_size * self._widest() * itemsize * (live + 2 * (self.carry - 1))  # and batches carried in, out
         return fit + val
 
-    def _chunk_from_memory(self) -> int:
+    def _free_bytes(self) -> int | None:
+        """Free memory of the first device (None where the device does not say)."""
         stats = self.devices[0].memory_stats() if hasattr(self.devices[0], "memory_stats") else None
         if not stats or "bytes_limit" not in stats:
+            return None
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+
+    def _chunk_from_memory(self) -> int:
+        free = self._free_bytes()
+        if free is None:
             return 8 * len(self.devices)
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        per = self._per_genotype_bytes()
-        return int(max(1, min(256, 0.5 * free // per)) * len(self.devices))
+        return int(max(1, min(256, 0.5 * free // self._per_genotype_bytes())) * len(self.devices))
+
+    def carry_for(self, group: int) -> int:
+        """`carry` for groups of `group` genotypes side by side: cut so that the batches such a
+        group carries through a slot, in and out, take at most a quarter of the device's free
+        memory (a whole chunk as one vmap carries every genotype's batches; it has few
+        conditionals to save)."""
+        free = self._free_bytes()
+        if self.carry == 1 or free is None:
+            return self.carry
+        itemsize = 2 if self.protocol.dtype == "bfloat16" else 4
+        per_batch = 2 * group * self.protocol.batch_size * self._widest() * itemsize
+        return max(1, min(self.carry, int(0.25 * free // per_batch)))
 
     def _sharded(self, array, axis_sharded: bool):
         spec = PartitionSpec("pop") if axis_sharded else PartitionSpec()
@@ -552,15 +572,16 @@ class PopulationEvaluator:
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
         return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
-                                               self.carry, self.mesh, self.banks, slots, fit_x, fit_y, *scored))
+                                               self.carry_for(group), self.mesh, self.banks, slots, fit_x, fit_y,
+                                               *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
         stacked `heads`) on a `device_split`: the forward pass alone, one program."""
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
-        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.carry, self.mesh,
-                                                       self.banks, slots, fits, heads, *scored))
+        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.carry_for(group),
+                                                       self.mesh, self.banks, slots, fits, heads, *scored))
         if not finite.all():
             raise EvaluationError("non-finite logits")
         return correct

@@ -136,6 +136,18 @@ def test_batches_are_carried_on_a_gpu_only():
     assert batch_carry(Protocol(fit_images=100, stitch_images=50, batch_size=500), "gpu") == 1
 
 
+def test_a_wide_group_carries_fewer_batches(tiny_kb, tiny_dataset, monkeypatch):
+    """The batches a group carries take at most a quarter of the free memory: one genotype keeps
+    the whole carry, a vmap over many genotypes is cut to fewer batches (never below one)."""
+    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=1)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8)
+    one_batch = 2 * PROTOCOL.batch_size * pe._widest() * 4  # in and out, fp32, one genotype
+    monkeypatch.setattr(PopulationEvaluator, "_free_bytes", lambda self: 4 * 16 * one_batch)
+    assert (pe.carry_for(1), pe.carry_for(4), pe.carry_for(8), pe.carry_for(64)) == (8, 4, 2, 1)
+    monkeypatch.setattr(PopulationEvaluator, "_free_bytes", lambda self: None)  # a device that does not say
+    assert pe.carry_for(64) == 8
+
+
 def test_a_search_population_is_not_padded_to_what_memory_holds(tiny_kb, tiny_dataset, monkeypatch):
     """With the chunk from memory (57 here), a population of 12 runs as one chunk of 12, 64 as two
     of 32 (in whole groups of 8 where asked); a chunk size given is kept as it is."""
