@@ -513,8 +513,9 @@ class PopulationEvaluator:
         return fit + val
 
     def _free_bytes(self) -> int | None:
-        """Free memory of the first device (None where the device does not say)."""
-        stats = self.devices[0].memory_stats() if hasattr(self.devices[0], "memory_stats") else None
+        """Free memory of this process's first device (None where the device does not say)."""
+        device = next((d for d in self.devices if d.process_index == jax.process_index()), self.devices[0])
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if not stats or "bytes_limit" not in stats:
             return None
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
@@ -530,8 +531,8 @@ class PopulationEvaluator:
         group carries through a slot, in and out, take at most a quarter of the device's free
         memory (a whole chunk as one vmap carries every genotype's batches; it has few
         conditionals to save)."""
-        free = self._free_bytes()
-        if self.carry == 1 or free is None:
+        free = None if self.carry == 1 else self._free_bytes()
+        if free is None:
             return self.carry
         itemsize = 2 if self.protocol.dtype == "bfloat16" else 4
         per_batch = 2 * group * self.protocol.batch_size * self._widest() * itemsize
