@@ -39,6 +39,7 @@ from modulenet_jax.data import Split
 from modulenet_jax.evaluate import Evaluation, Evaluator
 from modulenet_jax.protocol import EvaluationError, ModuleFit, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
+from modulenet_jax.zoo.layers import divisor_at_most
 
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
@@ -236,19 +237,14 @@ def batch_carry(protocol: Protocol, platform: str) -> int:
     return max(1, 2 * protocol.fit_images // protocol.batch_size) if platform == "gpu" else 1
 
 
-def carried_batches(carry: int, num_batches: int) -> int:
-    """How many of `num_batches` move together: the most that divides them, at most `carry`."""
-    return max(k for k in range(1, min(carry, num_batches) + 1) if num_batches % k == 0)
-
-
 def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None,
                   carry: int = 1):
     """(correct predictions, all logits finite) over a split held on the device in
-    `pad_batches` form, through the fitted network (in its inference form), `carried_batches`
-    batches at a time (`carry`: at most; `batch_carry`)."""
+    `pad_batches` form, through the fitted network (in its inference form), as many batches at a
+    time as divide them, at most `carry` (`batch_carry`)."""
     mean, std = banks["mean"][slots[0][0]], banks["std"][slots[0][0]]
     fits = inference_fits(layout, fits)
-    k = carried_batches(carry, len(images))
+    k = divisor_at_most(len(images), carry)
 
     def together(batches):
         x, y, v = batches

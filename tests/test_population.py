@@ -16,9 +16,9 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, carried_batches, chunk_presence,
-                                     structure_order)
+from modulenet_jax.population import PopulationEvaluator, batch_carry, by_group, chunk_presence, structure_order
 from modulenet_jax.space import Architecture, SearchSpace
+from modulenet_jax.zoo.layers import divisor_at_most
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = Protocol(fit_images=96, stitch_images=48, batch_size=40, head_steps=15)
@@ -123,15 +123,15 @@ def test_balanced_chunks_cover_the_population_with_the_least_padding(n, limit, m
 
 
 @pytest.mark.parametrize("carry, num_batches, k", [(8, 10, 5), (8, 2, 2), (8, 7, 7), (4, 7, 1), (1, 10, 1)])
-def test_carried_batches_divide_the_split(carry, num_batches, k):
-    assert carried_batches(carry, num_batches) == k
+def test_the_batches_carried_divide_the_split(carry, num_batches, k):
+    assert divisor_at_most(num_batches, carry) == k
 
 
 def test_batches_are_carried_on_a_gpu_only():
     """On a GPU as many batches as hold twice the fit images (the device session's 5,000
     validation images then go as 2 x 5 batches of 500); one at a time on a CPU or TPU."""
     protocol = Protocol(fit_images=2048, stitch_images=512, batch_size=500)
-    assert batch_carry(protocol, "gpu") == 8 and carried_batches(8, 10) == 5
+    assert batch_carry(protocol, "gpu") == 8 and divisor_at_most(10, 8) == 5
     assert batch_carry(protocol, "cpu") == batch_carry(protocol, "tpu") == 1
     assert batch_carry(Protocol(fit_images=100, stitch_images=50, batch_size=500), "gpu") == 1
 

@@ -64,9 +64,10 @@ CPU_CHUNK_BYTES = 1 << 20  # rows per step of `batch_stats` on a CPU: a slice th
 STAT_LANES = 128  # channels times rows side by side in `batch_stats`' reductions
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
+def divisor_at_most(n: int, cap: int) -> int:
     """The largest divisor of `n` not above `cap` (at least 1), searched from the top: run while
-    tracing, where a whole array is one slice (`cap >= n`) it answers at once."""
+    tracing, where a whole array is one slice (`cap >= n`) it answers at once. (Also how many
+    scored batches the fused program carries together.)"""
     return next(d for d in range(max(1, min(n, cap)), 0, -1) if n % d == 0)
 
 
@@ -89,8 +90,8 @@ def batch_stats(x, chunk_bytes: int | None = None):
     n = rows.shape[0]
     if chunk_bytes is None:
         chunk_bytes = CPU_CHUNK_BYTES if jax.default_backend() == "cpu" else 4 * n * c
-    r = _divisor_at_most(n, chunk_bytes // (4 * c))  # rows per slice
-    k = _divisor_at_most(r, STAT_LANES // c)  # rows side by side
+    r = divisor_at_most(n, chunk_bytes // (4 * c))  # rows per slice
+    k = divisor_at_most(r, STAT_LANES // c)  # rows side by side
     m = r // k  # values per column of a slice
 
     def one(block):
