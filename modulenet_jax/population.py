@@ -13,8 +13,9 @@ none has a junction, and populations are chunked by structure so that chunks sha
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
 folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
 slot together (`batch_carry`: each conditional there waits for the device). Chunks have a
-fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs its share of a chunk
-(`over_devices`); a chunk that runs out of device memory is split in half and retried.
+fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs its
+share of a chunk (`over_devices`); a chunk that runs out of device memory is split in half and
+retried.
 
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
 `protocol.py`'s, scanned over the slots here; `evaluate.Evaluator` is the per-module driver
@@ -500,13 +501,14 @@ class PopulationEvaluator:
         """Elements of the largest module output of one image."""
         return max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
 
+    def _scored_batch_bytes(self) -> int:
+        """Bytes of one scored batch at the widest module output, in the activations' dtype."""
+        return self.protocol.batch_size * self._widest() * jnp.dtype(self.protocol.jnp_dtype).itemsize
+
     def _per_genotype_bytes(self) -> int:
-        p = self.protocol
-        itemsize = 2 if p.dtype == "bfloat16" else 4
         live = 8  # activations alive at once in a block: input, stitched input, two convs, BN, targets
-        fit = p.fit_images * self._widest() * 4 * live  # the fit pass, or the head's feature batches
-        val = p.batch_size * self._widest() * itemsize * (live + 2 * (self.carry - 1))  # and batches carried in, out
-        return fit + val
+        fit = self.protocol.fit_images * self._widest() * 4 * live  # the fit pass, or the head's feature batches
+        return fit + self._scored_batch_bytes() * (live + 2 * (self.carry - 1))  # and batches carried in and out
 
     def _free_bytes(self) -> int | None:
         """Free memory of this process's first device (None where the device does not say)."""
@@ -530,9 +532,7 @@ class PopulationEvaluator:
         free = None if self.carry == 1 else self._free_bytes()
         if free is None:
             return self.carry
-        itemsize = 2 if self.protocol.dtype == "bfloat16" else 4
-        per_batch = 2 * group * self.protocol.batch_size * self._widest() * itemsize
-        return max(1, min(self.carry, int(0.25 * free // per_batch)))
+        return max(1, min(self.carry, int(0.25 * free // (2 * group * self._scored_batch_bytes()))))
 
     def _sharded(self, array, axis_sharded: bool):
         spec = PartitionSpec("pop") if axis_sharded else PartitionSpec()
