@@ -234,7 +234,7 @@ def batch_carry(protocol: Protocol, platform: str) -> int:
     and waits for the device (XLA's `ConditionalThunk`), so a conditional per slot and per batch
     left the device idle between batches: there as many batches as hold twice the fit images,
     whose pass the chunk's memory is sized for. Elsewhere one: a CPU or TPU decides a
-    conditional without that wait, and on a CPU carrying ran up to 6% slower (a larger working set)."""
+    conditional without that wait, and on a CPU carrying only enlarges the working set."""
     return max(1, 2 * protocol.fit_images // protocol.batch_size) if platform == "gpu" else 1
 
 
