@@ -27,6 +27,10 @@ Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/sp
 json and md are rewritten after every measurement, so a session cut short keeps them. A budget
 too small for one call can be spread over several (`--workloads W1`, then `W2`, each to its own
 OUT), and `--merge A/speed.json B/speed.json --out DIR` joins their reports into one.
+The report records the environment's XLA_FLAGS, and reports of different flags do not merge: a
+call with `XLA_FLAGS=--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE` (XLA then runs the fused
+program's conditionals and loops as CUDA-graph nodes on the device, where by default each one
+waits for the host) is its own report, read against the default flags' rows of the same card.
 """
 
 from __future__ import annotations

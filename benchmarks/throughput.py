@@ -693,6 +693,7 @@ def report_of(bench: Bench) -> dict:
     except ModuleNotFoundError:  # JAX timed alone: no baseline ran
         torch = None
     return {"device": bench.device, "jax": jax.__version__, "torch": torch and torch.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "torch_device": torch and (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"),
             "strategy": bench.strategy, "protocol": dataclasses.asdict(bench.protocol),
             "validation_images": len(bench.val),
@@ -752,10 +753,14 @@ def dtype_accuracy(report: dict) -> list[dict]:
 
 def merge(reports: list[dict]) -> dict:
     """Reports of one machine measured in several sessions (say W1 in one device call, W2 in the
-    next) as one: their rows, phases, profiles and notes together, their seconds summed."""
+    next) under the same XLA_FLAGS as one: their rows, phases, profiles and notes together, their
+    seconds summed."""
     devices = {r["device"] for r in reports}
     if len(devices) != 1:
         raise ValueError(f"reports of different machines cannot be merged: {sorted(devices)}")
+    flags = {r.get("xla_flags", "") for r in reports}
+    if len(flags) != 1:
+        raise ValueError(f"reports measured under different XLA_FLAGS cannot be merged: {sorted(flags)}")
     out = {**reports[0], "seconds": round(sum(r["seconds"] for r in reports), 1)}
     for key in ("results", "paired", "phases", "skipped", "failed"):
         out[key] = [item for r in reports for item in r.get(key, [])]
@@ -828,7 +833,8 @@ def markdown(report: dict) -> str:
     torch = (f"PyTorch on {report['torch_device']}); jax {report['jax']}, torch {report['torch']}" if report["torch"]
              else f"no PyTorch baseline); jax {report['jax']}")
     lines = [f"Device: **{report['device']}** ({torch}; {report['validation_images']} validation images; JAX strategy "
-             f"`{report['strategy']}`; total {report['seconds']} s.", "",
+             f"`{report['strategy']}`; total {report['seconds']} s."
+             + (f" XLA_FLAGS: `{report['xla_flags']}`." if report.get("xla_flags") else ""), "",
              "Numerics: `fp32-strict` = JAX `Precision.HIGHEST` / PyTorch with TF32 off; `fp32-tf32` = TF32 "
              "convolutions (JAX `tensorfloat32` / PyTorch's GPU default; fp32 on a CPU); `bf16` = JAX bf16 compute, "
              "fp32 accumulation / PyTorch bf16 autocast. Each JAX row is read against PyTorch rows of its own "

@@ -184,6 +184,10 @@ def test_speed_session_merges_the_reports_of_several_calls(report, fused_run, tm
     assert "Targets" in (tmp_path / "merged" / "speed.md").read_text()
     with pytest.raises(ValueError, match="different machines"):
         throughput.merge([first, {**second, "device": "NVIDIA H200"}])
+    flagged = {**second, "xla_flags": "--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE"}
+    with pytest.raises(ValueError, match="different XLA_FLAGS"):
+        throughput.merge([first, flagged])
+    assert "XLA_FLAGS: `--xla_gpu_enable_command_buffer=+CONDITIONAL,+WHILE`" in throughput.markdown(flagged)
 
 
 def test_saved_files_name_the_device(report, tmp_path):
