@@ -114,8 +114,9 @@ def test_a_replacement_stopped_between_its_renames_is_repaired(tmp_path):
 
 def test_a_folder_made_before_a_field_existed_resumes_under_its_default(tmp_path):
     """A run folder whose config.json lacks a field with a default (made before the field
-    existed) is the run that default gives: a config setting the default resumes it, another
-    value is refused, naming the field and both values."""
+    existed, or a config leaving a protocol field to `Protocol()`) is the run that default
+    gives: a config setting the default resumes it, another value is refused, naming the field
+    and both values."""
     from modulenet_jax.config import load_config, to_dict
 
     from tests.test_runner import CONFIG
@@ -128,6 +129,13 @@ def test_a_folder_made_before_a_field_existed_resumes_under_its_default(tmp_path
     assert RunFolder.check(tmp_path, config) == {}
     config["search"]["shrink_prob"] = 0.25
     with pytest.raises(UserError, match=r"different config \(search.shrink_prob: 0.0 there, 0.25 here\)"):
+        RunFolder.check(tmp_path, config)
+    config["search"]["shrink_prob"] = 0.0
+    assert "stitch_steps" not in old["protocol"]
+    config["protocol"]["stitch_steps"] = 0  # Protocol()'s default
+    assert RunFolder.check(tmp_path, config) == {}
+    config["protocol"]["stitch_steps"] = 5
+    with pytest.raises(UserError, match=r"different config \(protocol.stitch_steps: 0 there, 5 here\)"):
         RunFolder.check(tmp_path, config)
 
 

@@ -59,7 +59,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _with_defaults(flat: dict) -> dict:
     """A flat config with every field it leaves out that has a default set to it: a folder made
     before a field existed holds the run its default gives, and resumes under a config saying so."""
-    return {**{k: f.absent for k, f in BY_KEY.items() if f.absent is not REQUIRED}, **flat}
+    return {**{k: f.default for k, f in BY_KEY.items() if f.absent is not REQUIRED}, **flat}
 
 
 def _read_json(path: Path, what: str):
