@@ -91,9 +91,11 @@ class Protocol:
             raise UserError(f"protocol.bn must be one of {BN_MODES}, got {self.bn!r}")
         if self.head not in HEADS:
             raise UserError(f"protocol.head must be one of {HEADS}, got {self.head!r}")
-        if not 0 < self.stitch_images <= self.fit_images:
-            raise UserError(f"protocol.stitch_images must be in 1..fit_images ({self.fit_images}), "
-                             f"got {self.stitch_images}")
+        if self.stitch_images < 1:
+            raise UserError(f"protocol.stitch_images must be positive, got {self.stitch_images}")
+        if self.stitch_images > self.fit_images:
+            raise UserError(f"protocol.stitch_images ({self.stitch_images}) must be at most protocol.fit_images "
+                            f"({self.fit_images}); lower it or raise protocol.fit_images")
         if self.dtype not in DTYPES:
             raise UserError(f"protocol.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batch_size < 1 or self.head_steps < 1:
@@ -101,6 +103,9 @@ class Protocol:
         if self.stitch_steps < 0 or not self.stitch_lr > 0:
             raise UserError(f"protocol.stitch_steps must be >= 0 and protocol.stitch_lr > 0, got "
                              f"{self.stitch_steps} and {self.stitch_lr}")
+        if min(self.stitch_ridge, self.head_l2, self.head_ridge) < 0:
+            raise UserError(f"protocol.stitch_ridge, protocol.head_l2 and protocol.head_ridge must be >= 0, got "
+                            f"{self.stitch_ridge}, {self.head_l2} and {self.head_ridge}")
         if self.input_size is not None and self.input_size < 1:
             raise UserError(f"protocol.input_size must be None or positive, got {self.input_size}")
 

@@ -252,11 +252,14 @@ def setting(config, key: str):
     return row.default
 
 
-def _section_sizes(config) -> list[str]:
-    stitch, fit = setting(config, "protocol.stitch_images"), setting(config, "protocol.fit_images")
-    return [] if stitch <= fit else [
-        f"protocol.stitch_images ({stitch}) must be at most protocol.fit_images ({fit}); lower it or raise "
-        f"protocol.fit_images"]
+def _protocol(config) -> list[str]:
+    """The rules between protocol fields are `Protocol`'s own (a library user meets the same)."""
+    names = [row.key.split(".", 1)[1] for row in FIELDS if row.absent is PROTOCOL]
+    try:
+        Protocol(**{name: setting(config, f"protocol.{name}") for name in names})
+    except UserError as e:
+        return [str(e)]
+    return []
 
 
 def _depths(config) -> list[str]:
@@ -265,7 +268,7 @@ def _depths(config) -> list[str]:
         f"space.min_depth ({lo}) must be at most space.max_depth ({hi})"]
 
 
-RULES: tuple[Callable[[Any], list[str]], ...] = (_section_sizes, _depths)
+RULES: tuple[Callable[[Any], list[str]], ...] = (_protocol, _depths)
 
 
 def problems(config) -> list[str]:

@@ -127,8 +127,11 @@ def test_nan_weights_give_a_clear_error(tiny_kb, tiny_dataset):
 def test_protocol_rejects_bad_settings():
     with pytest.raises(ValueError, match="protocol.bn"):
         Protocol(bn="train")
-    with pytest.raises(ValueError, match="stitch_images"):
+    with pytest.raises(ValueError, match=r"stitch_images \(200\) must be at most protocol.fit_images \(100\)"):
         Protocol(fit_images=100, stitch_images=200)
+    for field in ("stitch_ridge", "head_l2", "head_ridge"):  # would give NaNs in the solves, not an error
+        with pytest.raises(ValueError, match="protocol.stitch_ridge, protocol.head_l2 and protocol.head_ridge must be"):
+            Protocol(**{field: -1e-3})
 
 
 def _sharing_population(tiny_kb):
