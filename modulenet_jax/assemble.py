@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from modulenet_jax.zoo import layers
-from modulenet_jax.zoo.registry import ModuleSpec, get_op
+from modulenet_jax.zoo.registry import ModuleSpec, op_of, run_op
 
 
 def fit_linear_map(a, b, ridge: float):
@@ -57,26 +57,13 @@ def stitched(stitch, x, junction=True):
     return jnp.where(junction, apply_stitch(stitch, x), x)
 
 
-def run_op(op: tuple, params, x, calibrate: bool = False):
-    """One module op, `op` = (registered name, static kwargs as sorted pairs): `(y, params_used)`."""
-    name, static = op
-    return get_op(name)(params, x, calibrate=calibrate, **dict(static))
+_run = jax.jit(run_op, static_argnames=("op", "calibrate"))
 
 
-def op_of(spec: ModuleSpec) -> tuple:
-    """The hashable op key of a module: what a compiled program is cached by."""
-    return (spec.op, spec.static)
-
-
-@functools.partial(jax.jit, static_argnames=("op", "calibrate"))
-def _run(op: tuple, params, stitch, x, calibrate: bool):
-    return run_op(op, params, stitched(stitch, x), calibrate)
-
-
-def run_module(spec: ModuleSpec, params, x, stitch=None, calibrate: bool = False):
-    """(Stitch, then) one module, as one compiled call cached by op and static config only,
-    so every block of the same shape shares a program whatever model it came from."""
-    return _run(op_of(spec), params, stitch, x, calibrate)
+def run_module(spec: ModuleSpec, params, x):
+    """One module, as one compiled call cached by op and static config only, so every block of
+    the same shape shares a program whatever model it came from: `(y, params_used)`."""
+    return _run(op_of(spec), params, x)
 
 
 @jax.jit

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from modulenet_jax import protocol as core
-from modulenet_jax.assemble import op_of, preprocess, run_module, stitch_cost
+from modulenet_jax.assemble import preprocess, run_module, stitch_cost
+from modulenet_jax.zoo import op_of
 from modulenet_jax.data import Split
 from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase

@@ -116,10 +116,11 @@ class KnowledgeBase:
         records = []
         for spec in model.modules:
             p = model_params[spec.name]
-            op = zoo.get_op(spec.op)
-            kwargs = spec.static_kwargs
-            flops = count_flops(lambda p, x: op(p, x, **kwargs)[0], p, x)
-            y = jax.eval_shape(lambda p, x: op(p, x, **kwargs)[0], p, x)
+            def module(p, x, spec=spec):
+                return zoo.apply_module(spec, p, x)[0]
+
+            flops = count_flops(module, p, x)
+            y = jax.eval_shape(module, p, x)
             res_in = x.shape[1] if len(x.shape) == 4 else 1
             res_out = y.shape[1] if len(y.shape) == 4 else 1
             records.append(ModuleRecord(f"{source}/{spec.name}", source, spec, res_in, res_out,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modulenet_jax import zoo
-from modulenet_jax.assemble import apply_stitch, head_logits, pool, preprocess, run_op
+from modulenet_jax.assemble import apply_stitch, head_logits, pool, preprocess
 from modulenet_jax.cost import BUFFER_NAMES
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import FittedNetwork, count_correct
@@ -128,7 +128,7 @@ class Network(nn.Module):
                 params = merge_buffers(trainable, buffers)
                 if not train:  # evaluation runs the inference form the protocol scores with
                     params = fold_batch_norms(spec.op, spec.static, params)
-                x, used = run_op((spec.op, spec.static), params, x, calibrate=train)
+                x, used = zoo.apply_module(spec, params, x, calibrate=train)
                 if train and stats is not None and not self.is_initializing():
                     stats.value = blend_running_stats(buffers, split_buffers(used)[1], self.bn_momentum)
             head = self.param("head", _linear_init, self.specs[-1].out_channels, self.num_classes)

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modulenet_jax.assemble import fit_linear_map, head_logits, op_of, pool, preprocess, run_module, run_op, stitched
+from modulenet_jax.assemble import fit_linear_map, head_logits, pool, preprocess, run_module, stitched
 from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
-from modulenet_jax.zoo import fold_batch_norms
+from modulenet_jax.zoo import fold_batch_norms, op_of, run_op
 from modulenet_jax.zoo.layers import ACTIVATION_DTYPES, numerics as layer_numerics
 
 BN_MODES = ("source", "recalibrate", "from_junction")

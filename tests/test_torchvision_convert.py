@@ -34,8 +34,7 @@ def test_metadata_matches_traced_shapes_and_published_counts(name):
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     flops = 0
     for spec in model.modules:
-        op = zoo.get_op(spec.op)
-        fn = (lambda p, x, op=op, kw=spec.static_kwargs: op(p, x, **kw)[0])
+        fn = (lambda p, x, spec=spec: zoo.apply_module(spec, p, x)[0])
         assert x.shape[-1] == spec.in_channels
         flops += count_flops(fn, params[spec.name], x)
         x = jax.eval_shape(fn, params[spec.name], x)

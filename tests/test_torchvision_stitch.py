@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from modulenet_jax import zoo
-from modulenet_jax.assemble import apply_stitch, fit_linear_map, op_of, preprocess
+from modulenet_jax.assemble import apply_stitch, fit_linear_map, preprocess
+from modulenet_jax.zoo import op_of
 from modulenet_jax.data import Split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import ModuleFit, Protocol, chain_logits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, pareto_indices, rng_from_state, rng_state,
+from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, rng_from_state, rng_state,
                                        unseen)
 from modulenet_jax.space import SearchSpace
 
@@ -56,13 +56,6 @@ class RandomSearch(SearchAlgorithm):
         self.F += F.tolist()
         self.pending = None
         self._generation += 1
-
-    @property
-    def front(self) -> tuple[np.ndarray, np.ndarray]:
-        """The non-dominated genotypes seen so far and their objectives."""
-        X, F = np.asarray(self.X, np.int64), np.asarray(self.F)
-        idx = pareto_indices(F)
-        return X[idx], F[idx]
 
     def state_dict(self) -> dict:
         return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),

@@ -7,7 +7,8 @@ from modulenet_jax.zoo import cifar_resnet  # noqa: F401  (registers the family)
 from modulenet_jax.zoo import (tv_convnext, tv_densenet, tv_efficientnet, tv_mobilenet,  # noqa: F401
                                tv_resnet, tv_vgg)
 from modulenet_jax.zoo.registry import (ModelDef, ModuleSpec, apply_module, fold_batch_norms, forward,
-                                        get_model, get_op, list_models, register_model, register_op)
+                                        get_model, get_op, list_models, op_of, register_model, register_op,
+                                        run_op)
 
 __all__ = ["ModelDef", "ModuleSpec", "apply_module", "fold_batch_norms", "forward", "get_model", "get_op",
-           "list_models", "register_model", "register_op"]
+           "list_models", "op_of", "register_model", "register_op", "run_op"]

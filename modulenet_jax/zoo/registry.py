@@ -57,14 +57,6 @@ class ModuleSpec:
         if self.stride < 1 or self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"module {self.name!r}: channels and stride must be positive")
 
-    @property
-    def downsamples(self) -> bool:
-        return self.stride > 1
-
-    @property
-    def static_kwargs(self) -> dict:
-        return dict(self.static)
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
@@ -180,9 +172,21 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
+def op_of(spec: ModuleSpec) -> tuple:
+    """The hashable op key of a module: what a compiled program is cached by."""
+    return (spec.op, spec.static)
+
+
+def run_op(op: tuple, params: Params, x, calibrate: bool = False):
+    """One module op, `op` = (registered name, static kwargs as sorted pairs): `(y, params_used)`
+    (recalibrated BN stats if `calibrate`)."""
+    name, static = op
+    return get_op(name)(params, x, calibrate=calibrate, **dict(static))
+
+
 def apply_module(spec: ModuleSpec, params: Params, x, calibrate: bool = False):
     """Runs one module; returns `(y, params_used)` (recalibrated BN stats if `calibrate`)."""
-    return get_op(spec.op)(params, x, calibrate=calibrate, **spec.static_kwargs)
+    return run_op(op_of(spec), params, x, calibrate)
 
 
 def forward(model: ModelDef, params: Params, x, return_intermediates: bool = False):
