@@ -115,8 +115,8 @@ def _head(kb, arch):
     return kb.module_params(f"{kb.record(arch.modules[-1]).source}/head")["fc"]
 
 
-def _identity(c, dtype=jnp.float32):
-    return {"kernel": jnp.eye(c, dtype=dtype), "bias": jnp.zeros((c,), dtype)}
+def _identity(c):
+    return {"kernel": jnp.eye(c), "bias": jnp.zeros((c,))}
 
 
 @dataclasses.dataclass

@@ -38,13 +38,13 @@ def build_from_pretrained(sources, weights_dirs=(), progress: Progress = NO_PROG
                                progress=progress)
 
 
-def build_from_checkpoints(paths, names=None, progress: Progress = NO_PROGRESS) -> KnowledgeBase:
-    """A knowledge base of checkpoint files; each source is named after its model unless `names`."""
+def build_from_checkpoints(paths, progress: Progress = NO_PROGRESS) -> KnowledgeBase:
+    """A knowledge base of checkpoint files; each source is named after its model."""
     models = []
     with progress.task("converting checkpoints", len(paths), "files") as advance:
-        for i, path in enumerate(paths):
+        for path in paths:
             model_name, params = convert_checkpoint(path)
-            models.append((names[i] if names else model_name, model_name, params, Path(path).name))
+            models.append((model_name, model_name, params, Path(path).name))
             advance()
     return KnowledgeBase.build(models, progress=progress)
 

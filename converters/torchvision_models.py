@@ -30,7 +30,7 @@ import torchvision
 
 from .common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
 from modulenet_jax.errors import UserError
-from modulenet_jax.pretrained import _sha256
+from modulenet_jax.pretrained import find_verified
 from modulenet_jax.zoo import get_model, tv_efficientnet, tv_vgg
 
 PREFIX = "tv_"
@@ -386,21 +386,15 @@ def weights_enum(model_name: str, weights: str):
 
 
 def _local_copy(url: str, weights_dirs) -> Path | None:
-    """A local copy of a torchvision weights file (same file name, SHA-256 prefix checked)."""
+    """A local copy of a torchvision weights file (same file name; the SHA-256 prefix that
+    torchvision writes into the name checked)."""
     name = url.rsplit("/", 1)[-1]
     digest = re.search(r"-([a-f0-9]+)\.", name)
-    for d in weights_dirs:
-        path = Path(d) / name
-        if path.is_file():
-            if digest and not _sha256(path).startswith(digest.group(1)):
-                raise UserError(f"{path}: SHA-256 does not start with {digest.group(1)}; the file is corrupt: "
-                                f"delete or replace it")
-            return path
-    return None
+    return find_verified(name, weights_dirs, digest and digest.group(1), "delete or replace it")
 
 
-def load_state_dict_for(model_name: str, weights: str, seed: int = 0, weights_dirs=(),
-                        progress: bool = False) -> tuple[dict[str, np.ndarray], str]:
+def load_state_dict_for(model_name: str, weights: str, seed: int = 0,
+                        weights_dirs=()) -> tuple[dict[str, np.ndarray], str]:
     """`(state_dict as numpy, label)` of a torchvision model's weights (see the module doc)."""
     name = torchvision_name(model_name)
     if weights == "random":
@@ -413,7 +407,7 @@ def load_state_dict_for(model_name: str, weights: str, seed: int = 0, weights_di
     if local is not None:
         return load_state_dict(local), local.name
     try:
-        sd = w.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+        sd = w.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except OSError as e:
         raise UserError(f"could not fetch torchvision weights {w} from {w.url} ({e}); check the network, or "
                         f"put {w.url.rsplit('/', 1)[-1]} into a folder of knowledge.weights_dirs") from None

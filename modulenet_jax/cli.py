@@ -86,11 +86,11 @@ def _reporting(args):
         yield progress.print, progress
 
 
-def _check_out(args, flag: str = "--out") -> None:
-    """The output folder can be written: checked before anything is loaded."""
+def _check_out(args) -> None:
+    """The `--out` folder can be written: checked before anything is loaded."""
     from modulenet_jax.checks import check_writable
 
-    check_writable(args.out, flag)
+    check_writable(args.out, "--out")
 
 
 def _console():

@@ -58,7 +58,8 @@ class Split:
         return Split(self.images[indices], self.labels[indices], self.num_classes, description)
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The download and decode cache: $MODULENET_CACHE, by default ~/.cache/modulenet_jax."""
     return Path(os.environ.get("MODULENET_CACHE", Path.home() / ".cache" / "modulenet_jax"))
 
 
@@ -90,8 +91,7 @@ def _decode(path: Path) -> np.ndarray | str:
         return str(e)
 
 
-def load_image_folder(root, use_cache: bool = True,
-                      progress: Progress = NO_PROGRESS) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(root, progress: Progress = NO_PROGRESS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decodes `root/<class>/<file>` (classes in alphabetical order, files sorted by name).
 
     The decoded arrays are cached under $MODULENET_CACHE (default ~/.cache/modulenet_jax),
@@ -108,8 +108,8 @@ def load_image_folder(root, use_cache: bool = True,
     for f in files:
         st = f.stat()
         key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:24]}.npz"
-    if use_cache and cache.is_file():
+    cache = cache_dir() / f"imagefolder-{key.hexdigest()[:24]}.npz"
+    if cache.is_file():
         with np.load(cache) as z:
             return z["images"], z["labels"], classes
     images, undecodable = [], []
@@ -129,11 +129,10 @@ def load_image_folder(root, use_cache: bool = True,
         raise UserError(f"{len(undecodable)} image file{'s' if len(undecodable) > 1 else ''} of {root} cannot be "
                         f"decoded: {named}; replace or delete them")
     images = np.stack([image for _, image in images])
-    if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        tmp.replace(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    tmp.replace(cache)
     return images, labels, classes
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import urllib.request
 from pathlib import Path
 
+from modulenet_jax.data import cache_dir
 from modulenet_jax.errors import UserError
 
 AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models"
@@ -39,8 +39,8 @@ PRETRAINED = {
 }
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MODULENET_CACHE", Path.home() / ".cache" / "modulenet_jax")) / "weights"
+def _weights_cache() -> Path:
+    return cache_dir() / "weights"
 
 
 def _sha256(path: Path) -> str:
@@ -58,19 +58,26 @@ def get_pretrained(name: str) -> Pretrained:
         raise UserError(f"no known pretrained checkpoint {name!r}; known: {', '.join(sorted(PRETRAINED))}") from None
 
 
-def fetch(name: str, search_dirs=(), download: bool = True) -> Path:
+def find_verified(filename: str, dirs, sha256_prefix: str | None, fix: str) -> Path | None:
+    """The first `dir/filename` of `dirs` that exists (None: none), checked against the start of
+    its SHA-256 where one is known: a corrupt copy is a `UserError` ending in `fix`."""
+    for d in map(Path, dirs):
+        path = d / filename
+        if path.is_file():
+            if sha256_prefix and not _sha256(path).startswith(sha256_prefix):
+                raise UserError(f"{path}: SHA-256 does not start with {sha256_prefix}; the file is corrupt: {fix}")
+            return path
+    return None
+
+
+def fetch(name: str, search_dirs=()) -> Path:
     """Local path of a known checkpoint: found in `search_dirs` or the cache, else downloaded."""
     info = get_pretrained(name)
-    for d in [*map(Path, search_dirs), _cache_dir()]:
-        path = d / info.filename
-        if path.is_file():
-            if not _sha256(path).startswith(info.sha256_prefix):
-                raise UserError(f"{path}: SHA-256 does not start with {info.sha256_prefix}; the file is corrupt: "
-                                f"delete it (it is downloaded again) or replace it with {info.url}")
-            return path
-    if not download:
-        raise FileNotFoundError(f"{info.filename} is not in {[str(d) for d in search_dirs]} or the cache")
-    dest = _cache_dir() / info.filename
+    local = find_verified(info.filename, [*search_dirs, _weights_cache()], info.sha256_prefix,
+                          f"delete it (it is downloaded again) or replace it with {info.url}")
+    if local is not None:
+        return local
+    dest = _weights_cache() / info.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
     try:
