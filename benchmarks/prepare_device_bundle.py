@@ -16,6 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from modulenet_jax.zoo.common import unflatten
+
 
 def save_kb(kb, path) -> None:
     """The knowledge base's params as a plain .npz (no orbax, so the device's version does not matter)."""
@@ -31,15 +33,7 @@ def load_kb(path):
 
     with np.load(path) as z:
         models = [str(m).split("|") for m in z["models"]]
-        params = {}
-        for key in z.files:
-            if key == "models":
-                continue
-            node = params
-            *parents, leaf = key.split("/")
-            for k in parents:
-                node = node.setdefault(k, {})
-            node[leaf] = z[key]
+        params = unflatten((key.split("/"), z[key]) for key in z.files if key != "models")
     return KnowledgeBase.build([(name, model, params[name], "bundle") for name, model in models])
 
 

@@ -39,10 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from modulenet_jax import protocol as core
-from modulenet_jax.data import Dataset, protocol_split
+from modulenet_jax.data import Dataset, fit_split, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import PopulationEvaluator, fit_chunk, fit_heads, inference_fits, walk
+from modulenet_jax.population import (PopulationEvaluator, choose_strategy, fit_chunk, fit_heads, inference_fits,
+                                      walk)
 from modulenet_jax.protocol import FittedNetwork, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -204,9 +205,9 @@ class Bench:
                  log: Callable[[str], None] = print, torch_device: str | None = None,
                  row_cap_s: float | None = None, checkpoint: Callable[["Bench"], None] | None = None):
         self.kb, self.protocol, self.log = kb, protocol, log
-        self.strategy = strategy if strategy != "auto" else ("loop" if jax.devices()[0].platform == "cpu" else "fused")
+        self.strategy = choose_strategy(strategy)
         self.val = protocol_split(dataset, "val", val_size)
-        self.fit = protocol_split(dataset, "train", protocol.fit_images, seed=fit_seed)
+        self.fit = fit_split(dataset, protocol, fit_seed)
         self.space = SearchSpace(kb, space_granularity)
         self.block_space = SearchSpace(kb, "block")
         self.num_classes = dataset.num_classes

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from modulenet_jax.data import Dataset, available
+from modulenet_jax.data import Dataset, available, check_fit_images
 from modulenet_jax.errors import UserError
 from modulenet_jax.knowledge import KnowledgeBase
 
@@ -40,10 +40,7 @@ def check_sizes(config, dataset: Dataset) -> None:
     """The config's subsets exist in the data: fit images, validation images, final table."""
     from modulenet_jax.schema import setting
 
-    fit = setting(config, "protocol.fit_images")
-    if available(dataset, "train") < fit:
-        raise UserError(f"protocol.fit_images is {fit}, but {dataset.name} has only {available(dataset, 'train'):,} "
-                        f"train images; lower protocol.fit_images")
+    check_fit_images(dataset, setting(config, "protocol.fit_images"))
     check_size(dataset, "val", config.data.val_size, "data.val_size")
     check_size(dataset, config.final.split, config.final.size, "final.size")
 

@@ -308,10 +308,15 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
     return dataset.test.take(idx, f"{dataset.name}:{split}[{len(idx)}{which} test positions]")
 
 
+def check_fit_images(dataset: Dataset, fit_images: int) -> None:
+    """The train split holds the protocol's `fit_images`: else a `UserError`."""
+    if available(dataset, "train") < fit_images:
+        raise UserError(f"protocol.fit_images is {fit_images}, but {dataset.name} has only "
+                        f"{available(dataset, 'train'):,} train images; lower protocol.fit_images")
+
+
 def fit_split(dataset: Dataset, protocol, seed: int = 0) -> Split:
     """The images a protocol fits on: its `fit_images` train images in the order seeded by
     `seed` (the config's `data.fit_seed`). Too few train images is a `UserError`."""
-    if available(dataset, "train") < protocol.fit_images:
-        raise UserError(f"protocol.fit_images is {protocol.fit_images}, but {dataset.name} has only "
-                        f"{available(dataset, 'train')} train images; lower protocol.fit_images")
+    check_fit_images(dataset, protocol.fit_images)
     return protocol_split(dataset, "train", protocol.fit_images, seed)

@@ -33,7 +33,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import Evaluation, Evaluator, evaluate_published
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.mixed_space import MixedSpace
-from modulenet_jax.population import FusionError, PopulationEvaluator, default_group
+from modulenet_jax.population import FusionError, PopulationEvaluator, choose_strategy, default_group
 from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
@@ -98,15 +98,6 @@ def make_protocol(cfg) -> Protocol:
         return Protocol(**cfg.to_dict())
     except ValueError as e:
         raise UserError(f"{e}; fix it in the config or with --set protocol.<field>=...") from e
-
-
-def choose_strategy(strategy: str) -> str:
-    """`auto`: the fused population program on accelerators, one call per module on a CPU
-    (measured as fast as the fused program one genotype at a time, and it shares the module
-    prefixes of a generation)."""
-    if strategy == "auto":
-        return "loop" if jax.devices()[0].platform == "cpu" else "fused"
-    return strategy
 
 
 def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator,
