@@ -415,11 +415,10 @@ class PopulationEvaluator:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
         self.carry = carry or batch_carry(protocol, self.devices[0].platform)
-        self.chunk_size = chunk_size or self._chunk_from_memory()
+        self.chunk_size = chunk_size or self.chunk_from_memory()
         if chunk_size is None and largest is not None:
             self.chunk_size = self.chunk_for(largest, self.chunk_size)
         self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
-        self._run_chunk: Callable = self._evaluate_chunk_on_device
 
     # -- banks ------------------------------------------------------------------------------
 
@@ -506,20 +505,20 @@ class PopulationEvaluator:
 
     # -- chunks ------------------------------------------------------------------------------
 
-    def _widest(self) -> int:
+    def widest_output(self) -> int:
         """Elements of the largest module output of one image."""
         return max(r.spec.out_channels * r.output_resolution ** 2 for r in self.kb.records if r.spec.kind != "head")
 
     def _scored_batch_bytes(self) -> int:
         """Bytes of one scored batch at the widest module output, in the activations' dtype."""
-        return self.protocol.batch_size * self._widest() * jnp.dtype(self.protocol.jnp_dtype).itemsize
+        return self.protocol.batch_size * self.widest_output() * jnp.dtype(self.protocol.jnp_dtype).itemsize
 
     def _per_genotype_bytes(self) -> int:
         live = 8  # activations alive at once in a block: input, stitched input, two convs, BN, targets
-        fit = self.protocol.fit_images * self._widest() * 4 * live  # the fit pass, or the head's feature batches
+        fit = self.protocol.fit_images * self.widest_output() * 4 * live  # the fit pass, or the head's feature batches
         return fit + self._scored_batch_bytes() * (live + 2 * (self.carry - 1))  # and batches carried in and out
 
-    def _free_bytes(self) -> int | None:
+    def free_bytes(self) -> int | None:
         """Free memory of this process's first device (None where the device does not say)."""
         device = next((d for d in self.devices if d.process_index == jax.process_index()), self.devices[0])
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -527,8 +526,9 @@ class PopulationEvaluator:
             return None
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
 
-    def _chunk_from_memory(self) -> int:
-        free = self._free_bytes()
+    def chunk_from_memory(self) -> int:
+        """Genotypes per chunk that fill half the free memory (eight per device where it does not say)."""
+        free = self.free_bytes()
         if free is None:
             return 8 * len(self.devices)
         return int(max(1, min(256, 0.5 * free // self._per_genotype_bytes())) * len(self.devices))
@@ -538,7 +538,7 @@ class PopulationEvaluator:
         group carries through a slot, in and out, take at most a quarter of the device's free
         memory (a whole chunk as one vmap carries every genotype's batches; it has few
         conditionals to save)."""
-        free = None if self.carry == 1 else self._free_bytes()
+        free = None if self.carry == 1 else self.free_bytes()
         if free is None:
             return self.carry
         return max(1, min(self.carry, int(0.25 * free // (2 * group * self._scored_batch_bytes()))))
@@ -574,7 +574,8 @@ class PopulationEvaluator:
         local = chunk // len(self.devices)
         return local if self.group is None else math.gcd(local, self.group)
 
-    def _evaluate_chunk_on_device(self, slots, fit_x, fit_y, scored):
+    def run_chunk(self, slots, fit_x, fit_y, scored):
+        """One chunk through the whole protocol on the devices: (correct counts, all finite)."""
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
         return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
@@ -617,7 +618,7 @@ class PopulationEvaluator:
             chunk = chunk + [chunk[-1]] * pad
             stacked = tuple(np.stack([c[j] for c in chunk]) for j in range(3))
             try:
-                c, ok = self._run_chunk(stacked, fit_x, fit_y, scored)
+                c, ok = self.run_chunk(stacked, fit_x, fit_y, scored)
             except Exception as e:  # noqa: BLE001 - only device OOM is handled, the rest re-raised
                 if not any(m in str(e) for m in OOM_MARKERS) or self.chunk_size <= len(self.devices):
                     raise

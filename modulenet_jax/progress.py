@@ -40,17 +40,17 @@ class RichProgress(Progress):
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.console = console
-        self._bars = Bars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("eta"),
-                          TimeRemainingColumn(), console=console, transient=True,
-                          speed_estimate_period=24 * 3600)  # the time left from the whole step's pace so far
+        self.bars = Bars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("eta"),
+                         TimeRemainingColumn(), console=console, transient=True,
+                         speed_estimate_period=24 * 3600)  # the time left from the whole step's pace so far
 
     def __enter__(self) -> "RichProgress":
-        self._bars.start()
+        self.bars.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._bars.stop()
+        self.bars.stop()
 
     def print(self, message: str) -> None:
         """A log line, above the bars."""
@@ -58,9 +58,9 @@ class RichProgress(Progress):
 
     @contextlib.contextmanager
     def task(self, description, total, unit="", done=0):
-        task_id = self._bars.add_task(description, total=total, completed=done, unit=unit)
-        self._bars.advance(task_id, 0)  # the pace is measured from here (rich ignores the first sample's count)
+        task_id = self.bars.add_task(description, total=total, completed=done, unit=unit)
+        self.bars.advance(task_id, 0)  # the pace is measured from here (rich ignores the first sample's count)
         try:
-            yield lambda n=1: self._bars.advance(task_id, n)
+            yield lambda n=1: self.bars.advance(task_id, n)
         finally:
-            self._bars.remove_task(task_id)
+            self.bars.remove_task(task_id)

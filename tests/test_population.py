@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = Protocol(fit_images=96, stitch_images=48, batch_size=40, head_steps=15)
 
 
-def _setup(kb, dataset, granularity="block", protocol=PROTOCOL, n=6, seed=0):
+def population_setup(kb, dataset, granularity="block", protocol=PROTOCOL, n=6, seed=0):
+    """(space, fit split, `n` random networks, validation split) for population tests."""
     space = SearchSpace(kb, granularity)
     fit = protocol_split(dataset, "train", protocol.fit_images, seed=0)
     rng = np.random.default_rng(seed)
@@ -44,7 +45,7 @@ VARIANTS = {
 
 
 def _both_paths(kb, dataset, protocol, group=None, carry=None):
-    space, fit, archs, val = _setup(kb, dataset, protocol=protocol, n=4)
+    space, fit, archs, val = population_setup(kb, dataset, protocol=protocol, n=4)
     loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
     fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group,
@@ -82,7 +83,7 @@ def test_scored_batches_carried_together_equal_one_by_one(tiny_kb, tiny_dataset,
 def test_the_forward_pass_alone_counts_the_same_with_batches_carried(tiny_kb, tiny_dataset):
     """`score_fitted` (W1's program: published modules, identity stitches at junctions) counts the
     same with scored batches carried together as one at a time, each network as its own head."""
-    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=4)
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, n=4)
     heads = [tiny_kb.module_params(f"{tiny_kb.record(a.modules[-1]).source}/head")["fc"] for a in archs]
     heads = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *heads)
     counts = []
@@ -93,7 +94,7 @@ def test_the_forward_pass_alone_counts_the_same_with_batches_carried(tiny_kb, ti
 
 
 def test_groups_divide_each_devices_share_of_the_chunk(tiny_kb, tiny_dataset):
-    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=0)
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=0)
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=12, group=8)
     assert [pe.group_of(n) for n in (12, 6, 3)] == [4, 2, 1]
     pe.group = None
@@ -139,20 +140,20 @@ def test_batches_are_carried_on_a_gpu_only():
 def test_a_wide_group_carries_fewer_batches(tiny_kb, tiny_dataset, monkeypatch):
     """The batches a group carries take at most a quarter of the free memory: one genotype keeps
     the whole carry, a vmap over many genotypes is cut to fewer batches (never below one)."""
-    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=1)
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=1)
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8)
-    one_batch = 2 * PROTOCOL.batch_size * pe._widest() * 4  # in and out, fp32, one genotype
-    monkeypatch.setattr(PopulationEvaluator, "_free_bytes", lambda self: 4 * 16 * one_batch)
+    one_batch = 2 * PROTOCOL.batch_size * pe.widest_output() * 4  # in and out, fp32, one genotype
+    monkeypatch.setattr(PopulationEvaluator, "free_bytes", lambda self: 4 * 16 * one_batch)
     assert (pe.carry_for(1), pe.carry_for(4), pe.carry_for(8), pe.carry_for(64)) == (8, 4, 2, 1)
-    monkeypatch.setattr(PopulationEvaluator, "_free_bytes", lambda self: None)  # a device that does not say
+    monkeypatch.setattr(PopulationEvaluator, "free_bytes", lambda self: None)  # a device that does not say
     assert pe.carry_for(64) == 8
 
 
 def test_a_search_population_is_not_padded_to_what_memory_holds(tiny_kb, tiny_dataset, monkeypatch):
     """With the chunk from memory (57 here), a population of 12 runs as one chunk of 12, 64 as two
     of 32 (in whole groups of 8 where asked); a chunk size given is kept as it is."""
-    monkeypatch.setattr(PopulationEvaluator, "_chunk_from_memory", lambda self: 57)
-    space, fit, _, _ = _setup(tiny_kb, tiny_dataset)
+    monkeypatch.setattr(PopulationEvaluator, "chunk_from_memory", lambda self: 57)
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset)
     one = jax.devices()[:1]
     assert PopulationEvaluator(space, PROTOCOL, fit, devices=one, largest=12).chunk_size == 12
     assert PopulationEvaluator(space, PROTOCOL, fit, devices=one, largest=64, group=8).chunk_size == 32
@@ -161,7 +162,7 @@ def test_a_search_population_is_not_padded_to_what_memory_holds(tiny_kb, tiny_da
 
 
 def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny_dataset):
-    space, fit, _, _ = _setup(tiny_kb, tiny_dataset, n=0)
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=0)
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)
     slots = pe.stacked_slots([Architecture(m) for m in SHALLOW])
     some_active, some_junction = (np.asarray(v) for v in chunk_presence(PROTOCOL, slots))
@@ -181,7 +182,7 @@ def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_d
     (group 1) skips by its own slots and junctions: still exactly the per-module path's counts,
     for the fitted and the tuned stitches."""
     protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
-    space, fit, _, val = _setup(tiny_kb, tiny_dataset, protocol=protocol, n=0)
+    space, fit, _, val = population_setup(tiny_kb, tiny_dataset, protocol=protocol, n=0)
     archs = [Architecture(m) for m in SHALLOW]
     loop = Evaluator(tiny_kb, protocol, fit)
     fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop, group=group).evaluate(archs, val)
@@ -230,7 +231,7 @@ def test_tensorfloat32_reaches_every_convolution_of_both_drivers(tiny_kb, tiny_d
 
 
 def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):
-    space, fit, archs, _ = _setup(tiny_kb, tiny_dataset, "run")
+    space, fit, archs, _ = population_setup(tiny_kb, tiny_dataset, "run")
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2)
     assert pe.layout.depths == (2, 2, 2) and pe.layout.num_slots == 7
     idx, active, junction = pe.slots(Architecture.of_source(tiny_kb, "cifar_resnet8"))
@@ -244,7 +245,7 @@ def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):
 
 def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
     protocol = Protocol(**{**PROTOCOL.__dict__, "head_steps": 11})  # a program no other test compiled
-    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=10, protocol=protocol)
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, n=10, protocol=protocol)
     pe = PopulationEvaluator(space, protocol, fit, chunk_size=4)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -259,10 +260,10 @@ def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
 
 
 def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
-    space, fit, archs, val = _setup(tiny_kb, tiny_dataset)
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset)
     expected = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2).evaluate(archs, val)  # the program the split runs
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8)
-    real, sizes = pe._run_chunk, []
+    real, sizes = pe.run_chunk, []
 
     def capped(slots, *data):  # a device that only fits chunks of 2
         sizes.append(len(slots[0]))
@@ -270,10 +271,10 @@ def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456 bytes")
         return real(slots, *data)
 
-    pe._run_chunk = capped
+    pe.run_chunk = capped
     assert pe.evaluate(archs, val) == expected
     assert sizes[:3] == [8, 4, 2] and pe.chunk_size == 2
-    pe._run_chunk = lambda *a: (_ for _ in ()).throw(RuntimeError("INVALID_ARGUMENT: something else"))
+    pe.run_chunk = lambda *a: (_ for _ in ()).throw(RuntimeError("INVALID_ARGUMENT: something else"))
     with pytest.raises(RuntimeError, match="something else"):
         pe.evaluate(archs, val)
 
@@ -281,7 +282,7 @@ def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
 @pytest.fixture(scope="module")
 def one_device_counts(tiny_kb, tiny_dataset) -> str:
     """Correct counts of the multi-device tests' networks on this process's single device."""
-    space, fit, archs, val = _setup(tiny_kb, tiny_dataset, n=2)
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, n=2)
     evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4, devices=jax.devices()[:1]).evaluate(archs, val)
     return "RESULT " + json.dumps([e.correct for e in evs])
 
@@ -307,11 +308,11 @@ def _subprocess_env(devices: int) -> dict:
 _EVALUATE = """
 from tests.conftest import random_models
 from modulenet_jax.knowledge import KnowledgeBase
-from tests.test_population import PROTOCOL, _setup
+from tests.test_population import PROTOCOL, population_setup
 from modulenet_jax.population import PopulationEvaluator, chunk_presence, structure_order
 import tests.conftest as c
 kb = KnowledgeBase.build(random_models())
-space, fit, archs, val = _setup(kb, c.tiny_dataset.__wrapped__(), n=2)
+space, fit, archs, val = population_setup(kb, c.tiny_dataset.__wrapped__(), n=2)
 evs = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4).evaluate(archs, val)
 print("RESULT " + json.dumps([e.correct for e in evs]))
 """

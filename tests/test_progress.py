@@ -20,8 +20,8 @@ def test_rich_bars_show_done_total_and_time_left_and_go_when_done():
         progress.print("a log line")
         with progress.task("generation 2/8", 12, "networks") as advance:
             advance(5)
-            progress._bars.refresh()
+            progress.bars.refresh()
             shown = out.getvalue()
-        assert not progress._bars.tasks  # a finished step's bar is removed
+        assert not progress.bars.tasks  # a finished step's bar is removed
     assert "a log line" in shown and "generation 2/8" in shown and "5/12" in shown and "networks" in shown
     assert "eta" in shown

@@ -20,7 +20,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.search.run_folder import RunFolder
 from modulenet_jax.search.runner import final_table, search
 from tests.conftest import COMPILE_CACHE, ROOT
-from tests.test_runner import SMALL, _run, _strip
+from tests.test_runner import SMALL, small_run, without_times
 
 
 class Interrupt(Exception):
@@ -38,7 +38,7 @@ def quiet(message):
 
 
 def _finished(tiny_kb, tiny_dataset, out, extra=("search.generations=1",)):
-    run = _run(tiny_kb, tiny_dataset, list(extra))
+    run = small_run(tiny_kb, tiny_dataset, list(extra))
     final_table(run, search(run, out, log=quiet), out, log=quiet)
     return run
 
@@ -55,7 +55,7 @@ def test_an_interrupted_restart_leaves_the_old_run_whole(tiny_kb, tiny_dataset, 
     _finished(tiny_kb, tiny_dataset, tmp_path / "run")
     before = snapshot(tmp_path)
     assert {f"run/{n}" for n in ("front.json", "final.json", "final.md", "state.json", "log.txt")} <= set(before)
-    restart = _run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"])
+    restart = small_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"])
 
     def the_new_run_is_started():
         assert json.loads((tmp_path / ".run.new" / "config.json").read_text())["seed"] == 3
@@ -68,7 +68,7 @@ def test_an_interrupted_restart_leaves_the_old_run_whole(tiny_kb, tiny_dataset, 
 
 def test_a_restart_replaces_the_run_once_it_has_evaluated_a_network(tiny_kb, tiny_dataset, tmp_path):
     _finished(tiny_kb, tiny_dataset, tmp_path / "run")
-    restart = _run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"])
+    restart = small_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"])
     real, calls = restart.evaluator.cost, []
 
     def dying(arch):
@@ -86,13 +86,13 @@ def test_a_restart_replaces_the_run_once_it_has_evaluated_a_network(tiny_kb, tin
     assert json.loads((run / "config.json").read_text())["seed"] == 3
     assert len((run / "history.jsonl").read_text().splitlines()) == 2
     assert not any((run / name).exists() for name in ("state.json", "front.json", "final.json", "final.md"))
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"]), run, log=quiet)  # resumes the new run
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"]), tmp_path / "fresh", log=quiet)
-    assert _strip((run / "history.jsonl").read_text()) == _strip((tmp_path / "fresh" / "history.jsonl").read_text())
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"]), run, log=quiet)  # resumes the new run
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=3"]), tmp_path / "fresh", log=quiet)
+    assert without_times((run / "history.jsonl").read_text()) == without_times((tmp_path / "fresh" / "history.jsonl").read_text())
 
 
 def test_a_run_that_fails_before_its_first_evaluation_leaves_nothing(tiny_kb, tiny_dataset, tmp_path):
-    run = _run(tiny_kb, tiny_dataset)
+    run = small_run(tiny_kb, tiny_dataset)
     _die_on_first_evaluation(run)
     with pytest.raises(Interrupt):
         search(run, tmp_path / "run", log=quiet)
@@ -140,14 +140,14 @@ def test_a_folder_made_before_a_field_existed_resumes_under_its_default(tmp_path
 
 
 def test_more_generations_extend_a_finished_search_to_the_longer_run(tiny_kb, tiny_dataset, tmp_path):
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=2"]), tmp_path / "short", log=quiet)
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=2"]), tmp_path / "short", log=quiet)
     assert (tmp_path / "short" / "front.json").is_file()
     logs = []
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=3"]), tmp_path / "short", log=logs.append)
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=3"]), tmp_path / "short", log=logs.append)
     assert logs[0] == "search.generations 2 -> 3: the search goes on from generation 2"
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=3"]), tmp_path / "long", log=quiet)
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=3"]), tmp_path / "long", log=quiet)
     short, long = tmp_path / "short", tmp_path / "long"
-    assert _strip((short / "history.jsonl").read_text()) == _strip((long / "history.jsonl").read_text())
+    assert without_times((short / "history.jsonl").read_text()) == without_times((long / "history.jsonl").read_text())
     for name in ("state.json", "front.json", "config.json"):
         assert (short / name).read_text() == (long / name).read_text(), name
     assert "search.generations 2 -> 3" in (short / "log.txt").read_text()
@@ -155,7 +155,7 @@ def test_more_generations_extend_a_finished_search_to_the_longer_run(tiny_kb, ti
 
 def test_extending_removes_the_results_until_the_search_ends_again(tiny_kb, tiny_dataset, tmp_path):
     _finished(tiny_kb, tiny_dataset, tmp_path, ["search.generations=1"])
-    longer = _run(tiny_kb, tiny_dataset, ["search.generations=2"])
+    longer = small_run(tiny_kb, tiny_dataset, ["search.generations=2"])
     _die_on_first_evaluation(longer)
     with pytest.raises(Interrupt):
         search(longer, tmp_path, log=quiet)
@@ -205,7 +205,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
     assert main([*args[:4], str(tmp_path / "whole"), *args[5:], "--quiet"]) == 0
     assert capsys.readouterr().err == ""  # --quiet: no log lines, no bars
     whole = tmp_path / "whole"
-    assert _strip(history.read_text()) == _strip((whole / "history.jsonl").read_text())
+    assert without_times(history.read_text()) == without_times((whole / "history.jsonl").read_text())
     for name in ("state.json", "front.json", "final.json"):
         assert (out / name).read_text() == (whole / name).read_text(), name
 

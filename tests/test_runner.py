@@ -16,11 +16,13 @@ SMALL = ["search.population=4", "search.generations=3", "protocol.fit_images=64"
          "protocol.batch_size=32", "protocol.head_steps=10", "data.val_size=32", "final.size=32"]
 
 
-def _run(tiny_kb, tiny_dataset, extra=()):
+def small_run(tiny_kb, tiny_dataset, extra=()):
+    """The default config at tiny sizes (`SMALL` and `extra` applied) on the tiny data and knowledge base."""
     return Run.from_config(load_config(CONFIG, SMALL + list(extra)), kb=tiny_kb, dataset=tiny_dataset)
 
 
-def _strip(history_text):
+def without_times(history_text):
+    """A history file's records without their wall times, to compare two runs."""
     rows = [json.loads(line) for line in history_text.splitlines()]
     for r in rows:
         r.pop("seconds")
@@ -33,11 +35,11 @@ class Interrupt(Exception):
 
 def test_resume_after_kill_equals_uninterrupted(tiny_kb, tiny_dataset, tmp_path):
     full = tmp_path / "full"
-    result = search(_run(tiny_kb, tiny_dataset), full, log=lambda m: None)
+    result = search(small_run(tiny_kb, tiny_dataset), full, log=lambda m: None)
     assert result["evaluated"] == len((full / "history.jsonl").read_text().splitlines())
 
     part = tmp_path / "part"
-    run = _run(tiny_kb, tiny_dataset)
+    run = small_run(tiny_kb, tiny_dataset)
     real = run.evaluator.cost  # called once per network evaluated, as its evaluation is completed
     calls = {"n": 0}
 
@@ -54,15 +56,15 @@ def test_resume_after_kill_equals_uninterrupted(tiny_kb, tiny_dataset, tmp_path)
     with open(part / "history.jsonl", "a") as f:
         f.write('{"torn": ')  # a line cut by the kill
     logs = []
-    search(_run(tiny_kb, tiny_dataset), part, log=logs.append)
+    search(small_run(tiny_kb, tiny_dataset), part, log=logs.append)
     assert logs[1].startswith(f"resuming {part} after generation 1 (5 networks already evaluated)")
-    assert _strip((part / "history.jsonl").read_text()) == _strip((full / "history.jsonl").read_text())
+    assert without_times((part / "history.jsonl").read_text()) == without_times((full / "history.jsonl").read_text())
     assert (part / "state.json").read_text() == (full / "state.json").read_text()
     assert (part / "front.json").read_text() == (full / "front.json").read_text()
 
 
 def test_run_folder_contents_and_final_table(tiny_kb, tiny_dataset, tmp_path):
-    run = _run(tiny_kb, tiny_dataset, ["search.generations=1"])
+    run = small_run(tiny_kb, tiny_dataset, ["search.generations=1"])
     result = search(run, tmp_path, log=lambda m: None)
     rows = final_table(run, result, tmp_path, log=lambda m: None)
     assert {r["name"] for r in rows if r["kind"] == "source"} == {"cifar_resnet8", "cifar_resnet14"}
@@ -86,9 +88,9 @@ def test_run_folder_contents_and_final_table(tiny_kb, tiny_dataset, tmp_path):
 
 
 def test_a_different_config_does_not_resume(tiny_kb, tiny_dataset, tmp_path):
-    search(_run(tiny_kb, tiny_dataset, ["search.generations=1"]), tmp_path, log=lambda m: None)
+    search(small_run(tiny_kb, tiny_dataset, ["search.generations=1"]), tmp_path, log=lambda m: None)
     with pytest.raises(ValueError, match="different config"):
-        search(_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=5"]), tmp_path, log=lambda m: None)
+        search(small_run(tiny_kb, tiny_dataset, ["search.generations=1", "seed=5"]), tmp_path, log=lambda m: None)
 
 
 def test_a_clone_elsewhere_resumes_the_run_folder(tiny_kb, tiny_dataset, tmp_path):
@@ -108,12 +110,12 @@ def test_a_clone_elsewhere_resumes_the_run_folder(tiny_kb, tiny_dataset, tmp_pat
 
 def test_fused_and_loop_strategies_give_the_same_search(tiny_kb, tiny_dataset, tmp_path):
     extra = ["search.generations=2", "evaluator.chunk_size=4"]
-    search(_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='loop'"]), tmp_path / "loop", log=lambda m: None)
-    run = _run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='fused'"])
+    search(small_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='loop'"]), tmp_path / "loop", log=lambda m: None)
+    run = small_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='fused'"])
     assert run.population is not None
     search(run, tmp_path / "fused", log=lambda m: None)
     def by_network(path):  # the module path writes a generation in its prefix-sharing order
-        return sorted(_strip(path.read_text()), key=lambda r: (r["generation"], r["canonical"]))
+        return sorted(without_times(path.read_text()), key=lambda r: (r["generation"], r["canonical"]))
 
     assert by_network(tmp_path / "loop" / "history.jsonl") == by_network(tmp_path / "fused" / "history.jsonl")
 

@@ -8,7 +8,7 @@ from modulenet_jax.benchmarks.search_ablation import archive_hypervolume, final_
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.run_folder import read_history
 from modulenet_jax.search.runner import dominated_by, final_table, search
-from tests.test_runner import _run
+from tests.test_runner import small_run
 
 
 def test_hypervolume_of_known_fronts():
@@ -21,7 +21,7 @@ def test_hypervolume_of_known_fronts():
 
 
 def test_nsga2_and_random_search_at_equal_asks(tiny_kb, tiny_dataset):
-    run = _run(tiny_kb, tiny_dataset, ["search.population=4", "search.generations=2"])
+    run = small_run(tiny_kb, tiny_dataset, ["search.population=4", "search.generations=2"])
     cache = {}
     saved = []
     rows = [run_variant(run, run.config, name, 0, cache, log=lambda m: None, save=lambda k, v: saved.append(k))
@@ -40,7 +40,7 @@ def test_final_outcome_is_the_search_final_table(tiny_kb, tiny_dataset, tmp_path
     """A variant run with the config's seed asks what `modulenet search` asks, and its final
     outcome (found networks no source dominates at or above the smallest source, final-split
     hypervolume) is the one the search's final table gives."""
-    run = _run(tiny_kb, tiny_dataset, ["search.population=4", "search.generations=2"])
+    run = small_run(tiny_kb, tiny_dataset, ["search.population=4", "search.generations=2"])
     table = final_table(run, search(run, tmp_path, log=lambda m: None), tmp_path, log=lambda m: None)
     cache, final_cache, saved = {}, {}, []
     row = run_variant(run, run.config, "nsga2", run.config.seed, cache, log=lambda m: None)
