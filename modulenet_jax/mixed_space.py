@@ -66,11 +66,7 @@ class MixedSpace(IntegerGenotypes):
     def __init__(self, kb: KnowledgeBase, max_depth: int | None = None, sources: tuple[str, ...] | None = None,
                  min_reduction: int | None = None):
         self.kb = kb
-        self.sources = tuple(sources or kb.sources)
-        for s in self.sources:
-            if s not in kb.sources:
-                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
-                                f"{', '.join(kb.sources)}")
+        self.sources = self.checked_sources(kb, sources)
         if max_depth is not None and max_depth < 0:
             raise UserError(f"space.max_depth must be >= 0, got {max_depth}")
         records = [r for s in self.sources for r in kb.modules_of(s)]
@@ -172,8 +168,7 @@ class MixedSpace(IntegerGenotypes):
         """The nearest valid genotype: genes clipped to their bounds, depths cut to what fits
         after the chosen stem (raised to 1 where `min_reduction` is not reached yet), choices
         taken modulo the size of their pool."""
-        g = np.clip(np.rint(np.asarray(genotype, np.float64)), self.lower, self.upper).astype(np.int64)
-        return np.asarray(self._walk(g, repair=True).genotype, np.int64)
+        return np.asarray(self._walk(self.clipped(genotype), repair=True).genotype, np.int64)
 
     def canonical(self, genotype) -> tuple[int, ...]:
         """The genotype with inactive genes zeroed: the key of the network it decodes to."""
@@ -187,8 +182,7 @@ class MixedSpace(IntegerGenotypes):
 
     def encode_source(self, source: str) -> np.ndarray:
         """The genotype of a source model itself; a `UserError` if the space cannot hold it."""
-        if source not in self.sources:
-            raise UserError(f"{source!r} is not a source of this space; its sources: {', '.join(self.sources)}")
+        self.check_source(source)
         recs = [r for r in self.kb.modules_of(source) if r.spec.kind != "head"]
         stem, blocks = recs[0], recs[1:]
         g = np.zeros(self.num_genes, np.int64)

@@ -121,10 +121,12 @@ class Architecture:
 
 
 class IntegerGenotypes:
-    """What every search space shares given its `genes`: bounds, the vector check, sampling
-    and the source test (`validate`, `repair` and `encode_source` are the space's own)."""
+    """What every search space shares given its `genes` and `sources`: bounds, the vector check,
+    clipping, sampling and the source checks (`validate`, `repair` and `encode_source` are the
+    space's own)."""
 
     genes: tuple[Gene, ...]
+    sources: tuple[str, ...]
 
     @property
     def num_genes(self) -> int:
@@ -150,6 +152,25 @@ class IntegerGenotypes:
             if not gene.low <= v <= gene.high:
                 raise GenotypeError(f"gene {gene.name} = {int(v)} is outside [{gene.low}, {gene.high}]")
         return g
+
+    def clipped(self, genotype) -> np.ndarray:
+        """Each gene rounded to an integer and clipped to its bounds (where `repair` starts)."""
+        return np.clip(np.rint(np.asarray(genotype, np.float64)), self.lower, self.upper).astype(np.int64)
+
+    @staticmethod
+    def checked_sources(kb: KnowledgeBase, sources: tuple[str, ...] | None) -> tuple[str, ...]:
+        """`space.sources` (None: all of the knowledge base's); one it lacks is a `UserError`."""
+        sources = tuple(sources or kb.sources)
+        for s in sources:
+            if s not in kb.sources:
+                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
+                                f"{', '.join(kb.sources)}")
+        return sources
+
+    def check_source(self, source: str) -> None:
+        """A `UserError` unless `source` is one of this space's sources (`encode_source`)."""
+        if source not in self.sources:
+            raise UserError(f"{source!r} is not a source of this space; its sources: {', '.join(self.sources)}")
 
     def is_valid(self, genotype) -> bool:
         try:
@@ -195,11 +216,7 @@ class SearchSpace(IntegerGenotypes):
             raise UserError(f"space.granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.kb = kb
         self.granularity = granularity
-        self.sources = tuple(sources or kb.sources)
-        for s in self.sources:
-            if s not in kb.sources:
-                raise UserError(f"unknown source {s!r} in space.sources; the knowledge base has "
-                                f"{', '.join(kb.sources)}")
+        self.sources = self.checked_sources(kb, sources)
         self.stems = [r for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "stem"]
         stages = sorted({r.spec.stage for s in self.sources for r in kb.modules_of(s) if r.spec.kind == "block"})
         if stages != list(range(1, len(stages) + 1)):
@@ -275,7 +292,7 @@ class SearchSpace(IntegerGenotypes):
         """The nearest valid genotype: genes clipped to their bounds; in `run` granularity a
         position naming a source too shallow for it continues the previous position's source
         when that one is deep enough, else takes the next source (in order) that is."""
-        g = np.clip(np.rint(np.asarray(genotype, np.float64)), self.lower, self.upper).astype(np.int64)
+        g = self.clipped(genotype)
         if self.granularity == "run":
             i = 1
             for s in range(1, self.num_stages + 1):
@@ -327,8 +344,7 @@ class SearchSpace(IntegerGenotypes):
 
     def encode_source(self, source: str) -> np.ndarray:
         """The genotype of a source model itself (for seeding a search with the sources)."""
-        if source not in self.sources:
-            raise UserError(f"{source!r} is not a source of this space; its sources: {', '.join(self.sources)}")
+        self.check_source(source)
         g = [self.sources.index(source)]
         for s in range(1, self.num_stages + 1):
             blocks = self.blocks[s][source]

@@ -92,6 +92,25 @@ def unseen(make, canonical, seen: set):
     return g
 
 
+def first_unseen(genotypes, canonical, seen: set) -> list:
+    """The genotypes whose networks (`canonical` keys) are not in `seen`, each network once, in
+    order; records them as seen (the seeded sources of a first generation)."""
+    out = []
+    for g in genotypes:
+        if canonical(g) not in seen:
+            seen.add(canonical(g))
+            out.append(g)
+    return out
+
+
+def check_told(genotypes, pending) -> np.ndarray:
+    """`genotypes` as the int array `tell` works on; anything but the last `ask`'s is a ValueError."""
+    X = np.asarray(genotypes, np.int64)
+    if pending is None or X.shape != pending.shape or not np.array_equal(X, pending):
+        raise ValueError("tell() must get exactly the genotypes of the last ask()")
+    return X
+
+
 class SearchAlgorithm(abc.ABC):
     """ask() -> genotypes; tell(genotypes, objectives); resumable through a JSON state."""
 
@@ -111,7 +130,12 @@ class SearchAlgorithm(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        ...
+        """Continues from a `state_dict` (of this algorithm: another one's is a ValueError)."""
+
+    def check_state(self, state: dict) -> None:
+        """A ValueError unless `state` was written by this algorithm."""
+        if state.get("algorithm") != self.name:
+            raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
 
     @property
     @abc.abstractmethod

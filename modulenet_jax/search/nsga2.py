@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from modulenet_jax.errors import UserError
-from modulenet_jax.search.base import (MAX_DUPLICATE_TRIES, SearchAlgorithm, check_objectives, crowding_distance,
-                                       non_dominated_fronts, rank_and_crowding, rng_from_state, rng_state, unseen)
+from modulenet_jax.search.base import (MAX_DUPLICATE_TRIES, SearchAlgorithm, check_objectives, check_told,
+                                       crowding_distance, first_unseen, non_dominated_fronts, rank_and_crowding,
+                                       rng_from_state, rng_state, unseen)
 from modulenet_jax.search.operators import (CROSSOVERS, binary_tournament, mutate, shrink, stage_crossover,
                                            uniform_crossover)
 from modulenet_jax.space import SearchSpace
@@ -84,12 +85,7 @@ class NSGA2(SearchAlgorithm):
         return unseen(make, self.space.canonical, self.seen)
 
     def _initial_population(self) -> np.ndarray:
-        pop = []
-        for g in self.initial:
-            key = self.space.canonical(g)
-            if key not in self.seen:
-                self.seen.add(key)
-                pop.append(g)
+        pop = first_unseen(self.initial, self.space.canonical, self.seen)
         while len(pop) < self.population_size:
             pop.append(self._sample())
         return np.stack(pop)
@@ -134,9 +130,7 @@ class NSGA2(SearchAlgorithm):
         return self.pending.copy()
 
     def tell(self, genotypes, objectives) -> None:
-        X = np.asarray(genotypes, np.int64)
-        if self.pending is None or X.shape != self.pending.shape or not np.array_equal(X, self.pending):
-            raise ValueError("tell() must get exactly the genotypes of the last ask()")
+        X = check_told(genotypes, self.pending)
         F = check_objectives(objectives, len(X), None if self.pop_F is None else self.pop_F.shape[1])
         if self.pop_X is not None:
             X, F = np.concatenate([self.pop_X, X]), np.concatenate([self.pop_F, F])
@@ -152,8 +146,7 @@ class NSGA2(SearchAlgorithm):
                 "pending": as_list(self.pending), "seen": sorted(list(k) for k in self.seen)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("algorithm") != self.name:
-            raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
+        self.check_state(state)
         self._generation = state["generation"]
         self.rng = rng_from_state(state["rng"])
         self.pop_X = None if state["pop_X"] is None else np.asarray(state["pop_X"], np.int64)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, rng_from_state, rng_state,
-                                       unseen)
+from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, check_told, first_unseen, rng_from_state,
+                                       rng_state, unseen)
 from modulenet_jax.space import SearchSpace
 
 class RandomSearch(SearchAlgorithm):
@@ -37,10 +37,7 @@ class RandomSearch(SearchAlgorithm):
             return self.pending.copy()
         batch = []
         if self._generation == 0:
-            for g in self.initial[:self.batch_size]:
-                if self.space.canonical(g) not in self.seen:
-                    self.seen.add(self.space.canonical(g))
-                    batch.append(g)
+            batch = first_unseen(self.initial[:self.batch_size], self.space.canonical, self.seen)
         while len(batch) < self.batch_size:
             batch.append(unseen(lambda: self.space.sample(self.rng, self.continue_run_prob), self.space.canonical,
                                 self.seen))
@@ -48,9 +45,7 @@ class RandomSearch(SearchAlgorithm):
         return self.pending.copy()
 
     def tell(self, genotypes, objectives) -> None:
-        X = np.asarray(genotypes, np.int64)
-        if self.pending is None or not np.array_equal(X, self.pending):
-            raise ValueError("tell() must get exactly the genotypes of the last ask()")
+        X = check_told(genotypes, self.pending)
         F = check_objectives(objectives, len(X), len(self.F[0]) if self.F else None)
         self.X += X.tolist()
         self.F += F.tolist()
@@ -64,8 +59,7 @@ class RandomSearch(SearchAlgorithm):
                 "seen": sorted(list(k) for k in self.seen)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("algorithm") != self.name:
-            raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
+        self.check_state(state)
         self._generation = state["generation"]
         self.rng = rng_from_state(state["rng"])
         self.X, self.F = state["X"], state["F"]
