@@ -6,12 +6,11 @@ import pickle
 from pathlib import Path
 from typing import Callable
 
-import jax
 import numpy as np
 import torch
 
 from modulenet_jax.errors import UserError
-from modulenet_jax.zoo import get_model
+from modulenet_jax.zoo import flat_param_shapes
 from modulenet_jax.zoo.common import unflatten
 
 
@@ -73,10 +72,7 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
     has no place in the model). Missing, unexpected and wrongly shaped tensors are refused
     with an error that names the first offending key.
     """
-    model = get_model(model_name)
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    flat_expected = {tuple(str(getattr(k, "key", k)) for k in path): leaf
-                     for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    flat_expected = flat_param_shapes(model_name)
     flat = {}
     for key in sorted(state_dict):
         if key.endswith(IGNORED_SUFFIXES):
@@ -86,11 +82,11 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
             raise ConversionError(f"{model_name}: unexpected key {key!r} in the state_dict")
         path, transform = mapped
         value = transform(state_dict[key]).astype(np.float32)
-        want = flat_expected[path].shape
-        if value.shape != tuple(want):
+        want = flat_expected[path]
+        if value.shape != want:
             raise ConversionError(
                 f"{model_name}: key {key!r} has shape {tuple(state_dict[key].shape)}, which maps to "
-                f"{value.shape} but the model expects {tuple(want)} at {'/'.join(path)}")
+                f"{value.shape} but the model expects {want} at {'/'.join(path)}")
         flat[path] = value
     missing = [p for p in flat_expected if p not in flat]
     if missing:

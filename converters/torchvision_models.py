@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import jax
 import numpy as np
 import torch
 import torchvision
@@ -31,7 +30,7 @@ import torchvision
 from .common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
 from modulenet_jax.errors import UserError
 from modulenet_jax.pretrained import find_verified
-from modulenet_jax.zoo import get_model, tv_efficientnet, tv_vgg
+from modulenet_jax.zoo import flat_param_shapes, get_model, tv_efficientnet, tv_vgg
 
 PREFIX = "tv_"
 FIELDS = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -45,12 +44,6 @@ def torchvision_name(model_name: str) -> str:
         raise UserError(f"{model_name!r} is not a torchvision zoo model (those are named {PREFIX}*)")
     get_model(model_name)
     return model_name[len(PREFIX):]
-
-
-def _expected(model_name: str) -> dict[tuple[str, ...], tuple[int, ...]]:
-    shapes = jax.eval_shape(get_model(model_name).init, jax.random.PRNGKey(0))
-    return {tuple(str(k.key) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
 
 
 def _squeeze_scale(x: np.ndarray) -> np.ndarray:
@@ -69,7 +62,7 @@ def prefix_rule(model_name: str, resolve: Resolve):
     `("stage1.block0", "conv1")`; the field after the last dot is renamed by the common table
     (see the module docstring) and transformed by the rank of the param it lands on.
     """
-    expected = _expected(model_name)
+    expected = flat_param_shapes(model_name)
 
     def rule(key: str):
         prefix, _, field = key.rpartition(".")
@@ -192,7 +185,7 @@ def _features_rule(model_name: str, feature_prefixes: list[str], block_layers: C
     conv-norm-activation: `feature_prefixes[n]` is the torch prefix of the zoo's module n."""
     names = [m.name for m in get_model(model_name).modules[:-1]]
     by_prefix = dict(zip(feature_prefixes, names))
-    expected = _expected(model_name)
+    expected = flat_param_shapes(model_name)
     pattern = re.compile(r"^(" + "|".join(re.escape(p) for p in feature_prefixes) + r")\.(.+)$")
 
     def resolve(prefix):

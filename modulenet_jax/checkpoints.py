@@ -36,20 +36,15 @@ def load_tree(path):
 def check_params(model_name: str, params) -> None:
     """A `UserError` unless `params` has exactly the structure and shapes `model_name` expects."""
     fix = f"these params are not {model_name}'s: convert the checkpoint again with the right --model"
-    model = zoo.get_model(model_name)
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
-    flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    for path, leaf in flat_e.items():
-        name = jax.tree_util.keystr(path)
-        if path not in flat_p:
-            raise UserError(f"{model_name}: params have no {name}; {fix}")
-        if tuple(np.shape(flat_p[path])) != tuple(leaf.shape):
-            raise UserError(f"{model_name}: {name} has shape {tuple(np.shape(flat_p[path]))}, "
-                            f"expected {tuple(leaf.shape)}; {fix}")
-    for path in flat_p:
-        if path not in flat_e:
-            raise UserError(f"{model_name}: unexpected param {jax.tree_util.keystr(path)}; {fix}")
+    expected, got = zoo.flat_param_shapes(model_name), zoo.flat_shapes(params)
+    for path, shape in expected.items():
+        if path not in got:
+            raise UserError(f"{model_name}: params have no {'/'.join(path)}; {fix}")
+        if got[path] != shape:
+            raise UserError(f"{model_name}: {'/'.join(path)} has shape {got[path]}, expected {shape}; {fix}")
+    for path in got:
+        if path not in expected:
+            raise UserError(f"{model_name}: unexpected param {'/'.join(path)}; {fix}")
 
 
 def save_model(path, model_name: str, params, metadata: dict | None = None) -> Path:

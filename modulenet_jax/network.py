@@ -67,19 +67,13 @@ def blend_running_stats(old: dict, batch: dict, momentum: float) -> dict:
     return jax.tree_util.tree_map(lambda o, b: (1 - momentum) * o + momentum * b.astype(o.dtype), old, batch)
 
 
-@functools.lru_cache(maxsize=None)
-def _model_shapes(model: str) -> dict:
-    """Shapes of a zoo model's params, by module name (traced once per model, no arrays made)."""
-    return jax.eval_shape(zoo.get_model(model).init, jax.random.PRNGKey(0))
-
-
 def _init_trainable(key, model: str, name: str):
     return split_buffers(zoo.get_model(model).init(key)[name])[0]
 
 
 def _init_buffers(model: str, name: str):
     """Running statistics of a fresh BatchNorm: mean 0, variance 1."""
-    _, shapes = split_buffers(_model_shapes(model)[name])
+    _, shapes = split_buffers(zoo.param_shapes(model)[name])
     return jax.tree_util.tree_map_with_path(
         lambda p, s: (jnp.zeros if p[-1].key == "mean" else jnp.ones)(s.shape, s.dtype), shapes)
 
@@ -122,7 +116,7 @@ class Network(nn.Module):
                     x = apply_stitch(self.param(f"stitch{i}", _linear_init, x.shape[-1], spec.in_channels), x)
                 trainable = self.param(f"module{i}", _init_trainable, model, spec.name)
                 stats, buffers = None, {}
-                if split_buffers(_model_shapes(model)[spec.name])[1]:  # a module with BatchNorm
+                if split_buffers(zoo.param_shapes(model)[spec.name])[1]:  # a module with BatchNorm
                     stats = self.variable("batch_stats", f"module{i}", _init_buffers, model, spec.name)
                     buffers = stats.value
                 params = merge_buffers(trainable, buffers)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 from typing import Any, Callable, Mapping
 
 import jax
+import numpy as np
 
 from modulenet_jax.errors import UserError
 from modulenet_jax.zoo import layers
@@ -165,6 +167,24 @@ def get_model(name: str) -> ModelDef:
         return _MODELS[name]
     except KeyError:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def param_shapes(name: str) -> dict:
+    """A registered model's params as `jax.ShapeDtypeStruct`s, by module name: traced once per
+    model without making arrays (names are never registered twice, so this cannot go stale)."""
+    return jax.eval_shape(get_model(name).init, jax.random.PRNGKey(0))
+
+
+def flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """The path of names of every leaf of a params tree (module, layer, ...) to its shape."""
+    return {tuple(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def flat_param_shapes(name: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """`param_shapes` of a registered model, flattened (`flat_shapes`)."""
+    return flat_shapes(param_shapes(name))
 
 
 def list_models(pattern: str = "*") -> list[str]:
