@@ -50,7 +50,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_kb(build_from_pretrained([f"cifar_resnet{d}" for d in (20, 32, 44, 56)], args.weights_dir), out / "kb.npz")
-    save_bundle(load_dataset(args.data), out / "cifar10.npz", args.train, test_split="val", seed=0)
+    save_bundle(load_dataset(args.data), out / "cifar10.npz", args.train, seed=0, test_split="val")
     print(f"wrote {out}/kb.npz and {out}/cifar10.npz")
 
 

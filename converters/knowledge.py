@@ -49,17 +49,19 @@ def build_from_checkpoints(paths, progress: Progress = NO_PROGRESS) -> Knowledge
     return KnowledgeBase.build(models, progress=progress)
 
 
-def build_from_torchvision(sources, weights: str = "DEFAULT", input_size: int | None = None, seed: int = 0,
-                           weights_dirs=(), progress: Progress = NO_PROGRESS) -> KnowledgeBase:
+def build_from_torchvision(sources, weights: str = "DEFAULT", input_size: int | None = None,
+                           seed: int | None = None, weights_dirs=(), progress: Progress = NO_PROGRESS) -> KnowledgeBase:
     """A knowledge base of torchvision models (`tv_*` zoo names), each source named after its
     model. `weights`: a torchvision weights name (`DEFAULT`, `IMAGENET1K_V1`, ...) fetched by
     torchvision's own mechanism unless the file is in `weights_dirs`, or `random`
-    (torchvision's initialisation under `torch.manual_seed(seed + i)` for the i-th source).
+    (torchvision's initialisation under `torch.manual_seed(seed + i)` for the i-th source; `seed`
+    is required then).
     `input_size` is the image size the records' resolutions and FLOPs are computed for."""
     models = []
     with progress.task("converting torchvision models", len(sources), "models") as advance:
         for i, name in enumerate(sources):
-            params, label = torchvision_models.load_params(name, weights, seed + i, weights_dirs)
+            params, label = torchvision_models.load_params(name, weights, None if seed is None else seed + i,
+                                                           weights_dirs)
             models.append((name, name, params, label))
             advance()
     return KnowledgeBase.build(models, input_size, progress=progress)

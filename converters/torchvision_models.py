@@ -386,11 +386,14 @@ def _local_copy(url: str, weights_dirs) -> Path | None:
     return find_verified(name, weights_dirs, digest and digest.group(1), "delete or replace it")
 
 
-def load_state_dict_for(model_name: str, weights: str, seed: int = 0,
+def load_state_dict_for(model_name: str, weights: str, seed: int | None = None,
                         weights_dirs=()) -> tuple[dict[str, np.ndarray], str]:
-    """`(state_dict as numpy, label)` of a torchvision model's weights (see the module doc)."""
+    """`(state_dict as numpy, label)` of a torchvision model's weights (see the module doc);
+    `random` weights need their `seed`."""
     name = torchvision_name(model_name)
     if weights == "random":
+        if seed is None:
+            raise ValueError(f"{model_name}: random weights are drawn with a seed; pass it")
         torch.manual_seed(seed)
         return torch_state_dict(torchvision.models.get_model(name, weights=None)), f"random (seed {seed})"
     if weights.endswith((".pth", ".pt")) or Path(weights).is_file():
@@ -407,7 +410,7 @@ def load_state_dict_for(model_name: str, weights: str, seed: int = 0,
     return {k: v.detach().cpu().numpy() for k, v in sd.items()}, str(w)
 
 
-def load_params(model_name: str, weights: str, seed: int = 0, weights_dirs=()) -> tuple[dict, str]:
+def load_params(model_name: str, weights: str, seed: int | None = None, weights_dirs=()) -> tuple[dict, str]:
     """`(params, label)` of a `tv_*` model with the given weights, converted."""
     state_dict, label = load_state_dict_for(model_name, weights, seed, weights_dirs)
     return convert(state_dict, model_name), label

@@ -44,7 +44,7 @@ def single_torch_thread():
         torch.set_num_threads(before)
 
 
-def randomized_model(model_name: str, seed: int = 0, calibration_size: int = 96,
+def randomized_model(model_name: str, seed: int, calibration_size: int = 96,
                      calibration_batch: int = 4) -> nn.Module:
     """torchvision's `model_name` in eval mode with random weights and random BN statistics.
 
@@ -207,7 +207,7 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
-def compare(model_name: str, size: int, batch: int = 2, seed: int = 0, model: nn.Module | None = None,
+def compare(model_name: str, size: int, *, seed: int, batch: int = 2, model: nn.Module | None = None,
             params: dict | None = None) -> Report:
     """Runs the randomized torchvision model and the converted zoo model on the same random
     `batch x 3 x size x size` input, module by module and end to end; see `Report`."""

@@ -194,9 +194,10 @@ class Dataset:
         return self.train.num_classes
 
 
-def save_bundle(dataset: Dataset, path, train_size: int | None, test_split: str = "test", seed: int = 0) -> Path:
+def save_bundle(dataset: Dataset, path, train_size: int | None, *, seed: int, test_split: str = "test") -> Path:
     """Writes a subset of a dataset as one `.npz` (e.g. to carry data to a remote accelerator):
-    `train_size` train images in the protocol's seeded order and one protocol test split."""
+    `train_size` train images in the order `seed` gives (as `fit_split` with that seed orders
+    them) and one protocol test split."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     train = protocol_split(dataset, "train", train_size, seed=seed)
@@ -279,11 +280,11 @@ def available(dataset: Dataset, split: str) -> int:
     return len(dataset.train) if split == "train" else len(_test_positions(dataset, split))
 
 
-def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: int = 0) -> Split:
+def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: int | None = None) -> Split:
     """One of the protocol's splits, optionally a subset of `size` images.
 
-    - `train`: a seeded random subset of the train split (for fitting), in random order, so
-      that every prefix of it is a random subset too;
+    - `train`: a random subset of the train split (for fitting) drawn with `seed` (required
+      then: no silent seed), in random order, so that every prefix of it is a random subset too;
     - `test`: the whole test split (a class-balanced evenly spaced subset if `size` is set);
     - `val`: the even test positions, likewise;
     - `final`: the odd test positions, likewise.
@@ -299,6 +300,8 @@ def protocol_split(dataset: Dataset, split: str, size: int | None = None, seed: 
         n = len(dataset.train)
         if size is None or size >= n:
             idx = np.arange(n)
+        elif seed is None:
+            raise ValueError("protocol_split: a subset of the train split is drawn at random; pass its seed")
         else:
             idx = np.random.default_rng(seed).permutation(n)[:size]
         return dataset.train.take(idx, f"{dataset.name}:train[{len(idx)} of {n}, seed {seed}]")
@@ -315,7 +318,7 @@ def check_fit_images(dataset: Dataset, fit_images: int) -> None:
                         f"{available(dataset, 'train'):,} train images; lower protocol.fit_images")
 
 
-def fit_split(dataset: Dataset, protocol, seed: int = 0) -> Split:
+def fit_split(dataset: Dataset, protocol, seed: int) -> Split:
     """The images a protocol fits on: its `fit_images` train images in the order seeded by
     `seed` (the config's `data.fit_seed`). Too few train images is a `UserError`."""
     check_fit_images(dataset, protocol.fit_images)

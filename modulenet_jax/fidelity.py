@@ -114,13 +114,14 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     rows = [done[a.modules] for _, a in networks if a.modules in done]
     report = {"variants": variants, "base_protocol": dataclasses.asdict(base),
               "finetune": finetune.to_json(), "val": val.description, "networks": len(rows),
+              "bootstrap_seed": fit_seed,
               "tau": {}, "tau_random_only": {}, "tau_by_kind": {}, "agreement": {}, "agreement_random_only": {}}
     tuned = [r["finetuned"] for r in rows]
     random_rows = [r for r in rows if r["kind"] != "source"]
     for name in variants:
-        report["agreement"][name] = agreement([r["scores"][name] for r in rows], tuned)
+        report["agreement"][name] = agreement([r["scores"][name] for r in rows], tuned, seed=fit_seed)
         report["agreement_random_only"][name] = agreement([r["scores"][name] for r in random_rows],
-                                                          [r["finetuned"] for r in random_rows])
+                                                          [r["finetuned"] for r in random_rows], seed=fit_seed)
         report["tau"][name] = report["agreement"][name]["tau"]
         report["tau_random_only"][name] = report["agreement_random_only"][name]["tau"]
         for kind in sorted({r["kind"] for r in rows}):

@@ -24,8 +24,8 @@ def spearman(a, b) -> float:
 STATISTICS = {"tau": kendall, "rho": spearman}
 
 
-def bootstrap_interval(a, b, statistic: str, confidence: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(a, b, statistic: str, *, seed: int, confidence: float = 0.95,
+                       resamples: int = 2000) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic` ("tau" or "rho") over networks resampled in
     pairs (each network keeps its two scores); NaN bounds with fewer than three networks."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -40,10 +40,11 @@ def bootstrap_interval(a, b, statistic: str, confidence: float = 0.95, resamples
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def agreement(a, b, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+def agreement(a, b, *, seed: int, confidence: float = 0.95, resamples: int = 2000) -> dict:
     """`{"n", "tau", "tau_ci", "rho", "rho_ci"}` of two scorings of the same networks."""
     out = {"n": len(a)}
     for name, fn in STATISTICS.items():
         out[name] = fn(a, b)
-        out[f"{name}_ci"] = list(bootstrap_interval(a, b, name, confidence, resamples, seed))
+        out[f"{name}_ci"] = list(bootstrap_interval(a, b, name, seed=seed, confidence=confidence,
+                                                          resamples=resamples))
     return out

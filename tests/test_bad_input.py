@@ -51,7 +51,7 @@ CONFIG_FILES = {
 def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     d = tmp_path_factory.mktemp("saved")
     tiny_kb.save(d / "kb")
-    save_bundle(tiny_dataset, d / "tiny.npz", None)
+    save_bundle(tiny_dataset, d / "tiny.npz", None, seed=0)
     (d / "junk.th").write_text("hello\n")
     (d / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
     (d / "afile").write_text("a file, not a folder\n")

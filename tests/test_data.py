@@ -36,6 +36,9 @@ def test_protocol_splits():
     assert len(fit) == 30 and fit.description.endswith("seed 1]")
     assert not np.array_equal(fit.labels, np.sort(fit.labels))  # random order: every prefix is random
     assert np.array_equal(protocol_split(ds, "train", 30, seed=1).images, fit.images)
+    with pytest.raises(ValueError, match="drawn at random; pass its seed"):  # no silent seed
+        protocol_split(ds, "train", 30)
+    assert len(protocol_split(ds, "train")) == len(ds.train)  # the whole split: nothing random
     with pytest.raises(ValueError, match="unknown split"):
         protocol_split(ds, "dev")
 
@@ -142,8 +145,8 @@ def test_datasets_know_their_classes_and_bundles_keep_them(tmp_path, monkeypatch
         _image_folder(tmp_path / "data" / split, ("cat", "dog"))
     ds = load_dataset(str(tmp_path / "data"))
     assert ds.classes == ("cat", "dog") and ds.num_classes == 2
-    assert load_bundle(save_bundle(ds, tmp_path / "b.npz", None)).classes == ("cat", "dog")
-    assert load_bundle(save_bundle(_dataset(), tmp_path / "c.npz", None)).classes is None
+    assert load_bundle(save_bundle(ds, tmp_path / "b.npz", None, seed=0)).classes == ("cat", "dog")
+    assert load_bundle(save_bundle(_dataset(), tmp_path / "c.npz", None, seed=0)).classes is None
 
 
 def test_splits_that_do_not_fit_are_refused():
@@ -164,4 +167,4 @@ def test_fit_split_takes_the_protocols_size_once():
     fit = fit_split(ds, Protocol(fit_images=30, stitch_images=10), seed=1)
     np.testing.assert_array_equal(fit.images, protocol_split(ds, "train", 30, seed=1).images)
     with pytest.raises(UserError, match="protocol.fit_images is 2048, but d has only 100 train images"):
-        fit_split(ds, Protocol())
+        fit_split(ds, Protocol(), seed=0)

@@ -40,7 +40,7 @@ def _models(kb, arch):
 @pytest.mark.parametrize("bn", ["recalibrate", "source"])
 def test_the_flax_network_counts_what_the_protocol_counts(tiny_kb, tiny_dataset, tmp_path, bn):
     protocol = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10, bn=bn)
-    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64))
+    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64, seed=0))
     for i, arch in enumerate(_junction_archs(tiny_kb)):
         expected = evaluator.evaluate(arch, tiny_dataset.test).correct
         model, variables = from_fitted(evaluator.fit(arch), _models(tiny_kb, arch))
@@ -60,7 +60,7 @@ def test_a_tensorfloat32_network_exports_with_its_numerics(tiny_kb, tiny_dataset
     """A network fitted under `tensorfloat32` exports as such: its convolutions ask for TF32
     (`HIGH`, never `HIGHEST`), it counts what the protocol counts, and it saves and loads."""
     protocol = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10, dtype="tensorfloat32")
-    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64))
+    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64, seed=0))
     arch = _junction_archs(tiny_kb, 1)[0]
     model, variables = from_fitted(evaluator.fit(arch), _models(tiny_kb, arch), protocol.dtype)
     assert evaluate(model, variables, tiny_dataset.test, 32)[0] == evaluator.evaluate(arch, tiny_dataset.test).correct
@@ -73,7 +73,7 @@ def test_a_tensorfloat32_network_exports_with_its_numerics(tiny_kb, tiny_dataset
 
 def test_training_mode_updates_running_statistics_like_pytorch(tiny_kb, tiny_dataset):
     protocol = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10)
-    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64))
+    evaluator = Evaluator(tiny_kb, protocol, protocol_split(tiny_dataset, "train", 64, seed=0))
     arch = _junction_archs(tiny_kb, 1)[0]
     model, variables = from_fitted(evaluator.fit(arch), _models(tiny_kb, arch))
     images = tiny_dataset.train.images[:16]
@@ -100,7 +100,7 @@ def tiny_run(tiny_kb, tiny_dataset, tmp_path_factory):
     (`kb/`) and a dataset bundle (`tiny.npz`), so the run can be opened again from its folder."""
     folder = tmp_path_factory.mktemp("export")
     tiny_kb.save(folder / "kb")
-    save_bundle(tiny_dataset, folder / "tiny.npz", None)
+    save_bundle(tiny_dataset, folder / "tiny.npz", None, seed=0)
     assert main(["search", "--config", "cifar10_resnet", "--out", str(folder / "run"), "--set",
                  f"knowledge.path={folder / 'kb'}", f"data.source={folder / 'tiny.npz'}", *SMALL]) == 0
     return folder
@@ -170,7 +170,7 @@ def test_a_real_network_with_junctions_counts_exactly(real_kb):
     500 final images, the default protocol at 256 fit images."""
     dataset = load_dataset(str(CIFAR_JPEG))
     protocol = Protocol(fit_images=256, stitch_images=256)
-    evaluator = Evaluator(real_kb, protocol, protocol_split(dataset, "train", 256))
+    evaluator = Evaluator(real_kb, protocol, protocol_split(dataset, "train", 256, seed=0))
     r20, r56 = (Architecture.of_source(real_kb, f"cifar_resnet{d}").modules for d in (20, 56))
     arch = Architecture(r20[:4] + r56[10:12] + r20[7:])  # stem + stage 1 of r20, two r56 blocks, r20's stage 3
     final = protocol_split(dataset, "final", 500)

@@ -21,9 +21,9 @@ PROTOCOL = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=1
 @pytest.fixture
 def exported(tiny_kb, tiny_dataset, tmp_path):
     """An exported tiny source network whose origin names a dataset bundle (no run needed)."""
-    save_bundle(tiny_dataset, tmp_path / "tiny.npz", None)
+    save_bundle(tiny_dataset, tmp_path / "tiny.npz", None, seed=0)
     arch = Architecture.of_source(tiny_kb, "cifar_resnet8")
-    evaluator = Evaluator(tiny_kb, PROTOCOL, protocol_split(tiny_dataset, "train", 64))
+    evaluator = Evaluator(tiny_kb, PROTOCOL, protocol_split(tiny_dataset, "train", 64, seed=0))
     model, variables = from_fitted(evaluator.fit(arch), ("cifar_resnet8",) * len(arch.modules))
     origin = {"data": {"source": str(tmp_path / "tiny.npz"), "data_dir": None},
               "final": {"split": "final", "size": None}, "protocol": {"batch_size": 32}}

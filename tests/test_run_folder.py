@@ -167,7 +167,7 @@ def test_extending_removes_the_results_until_the_search_ends_again(tiny_kb, tiny
 def tiny_files(tiny_kb, tiny_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-files")
     tiny_kb.save(folder / "kb")
-    save_bundle(tiny_dataset, folder / "tiny.npz", None)
+    save_bundle(tiny_dataset, folder / "tiny.npz", None, seed=0)
     return folder
 
 

@@ -143,7 +143,7 @@ def test_an_architecture_built_by_hand_is_checked_before_anything_runs(tiny_kb, 
     from modulenet_jax.protocol import Protocol
 
     protocol = Protocol(fit_images=8, stitch_images=8)
-    evaluator = Evaluator(tiny_kb, protocol, fit_split(tiny_dataset, protocol))
+    evaluator = Evaluator(tiny_kb, protocol, fit_split(tiny_dataset, protocol, seed=0))
     with pytest.raises(UserError, match=re.escape(message)):
         evaluator.check(Architecture(modules))
 

@@ -126,6 +126,8 @@ def test_random_weights_follow_the_seed():
     assert label == "random (seed 1)"
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["features.0.0.weight"], c["features.0.0.weight"])
+    with pytest.raises(ValueError, match="random weights are drawn with a seed"):
+        load_state_dict_for("tv_mobilenet_v3_small", "random")
 
 
 def test_weights_names():

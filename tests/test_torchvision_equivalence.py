@@ -50,7 +50,7 @@ def test_a_wrong_conversion_is_caught():
     params = convert(torch_state_dict(model), name)
     bn = params["stage2.block1"]["bn1"]
     params["stage2.block1"]["bn1"] = {**bn, "mean": bn["var"], "var": bn["mean"] ** 2 + 1}
-    report = compare(name, 32, model=model, params=params)
+    report = compare(name, 32, seed=0, model=model, params=params)
     assert any(f.startswith("stage2.block1") for f in report.failures())
     assert report.relative() > 100 * TOLERANCE
 

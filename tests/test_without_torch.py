@@ -46,7 +46,7 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     """A saved tiny knowledge base and dataset bundle, and the arguments that use them."""
     d = tmp_path_factory.mktemp("without-torch")
     tiny_kb.save(d / "kb")
-    save_bundle(tiny_dataset, d / "tiny.npz", None)
+    save_bundle(tiny_dataset, d / "tiny.npz", None, seed=0)
     tiny = ["--set", f"data.source={d / 'tiny.npz'}", "protocol.fit_images=64", "protocol.stitch_images=32",
             "protocol.batch_size=32", "data.val_size=32", "final.size=32"]
     bench = ["bench", "--kb", str(d / "kb"), *tiny, "--populations", "1", "--dtypes", "float32", "--workloads", "W1",
