@@ -384,9 +384,9 @@ def cmd_finetune(args) -> int:
                         learning_rate=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                         weight_decay=args.weight_decay, warmup=args.warmup, clip_norm=args.clip_norm,
                         augment=not args.no_augment, seed=args.seed)
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    result = finetune_folder(args.dir, settings, data=args.data, restart=args.restart,
-                             progress=not args.json, log=log)
+    with _reporting(args) as (log, progress):
+        result = finetune_folder(args.dir, settings, data=args.data, restart=args.restart, progress=progress,
+                                 log=log)
     last = result["metrics"]
 
     def human():

@@ -25,12 +25,14 @@ from modulenet_jax import export, train
 from modulenet_jax.checkpoints import save_tree
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
 from modulenet_jax.errors import UserError
+from modulenet_jax.progress import NO_PROGRESS, Progress
 
 WORK_DIR = "finetune"
 
 
 def finetune_folder(path, settings: train.Settings, dataset: Dataset | None = None, data: str | None = None,
-                    restart: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+                    restart: bool = False, progress: Progress = NO_PROGRESS,
+                    log: Callable[[str], None] = print) -> dict:
     """Fine-tunes the exported network in `path` (resuming one that was interrupted); returns
     `model.json`'s `finetune` entry. `dataset` (already loaded) or `data` (a dataset source)
     replace the run's dataset; `restart` discards an earlier fine-tune of the folder."""

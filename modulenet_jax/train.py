@@ -16,7 +16,6 @@ with a `checkpoints` folder) goes on exactly as the uninterrupted run did.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -33,6 +32,7 @@ import orbax.checkpoint as ocp
 from modulenet_jax.data import Split
 from modulenet_jax.errors import UserError
 from modulenet_jax.network import evaluate
+from modulenet_jax.progress import NO_PROGRESS, Progress
 
 OPTIMIZERS = ("sgd", "adamw")
 CROP_PADDING = 4
@@ -145,7 +145,7 @@ def train_step(model, settings: Settings, total_steps: int, state: TrainState, i
         images = augment(key, images)
 
     def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
+        variables = variables_of(state._replace(params=params))
         logits, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (logits, updated.get("batch_stats", {}))
@@ -169,7 +169,7 @@ def _checkpoints(folder) -> ocp.CheckpointManager:
 
 
 def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Split | None = None,
-        eval_batch_size: int = 500, checkpoints=None, metrics_path=None, progress: bool = False,
+        eval_batch_size: int = 500, checkpoints=None, metrics_path=None, progress: Progress = NO_PROGRESS,
         log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
     """Trains `model` from `variables` on `train`; returns `(variables, metrics per epoch)`.
 
@@ -177,7 +177,7 @@ def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Sp
     are appended to `metrics_path` (JSON lines) and the state is saved in the orbax folder
     `checkpoints`. Given a `checkpoints` folder that already holds epochs, training resumes
     after the last one (the metrics file is cut back to it) and ends exactly as an
-    uninterrupted run. `progress` shows a rich progress bar."""
+    uninterrupted run. `progress` reports the steps."""
     steps = settings.steps_per_epoch(len(train))
     total = steps * settings.epochs
     state = init_state(settings, total, variables)
@@ -193,8 +193,7 @@ def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Sp
     if metrics_path is not None:
         Path(metrics_path).write_text("".join(json.dumps(m) + "\n" for m in metrics))
     key = jax.random.key(settings.seed)
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("fine-tuning", total=total, completed=start * steps) if bar else None
+    with progress.task("fine-tuning", total, "steps", done=start * steps) as advance:
         for epoch in range(start, settings.epochs):
             t0 = time.time()
             order = epoch_order(settings, epoch, len(train))
@@ -205,8 +204,7 @@ def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Sp
                 state, m = train_step(model, settings, total, state, jnp.asarray(train.images[idx]),
                                       jnp.asarray(train.labels[idx]), step_key)
                 loss_sum, correct = loss_sum + m["loss"], correct + m["correct"]
-                if bar:
-                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{settings.epochs}")
+                advance()
             row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps,
                    "train_accuracy": int(correct) / (steps * settings.batch_size)}
             if evaluation is not None:
@@ -236,13 +234,3 @@ def _read_metrics(path) -> list[dict]:
     lines = Path(path).read_text().splitlines(keepends=True)
     return [json.loads(line) for line in lines if line.endswith("\n")]
 
-
-def _progress_bar(show: bool):
-    """A rich progress bar on stderr (steps, rate, time left), or nothing."""
-    if not show:
-        return contextlib.nullcontext()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True))
