@@ -33,7 +33,7 @@ from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.base import pareto_indices
-from modulenet_jax.search.runner import Run, dominated_by, final_hypervolume, make_algorithm
+from modulenet_jax.search.runner import Run, dominated_by, final_hypervolume, make_algorithm, search_generation
 
 VARIANTS = {
     "nsga2": {},
@@ -63,15 +63,15 @@ def run_variant(run: Run, config, name: str, seed: int, cache: dict, log=print, 
     per_generation = []
     t0 = time.time()
     while algo.generation < cfg.generations:
-        X = algo.ask()
-        keys = [run.space.canonical(g) for g in X]
-        new = {k: g for k, g in zip(keys, X) if k not in cache}
-        for k, ev in zip(new, run.evaluate_many([run.space.decode(g) for g in new.values()], run.val)):
-            cache[k] = (ev.error, ev.params)
-            if save is not None:
-                save(k, cache[k])
-        seen.update(dict.fromkeys(keys))
-        algo.tell(X, np.asarray([cache[k] for k in keys]))
+
+        def evaluate(todo):
+            for g, ev in zip(todo, run.evaluate_many([run.space.decode(g) for g in todo], run.val)):
+                cache[run.space.canonical(g)] = (ev.error, ev.params)
+                if save is not None:
+                    save(run.space.canonical(g), cache[run.space.canonical(g)])
+
+        X, _ = search_generation(algo, run.space, cache.__contains__, evaluate, cache.__getitem__)
+        seen.update(dict.fromkeys(run.space.canonical(g) for g in X))
         hv = archive_hypervolume([cache[k] for k in seen])
         per_generation.append({"generation": algo.generation, "asked": algo.generation * cfg.population,
                                 "distinct": len(seen), "hypervolume": hv})

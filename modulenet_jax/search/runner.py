@@ -216,6 +216,22 @@ def _restore(algorithm: SearchAlgorithm, state: dict, path: Path) -> None:
                         f"it, or {RESTART_HINT}") from None
 
 
+def search_generation(algorithm: SearchAlgorithm, space, known: Callable[[tuple], bool],
+                      evaluate: Callable[[list[np.ndarray]], None], objectives: Callable[[tuple], list]):
+    """One generation of any search: ask; `evaluate` the genotypes whose networks (canonical keys)
+    are not `known`, each network once; tell every asked genotype its network's `objectives`.
+    Returns (the asked genotypes, the keys of the networks evaluated)."""
+    X = algorithm.ask()
+    new = {}
+    for g in X:
+        key = space.canonical(g)
+        if not known(key) and key not in new:
+            new[key] = g
+    evaluate(list(new.values()))
+    algorithm.tell(X, np.asarray([objectives(space.canonical(g)) for g in X]))
+    return X, list(new)
+
+
 def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress) -> dict:
     log(f"space: {run.space.describe()}")
     cache = {tuple(r["canonical"]): r for r in folder.history()}
@@ -229,22 +245,18 @@ def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: P
         while run.algorithm.generation < generations:
             gen = run.algorithm.generation
             t0 = time.time()
-            X = run.algorithm.ask()
-            new = {}
-            for g in X:
-                key = run.space.canonical(g)
-                if key not in cache and key not in new:
-                    new[key] = g
-            # written as evaluated (the module path: per network; fused: per chunk), so a kill loses little
-            todo = list(new.values())
-            with progress.task(f"generation {gen + 1}/{generations}", len(todo), "networks") as advance:
-                for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
-                    record = _record(gen, todo[i], run.space, ev, seconds)
-                    cache[run.space.canonical(todo[i])] = record
-                    folder.append_history(record)
-                    advance()
-            F = [[cache[run.space.canonical(g)][o] for o in run.objectives] for g in X]
-            run.algorithm.tell(X, np.asarray(F))
+
+            def evaluate(todo, gen=gen):
+                # written as evaluated (the module path: per network; fused: per chunk), so a kill loses little
+                with progress.task(f"generation {gen + 1}/{generations}", len(todo), "networks") as advance:
+                    for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
+                        record = _record(gen, todo[i], run.space, ev, seconds)
+                        cache[run.space.canonical(todo[i])] = record
+                        folder.append_history(record)
+                        advance()
+
+            X, new = search_generation(run.algorithm, run.space, cache.__contains__, evaluate,
+                                       lambda key: [cache[key][o] for o in run.objectives])
             folder.write_state(run.algorithm.state_dict())
             front = front_records(list(cache.values()), run.objectives)
             best = max(front, key=lambda r: r["accuracy"])
