@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -54,7 +55,7 @@ def _number(convert, lowest, what):
             value = convert(text)
         except ValueError:
             value = None
-        if value is None or value < lowest:
+        if value is None or not math.isfinite(value) or value < lowest:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
@@ -65,6 +66,7 @@ def _number(convert, lowest, what):
 POSITIVE = _number(int, 1, "a positive integer")
 COUNT = _number(int, 0, "an integer >= 0")
 POSITIVE_FLOAT = _number(float, 1e-300, "a positive number")
+NONNEGATIVE_FLOAT = _number(float, 0.0, "a number >= 0")
 
 
 @contextlib.contextmanager
@@ -419,6 +421,9 @@ def cmd_bench(args) -> int:
     if baselines:
         require_extra("torch", "torch", f"timing the PyTorch baselines ({', '.join(baselines)})",
                       instead="pass --torch-modes with no value (and no --paired) to time JAX alone")
+    if args.name is not None and (Path(args.name).name != args.name or args.name.startswith(".")):
+        raise UserError(f"--name {args.name!r} must be a file stem in --out (no folders, no leading dot); "
+                        f"put the folder into --out")
     config = load_config(args.config, args.set)
     protocol = make_protocol(config.protocol)
     _check_out(args)
@@ -455,7 +460,8 @@ def cmd_runs_show(args) -> int:
     plot = plot_runs([run], args.plot, _reference(args)) if args.plot else (
         run.path / "front.png" if (run.path / "front.png").is_file() else None)
     status = "finished" if run.finished else "unfinished"
-    payload = {**run.describe(), "status": status, "front": rows, "plot": None if plot is None else str(plot)}
+    payload = {**run.describe(_reference(args)), "status": status, "front": rows,
+               "plot": None if plot is None else str(plot)}
 
     def human():
         columns = [c for c in rows[0] if c != "genotype"] if rows else []
@@ -473,7 +479,7 @@ def cmd_runs_compare(args) -> int:
 
     runs = [load_run(r) for r in args.runs]
     reference = _reference(args)
-    rows = [{**r.describe(), "hypervolume": round(r.hypervolume(reference), 6)} for r in runs]
+    rows = [r.describe(reference) for r in runs]
     plot = plot_runs(runs, args.plot, reference)
     payload = {"reference": list(reference), "runs": rows, "plot": str(plot)}
 
@@ -555,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
     sr.add_argument("--config", required=True, help=CONFIG_HELP)
     sr.add_argument("--out", help="run folder (default runs/<config name>)")
-    sr.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    sr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides (several --set add up)")
     sr.add_argument("--restart", action="store_true", help="start the run folder over instead of resuming")
 
     e = add("evaluate", "evaluate a source model as published, or a network under a config's protocol",
@@ -568,14 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", help="the source's PyTorch checkpoint")
     e.add_argument("--kb", help="a knowledge base folder holding the source")
     e.add_argument("--config", help="evaluate under this config's protocol and space: " + CONFIG_HELP)
-    e.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    e.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides (several --set add up)")
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list (README: the genotype layout)")
     e.add_argument("--batch-size", type=POSITIVE, default=500)
 
     f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
             cmd_fidelity)
     f.add_argument("--config", required=True, help="knowledge base, data and base protocol: " + CONFIG_HELP)
-    f.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    f.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides (several --set add up)")
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"])
     f.add_argument("--per-granularity", type=COUNT, default=12, help="random networks per granularity")
@@ -598,25 +607,27 @@ def build_parser() -> argparse.ArgumentParser:
     ft = add("finetune", "train an exported network end to end (resumable; metrics in DIR/finetune/)",
              cmd_finetune)
     ft.add_argument("dir", help="a folder written by `modulenet export`")
-    ft.add_argument("--epochs", type=int, default=1)
-    ft.add_argument("--images", type=int, help="train images per epoch (default: the whole train split)")
-    ft.add_argument("--batch-size", type=int, default=128)
-    ft.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine schedule)")
+    ft.add_argument("--epochs", type=POSITIVE, default=1)
+    ft.add_argument("--images", type=POSITIVE, help="train images per epoch (default: the whole train split)")
+    ft.add_argument("--batch-size", type=POSITIVE, default=128)
+    ft.add_argument("--lr", type=POSITIVE_FLOAT, default=0.01, help="peak learning rate (cosine schedule)")
     ft.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                     help="sgd: Nesterov momentum, PyTorch-style weight decay; adamw: decoupled weight decay")
-    ft.add_argument("--momentum", type=float, default=0.9)
-    ft.add_argument("--weight-decay", type=float, default=5e-4)
-    ft.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps with a linear warm-up")
-    ft.add_argument("--clip-norm", type=float, help="clip the gradients' global norm to this")
+    ft.add_argument("--momentum", type=NONNEGATIVE_FLOAT, default=0.9)
+    ft.add_argument("--weight-decay", type=NONNEGATIVE_FLOAT, default=5e-4)
+    ft.add_argument("--warmup", type=NONNEGATIVE_FLOAT, default=0.0, help="fraction of the steps with a linear warm-up")
+    ft.add_argument("--clip-norm", type=POSITIVE_FLOAT,
+                    help="clip the gradients' global norm to this (default: no clipping)")
     ft.add_argument("--no-augment", action="store_true", help="no random crop and flip")
-    ft.add_argument("--seed", type=int, default=0, help="image order and augmentation")
+    ft.add_argument("--seed", type=COUNT, default=0, help="image order and augmentation")
     ft.add_argument("--data", help="a dataset instead of the run's (TFDS name, ImageFolder root or .npz bundle)")
     ft.add_argument("--restart", action="store_true", help="discard an earlier fine-tune of the folder")
 
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)
     bn.add_argument("--config", default="cifar10_resnet", help="knowledge base, data, protocol, space: " + CONFIG_HELP)
-    bn.add_argument("--set", nargs="*", default=(), metavar="KEY=VALUE", help="config overrides")
+    bn.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides (several --set add up)")
     bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
     bn.add_argument("--name", help="file stem (default: the device's name)")
@@ -652,6 +663,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _initialize_distributed() -> None:
+    """`jax.distributed.initialize()`: coordinator, process count and id from the cluster's environment."""
+    import jax
+
+    try:
+        jax.distributed.initialize()
+    except ValueError as e:  # no cluster environment to read them from
+        raise UserError(f"--distributed found no cluster to join ({e}); run it under SLURM or on a Cloud TPU, set "
+                        f"JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or drop --distributed") from e
+
+
 def _one_line(text) -> str:
     return " ".join(str(text).split())  # one line, even where a wrapped library message had several
 
@@ -667,13 +689,11 @@ def main(argv=None) -> int:
         print(f"{e.prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     args.argv = argv
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()  # coordinator, process count and id from the cluster's environment
     command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None),
                                      getattr(args, "runs_command", None))))
     try:
+        if args.distributed:
+            _initialize_distributed()
         return args.fn(args)
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:

@@ -36,6 +36,9 @@ def _config_module(config: str):
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}; give a path to a .py file or a packaged "
                                     f"config's name ({', '.join(packaged_configs())})")
+        if path.suffix != ".py":
+            raise UserError(f"{path} is not a config file: a config is a .py file defining get_config() (a run "
+                            f"folder's config.json is resumed by passing that folder as --out)")
         spec = importlib.util.spec_from_file_location(f"modulenet_config_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:

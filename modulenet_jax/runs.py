@@ -20,7 +20,7 @@ import numpy as np
 
 from modulenet_jax.errors import UserError
 from modulenet_jax.search.base import pareto_indices
-from modulenet_jax.search.run_folder import CONFIG, HISTORY, STATE, read_history
+from modulenet_jax.search.run_folder import CONFIG, HISTORY, read_history, read_json, read_state
 
 HV_REFERENCE = (1.0, 1_000_000)  # (validation error, parameters)
 
@@ -59,13 +59,13 @@ class RunSummary:
         """`hypervolume` of every network the run evaluated."""
         return hypervolume(self.history, reference)
 
-    def describe(self) -> dict:
-        """The run in one JSON-able row (for `runs compare`)."""
+    def describe(self, reference=HV_REFERENCE) -> dict:
+        """The run in one JSON-able row (for `runs compare`), its hypervolume against `reference`."""
         best = max(self.history, key=lambda r: r["accuracy"], default=None)
         return {"run": str(self.path), "algorithm": self.config["search"]["algorithm"],
                 "generations": f"{self.generations_done}/{self.generations}", "evaluated": len(self.history),
                 "val_images": best["total"] if best else None, "front": len(self.front),
-                "hypervolume": round(self.hypervolume(), 6),
+                "hypervolume": round(self.hypervolume(reference), 6),
                 "best_accuracy": best["accuracy"] if best else None,
                 "best_params": best["params"] if best else None}
 
@@ -82,22 +82,21 @@ def hypervolume(records: list[dict], reference=HV_REFERENCE) -> float:
     return float(HV(ref_point=np.ones(2))(F))
 
 
-def _json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the {what} was changed outside modulenet") from None
-
-
 def load_run(path) -> RunSummary:
     """A run folder as it stands (finished or not); a `UserError` if it is not one."""
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise UserError(f"{path} is not a run folder (no {CONFIG}); give a folder `modulenet search` wrote")
-    config = _json(path / CONFIG, "config")
-    state = _json(path / STATE, "state") if (path / STATE).is_file() else {}
-    final = _json(path / "final.json", "final table") if (path / "final.json").is_file() else None
-    return RunSummary(path, config, state.get("generation", 0), read_history(path / HISTORY, repair=False), final)
+    config = read_json(path / CONFIG, "config")
+    if not isinstance(config.get("search"), dict) or not isinstance(config["search"].get("generations"), int):
+        raise UserError(f"{path / CONFIG} has no search.generations: it is not a run's config; give a folder "
+                        f"`modulenet search` wrote")
+    final = read_json(path / "final.json", "final table") if (path / "final.json").is_file() else None
+    if final is not None and not isinstance(final.get("rows"), list):
+        raise UserError(f"{path / 'final.json'} has no rows: it was changed outside modulenet; resume the run "
+                        f"(modulenet search with --out {path}) to write it again")
+    return RunSummary(path, config, read_state(path).get("generation", 0), read_history(path / HISTORY, repair=False),
+                      final)
 
 
 def front_rows(run: RunSummary) -> list[dict]:
@@ -115,11 +114,22 @@ def front_rows(run: RunSummary) -> list[dict]:
 
 def plot_runs(runs: list[RunSummary], path, reference=HV_REFERENCE) -> Path:
     """One plot: every run's evaluated networks and its front (validation accuracy against
-    parameters), the hypervolume in the legend."""
+    parameters), the hypervolume in the legend; returns the file written (`path`, with `.png`
+    added where it has no extension). A folder or a format matplotlib does not write is a `UserError`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a folder; give a file name, e.g. {path / 'front.png'}")
+    path = path if path.suffix else path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise UserError(f"--plot {path}: matplotlib cannot write {path.suffix!r} files; end the name in .png "
+                        f"(or {', '.join('.' + f for f in sorted(formats) if f != 'png')})")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(runs):
@@ -133,7 +143,6 @@ def plot_runs(runs: list[RunSummary], path, reference=HV_REFERENCE) -> Path:
            title=f"fronts on the validation split; HV reference (error {reference[0]}, {reference[1]:,} params)")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -13,6 +13,7 @@ A new field is one row of `FIELDS`; a rule between fields is one function in `RU
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from modulenet_jax.errors import UserError
@@ -71,7 +72,7 @@ def integer(lo=None, hi=None) -> Kind:
 def number(lo=None, hi=None, lo_open=False) -> Kind:
     """An int or float in [lo, hi] (or above lo, `lo_open`); an int given is stored as a float."""
     text, ok = _between(lo, hi, lo_open)
-    return Kind(f"a number{text}", lambda v: _is_number(v) and ok(v),
+    return Kind(f"a number{text}", lambda v: _is_number(v) and math.isfinite(v) and ok(v),
                 lambda v: float(v) if _is_int(v) else v)
 
 

@@ -68,13 +68,23 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     cut.write_bytes(cut.read_bytes()[:300])
     search(Run.from_config(load_config(CONFIG, _run_set(d)), kb=tiny_kb, dataset=tiny_dataset), d / "run",
            log=lambda m: None)
-    for damage in ("corrupt-state", "not-a-state", "corrupt-history", "corrupt-config"):
+    for damage in ("corrupt-state", "not-a-state", "corrupt-history", "corrupt-config", "nan-fitness",
+                   "foreign-genotype", "no-final-rows"):
         shutil.copytree(d / "run", d / f"run-{damage}")
     (d / "run-corrupt-state" / "state.json").write_text('{"generation": 2, "rng": ')
     (d / "run-not-a-state" / "state.json").write_text("[1, 2]\n")
     lines = (d / "run" / "history.jsonl").read_text().splitlines(keepends=True)
     (d / "run-corrupt-history" / "history.jsonl").write_text(lines[0] + "{oops\n" + "".join(lines[2:]))
     (d / "run-corrupt-config" / "config.json").write_text("{")
+    nan = json.loads(lines[0]) | {"error": float("nan")}
+    (d / "run-nan-fitness" / "history.jsonl").write_text(json.dumps(nan) + "\n" + "".join(lines[1:]))
+    state = json.loads((d / "run" / "state.json").read_text())
+    state["pop_X"][0][0] = 99  # a stem gene no space of the run has
+    (d / "run-foreign-genotype" / "state.json").write_text(json.dumps(state))
+    (d / "run-no-final-rows" / "final.json").write_text("{}")
+    (d / "cfg").mkdir()
+    (d / "cfg" / "config.json").write_text("{}")
+    (d / "plots").mkdir()
     return d
 
 
@@ -194,6 +204,33 @@ BAD_INPUT = [
     ("not a checkpoint", lambda d, n: ["convert", "--weights", str(d / "junk.th"), "--out", str(d / "c")],
      "not a readable PyTorch checkpoint"),
     ("runs show of no run", lambda d, n: ["runs", "show", str(d)], "is not a run folder (no config.json)"),
+    ("runs show of a folder with another config.json", lambda d, n: ["runs", "show", str(d / "cfg")],
+     "cfg/config.json has no search.generations: it is not a run's config"),
+    ("NaN fitness in the history", lambda d, n: _search(d, out="run-nan-fitness"),
+     "run-nan-fitness/history.jsonl line 1 has no finite error; delete that line and those after it"),
+    ("NaN fitness shown", lambda d, n: ["runs", "show", str(d / "run-nan-fitness")],
+     "history.jsonl line 1 has no finite error"),
+    ("a state genotype outside the space", lambda d, n: _search(d, "search.generations=3", out="run-foreign-genotype"),
+     "run-foreign-genotype/state.json does not hold a nsga2 search state (GenotypeError: gene stem = 99 is outside"),
+    ("a final table without rows", lambda d, n: ["runs", "show", str(d / "run-no-final-rows")],
+     "run-no-final-rows/final.json has no rows"),
+    ("--plot into a folder", lambda d, n: ["runs", "show", str(d / "run"), "--plot", str(d / "plots")],
+     "plots is a folder; give a file name"),
+    ("--plot in a format matplotlib lacks", lambda d, n: ["runs", "show", str(d / "run"), "--plot",
+                                                          str(d / "plots" / "front.txt")],
+     "matplotlib cannot write '.txt' files; end the name in .png"),
+    ("--reference nan", lambda d, n: ["runs", "show", str(d / "run"), "--reference", "nan", "1e6"],
+     "argument --reference: must be a positive number, got 'nan'"),
+    ("a run's config.json as --config", lambda d, n: ["search", "--config", str(d / "cfg" / "config.json")],
+     "config.json is not a config file: a config is a .py file defining get_config()"),
+    ("a non-finite config number", lambda d, n: _search(d, "protocol.head_l2=1e999", out="fresh"),
+     "protocol.head_l2 must be a number >= 0, got inf"),
+    ("--set twice adds up", lambda d, n: [*_search(d, out="fresh"), "--set", "search.population=1"],
+     "search.population must be an integer >= 2, got 1"),
+    ("finetune --seed -1", lambda d, n: ["finetune", str(d / "run"), "--seed", "-1"],
+     "argument --seed: must be an integer >= 0, got '-1'"),
+    ("bench --name with a folder", lambda d, n: ["bench", "--config", CONFIG, "--name", "a/b", "--torch-modes"],
+     "--name 'a/b' must be a file stem in --out"),
     ("runs compare with a corrupt run", lambda d, n: ["runs", "compare", str(d / "run"),
                                                       str(d / "run-corrupt-config")],
      "run-corrupt-config/config.json is not valid JSON"),

@@ -49,6 +49,10 @@ def test_runs_show_prints_the_front_and_draws_it(tmp_path, capsys):
     assert main(["runs", "show", str(run)]) == 0
     text = capsys.readouterr().out
     assert "unfinished, generation 1/2, 3 networks, hypervolume 0.2800" in text and "net2" in text
+    assert main(["runs", "show", str(run), "--json", "--reference", "1", "2000000", "--plot", str(tmp_path / "b")]) == 0
+    out = json.loads(capsys.readouterr().out)  # the hypervolume against the reference given, the plot as PNG
+    assert out["hypervolume"] == pytest.approx(0.5 * 0.75 + 0.3 * 0.55) and out["plot"] == str(tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runs_compare_puts_runs_side_by_side(tmp_path, capsys):

@@ -103,6 +103,15 @@ def first_unseen(genotypes, canonical, seen: set) -> list:
     return out
 
 
+def valid_genotypes(space, rows) -> np.ndarray:
+    """Saved genotypes as an int array, each checked against the space (`GenotypeError`, a
+    ValueError, naming the gene of one outside it): a resumed state holds only networks of its space."""
+    X = np.asarray(rows, np.int64).reshape(len(rows), space.num_genes)
+    for g in X:
+        space.validate(g)
+    return X
+
+
 def check_told(genotypes, pending) -> np.ndarray:
     """`genotypes` as the int array `tell` works on; anything but the last `ask`'s is a ValueError."""
     X = np.asarray(genotypes, np.int64)

@@ -21,7 +21,7 @@ import numpy as np
 from modulenet_jax.errors import UserError
 from modulenet_jax.search.base import (MAX_DUPLICATE_TRIES, SearchAlgorithm, check_objectives, check_told,
                                        crowding_distance, first_unseen, non_dominated_fronts, rank_and_crowding,
-                                       rng_from_state, rng_state, unseen)
+                                       rng_from_state, rng_state, unseen, valid_genotypes)
 from modulenet_jax.search.operators import (CROSSOVERS, binary_tournament, mutate, shrink, stage_crossover,
                                            uniform_crossover)
 from modulenet_jax.space import SearchSpace
@@ -149,7 +149,7 @@ class NSGA2(SearchAlgorithm):
         self.check_state(state)
         self._generation = state["generation"]
         self.rng = rng_from_state(state["rng"])
-        self.pop_X = None if state["pop_X"] is None else np.asarray(state["pop_X"], np.int64)
-        self.pop_F = None if state["pop_F"] is None else np.asarray(state["pop_F"], np.float64)
-        self.pending = None if state["pending"] is None else np.asarray(state["pending"], np.int64)
+        self.pop_X = None if state["pop_X"] is None else valid_genotypes(self.space, state["pop_X"])
+        self.pop_F = None if state["pop_F"] is None else check_objectives(state["pop_F"], len(self.pop_X))
+        self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
         self.seen = {tuple(k) for k in state["seen"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, check_told, first_unseen, rng_from_state,
-                                       rng_state, unseen)
+                                       rng_state, unseen, valid_genotypes)
 from modulenet_jax.space import SearchSpace
 
 class RandomSearch(SearchAlgorithm):
@@ -62,6 +62,7 @@ class RandomSearch(SearchAlgorithm):
         self.check_state(state)
         self._generation = state["generation"]
         self.rng = rng_from_state(state["rng"])
-        self.X, self.F = state["X"], state["F"]
-        self.pending = None if state["pending"] is None else np.asarray(state["pending"], np.int64)
+        self.X = valid_genotypes(self.space, state["X"]).tolist()
+        self.F = check_objectives(state["F"], len(self.X)).tolist() if self.X else []
+        self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
         self.seen = {tuple(k) for k in state["seen"]}

@@ -22,6 +22,7 @@ What keeps it consistent:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -62,18 +63,37 @@ def _with_defaults(flat: dict) -> dict:
     return {**{k: f.default for k, f in BY_KEY.items() if f.absent is not REQUIRED}, **flat}
 
 
-def _read_json(path: Path, what: str):
+def read_json(path: Path, what: str, kind: type = dict):
+    """A run folder's JSON file holding a `kind` (a dict: config, state, final table); anything
+    else is a `UserError` naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}): the {what} was changed outside modulenet; restore it, "
                         f"or {RESTART_HINT}") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{path} does not hold a {what} (a JSON {kind.__name__}): it was changed outside "
+                        f"modulenet; restore it, or {RESTART_HINT}")
+    return value
+
+
+def read_state(path: Path) -> dict:
+    """A run folder's `state.json` (empty before the first generation ends); one that is not a
+    search state is a `UserError`."""
+    state = read_json(path / STATE, "state", object) if (path / STATE).is_file() else {}
+    if not isinstance(state, dict) or not isinstance(state.get("generation", 0), int):
+        raise UserError(f"{path / STATE} does not hold a search state: it was changed outside modulenet; "
+                        f"restore it, or {RESTART_HINT}")
+    return state
+
+
+RECORD_NUMBERS = ("correct", "total", "params", "flops", "junctions", "accuracy", "error")
 
 
 def read_config(path) -> ml_collections.ConfigDict:
     """The config a run folder was run with (its `config.json`, tuples restored); a corrupt file
     is a `UserError` naming it."""
-    return from_dict(_read_json(Path(path) / CONFIG, "config"))
+    return from_dict(read_json(Path(path) / CONFIG, "config"))
 
 
 def read_history(path: Path, repair: bool = True) -> list[dict]:
@@ -92,12 +112,21 @@ def read_history(path: Path, repair: bool = True) -> list[dict]:
         except json.JSONDecodeError as e:
             record = e
         if not isinstance(record, dict) or "canonical" not in record:
-            raise UserError(f"{path} line {number} is not a network's record ({record}); delete that line and "
-                            f"those after it to evaluate those networks again, or {RESTART_HINT}")
+            problem = f"is not a network's record ({record})"
+        else:
+            bad = [k for k in RECORD_NUMBERS if not _is_finite_number(record.get(k))]
+            problem = f"has no finite {', '.join(bad)}" if bad else None
+        if problem:
+            raise UserError(f"{path} line {number} {problem}; delete that line and those after it to evaluate "
+                            f"those networks again, or {RESTART_HINT}")
         records.append(record)
     if repair and "".join(lines) != text:
         write_atomic(path, "".join(lines))
     return records
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class RunFolder:
@@ -123,7 +152,7 @@ class RunFolder:
                             f"(a new or empty folder)")
         if restart or not (path / CONFIG).is_file():
             return {}
-        there, here = _with_defaults(_flat(_read_json(path / CONFIG, "config"))), _with_defaults(_flat(config))
+        there, here = _with_defaults(_flat(read_json(path / CONFIG, "config"))), _with_defaults(_flat(config))
         changed = [k for k in {**there, **here} if k not in BUDGET_KEYS and there.get(k) != here.get(k)]
         if changed:
             first = changed[0]
@@ -131,10 +160,7 @@ class RunFolder:
             raise UserError(f"{path} holds a run of a different config ({first}: {there.get(first)!r} there, "
                             f"{here.get(first)!r} here{more}); choose a new --out, or pass --restart to start this "
                             f"folder over")
-        state = _read_json(path / STATE, "state") if (path / STATE).is_file() else {}
-        if not isinstance(state, dict) or not isinstance(state.get("generation", 0), int):
-            raise UserError(f"{path / STATE} does not hold a search state: it was changed outside modulenet; "
-                            f"restore it, or {RESTART_HINT}")
+        state = read_state(path)
         done = state.get("generation", 0)
         generations = config["search"]["generations"]
         if done > generations:
@@ -162,7 +188,7 @@ class RunFolder:
             write_atomic(folder.path / CONFIG, text)
             return folder
         folder = cls(path, staged=False)
-        stored = _read_json(path / CONFIG, "config")["search"]["generations"]
+        stored = read_json(path / CONFIG, "config")["search"]["generations"]
         generations = config["search"]["generations"]
         if state.get("generation", 0) < generations:
             for name in RESULTS:  # the run goes on: results older than its state would mislead
@@ -194,10 +220,6 @@ class RunFolder:
     def history(self) -> list[dict]:
         """Every network evaluated so far (a torn last line cut off)."""
         return read_history(self.path / HISTORY)
-
-    def state(self) -> dict | None:
-        """The algorithm's state after its last finished generation (None: none finished)."""
-        return _read_json(self.path / STATE, "state") if (self.path / STATE).is_file() else None
 
     def append_history(self, record: dict) -> None:
         """One evaluated network, flushed at once (the first one moves a staged run into place)."""

@@ -199,7 +199,11 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
            progress: Progress = NO_PROGRESS) -> dict:
     """Runs (or resumes, or extends) the configured number of generations in the run folder
     `out_dir`; returns the front on `val`. `resume=False` starts the folder over (the old run
-    stays whole until the new one has evaluated its first network)."""
+    stays whole until the new one has evaluated its first network). A state the algorithm cannot
+    resume (another space's genotypes, non-finite objectives) is refused before the folder changes."""
+    state = RunFolder.check(out_dir, to_dict(run.config), restart=not resume)
+    if state:
+        _restore(run.algorithm, state, Path(out_dir) / STATE)
     folder = RunFolder.open(out_dir, to_dict(run.config), restart=not resume, log=log)
     try:
         return _search(run, folder, folder.teed(log), progress)
@@ -235,9 +239,7 @@ def search_generation(algorithm: SearchAlgorithm, space, known: Callable[[tuple]
 def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress) -> dict:
     log(f"space: {run.space.describe()}")
     cache = {tuple(r["canonical"]): r for r in folder.history()}
-    state = folder.state()
-    if state is not None:
-        _restore(run.algorithm, state, folder.path / STATE)
+    if run.algorithm.generation:  # restored by `search`
         log(f"resuming {folder.target} after generation {run.algorithm.generation} "
             f"({len(cache)} networks already evaluated)")
     generations = run.config.search.generations
