@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 
 from modulenet_jax import zoo
 from modulenet_jax.errors import UserError
+from modulenet_jax.jsonfile import read_json
 
 SPEC_FILE = "model.json"
 PARAMS_DIR = "params"
@@ -24,13 +25,19 @@ def save_tree(path, tree) -> None:
         ckpt.save(path, tree, force=True)
 
 
-def load_tree(path):
-    """Reads a pytree written by `save_tree` as numpy arrays."""
+def load_tree(path, fix: str):
+    """Reads a pytree written by `save_tree` as numpy arrays; files orbax cannot read (cut short,
+    changed) are a `UserError` ending in `fix`."""
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with ocp.StandardCheckpointer() as ckpt:
-        return jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            return jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {first[:200]}): the files were cut short or "
+                        f"changed; {fix}") from e
 
 
 def check_params(model_name: str, params) -> None:
@@ -64,8 +71,10 @@ def load_model(path) -> tuple[str, dict, dict]:
     if not (path / SPEC_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a converted model (no {SPEC_FILE}); "
                                 f"make one with `modulenet convert`")
-    meta = json.loads((path / SPEC_FILE).read_text())
+    meta = read_json(path / SPEC_FILE, "converted model's description", "convert the checkpoint again")
+    if not isinstance(meta.get("model"), str):
+        raise UserError(f"{path / SPEC_FILE} names no model; convert the checkpoint again")
     model_name = meta.pop("model")
-    params = load_tree(path / PARAMS_DIR)
+    params = load_tree(path / PARAMS_DIR, "convert the checkpoint again")
     check_params(model_name, params)
     return model_name, params, meta

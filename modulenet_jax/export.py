@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from modulenet_jax.assemble import stitch_cost
 from modulenet_jax.checkpoints import load_tree, save_tree
 from modulenet_jax.errors import UserError
+from modulenet_jax.jsonfile import read_json
 from modulenet_jax.knowledge import ModuleRecord
 from modulenet_jax.network import Network
 
@@ -95,7 +96,10 @@ def read_description(path) -> dict:
     path = Path(path)
     if not (path / MODEL_FILE).is_file():
         raise UserError(f"{path} is not an exported network (no {MODEL_FILE}); make one with `modulenet export`")
-    d = json.loads((path / MODEL_FILE).read_text())
+    d = read_json(path / MODEL_FILE, "exported network's description", "export the network again")
+    if d.get("format") is None and "model" in d:
+        raise UserError(f"{path} holds a converted model (`modulenet convert`), not an exported network; fine-tune "
+                        f"a network exported with `modulenet export`")
     if d.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: export format {d.get('format')}, this version reads {FORMAT_VERSION}; export it again")
     return d
@@ -118,5 +122,6 @@ def load(path, finetuned: bool | None = None) -> tuple[Network, dict]:
         finetuned = is_finetuned(path)
     if finetuned and not is_finetuned(path):
         raise UserError(f"{path} holds no finished fine-tune; run `modulenet finetune {path}`")
-    tree = load_tree(path / (FINETUNED_DIR if finetuned else VARIABLES_DIR))
+    tree = load_tree(path / (FINETUNED_DIR if finetuned else VARIABLES_DIR),
+                     "fine-tune it again (--restart)" if finetuned else "export the network again")
     return model, jax.tree_util.tree_map(jnp.asarray, tree)

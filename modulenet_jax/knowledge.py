@@ -19,6 +19,7 @@ from modulenet_jax import zoo
 from modulenet_jax.checkpoints import check_params, load_tree, save_tree
 from modulenet_jax.cost import count_flops, count_params
 from modulenet_jax.errors import UserError
+from modulenet_jax.jsonfile import read_json
 from modulenet_jax.progress import NO_PROGRESS, Progress
 from modulenet_jax.zoo.registry import ModuleSpec
 
@@ -178,21 +179,23 @@ class KnowledgeBase:
         if not (path / INDEX_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a knowledge base (no {INDEX_FILE}); "
                                     f"build one with `modulenet kb build`")
-        try:
-            index = json.loads((path / INDEX_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path / INDEX_FILE} is not valid JSON ({e}); build the knowledge base again with "
-                            f"`modulenet kb build`") from None
+        rebuild = "build the knowledge base again with `modulenet kb build`"
+        index = read_json(path / INDEX_FILE, "knowledge base index", rebuild)
         if index.get("format") != FORMAT_VERSION:
             raise UserError(f"{path}: knowledge base format {index.get('format')}, this version reads "
                             f"{FORMAT_VERSION}; build it again with `modulenet kb build`")
-        sources = [Source(**s) for s in index["sources"]]
-        params = load_tree(path / PARAMS_DIR)
+        try:
+            sources = [Source(**s) for s in index["sources"]]
+            records = [ModuleRecord.from_json(r) for r in index["records"]]
+            input_size = index["input_size"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path / INDEX_FILE} is not a knowledge base index ({type(e).__name__}: {e}); "
+                            f"{rebuild}") from None
+        params = load_tree(path / PARAMS_DIR, rebuild)
         for s in sources:
             check_params(s.model, params[s.name])
         params = jax.tree_util.tree_map(jnp.asarray, params)
-        return cls(sources, [ModuleRecord.from_json(r) for r in index["records"]], params,
-                   index["input_size"])
+        return cls(sources, records, params, input_size)
 
     def table(self) -> list[dict]:
         """One row per module, for `modulenet kb show`."""

@@ -59,6 +59,13 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     (d / "notrun" / "notes.txt").write_text("someone's notes\n")
     (d / "corrupt-kb").mkdir()
     (d / "corrupt-kb" / "index.json").write_text('{"format": 1, "sources": [')
+    shutil.copytree(d / "kb", d / "kb-no-records")
+    index = json.loads((d / "kb" / "index.json").read_text())
+    (d / "kb-no-records" / "index.json").write_text(json.dumps({k: v for k, v in index.items() if k != "records"}))
+    shutil.copytree(d / "kb", d / "kb-cut-params")
+    for f in (d / "kb-cut-params" / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(f.read_bytes()[:10])
     for name, text in CONFIG_FILES.items():
         (d / name).write_text(text)
     _image_folder(d / "big", CLASSES, 64, per_class=7)  # enough for the tiny protocol: only the size is wrong
@@ -143,10 +150,11 @@ BAD_INPUT = [
     ("a different config", lambda d, n: _search(d, "seed=5"),
      "holds a run of a different config (seed: 0 there, 5 here); choose a new --out, or pass --restart"),
     ("fewer generations than done", lambda d, n: _search(d, "search.generations=1"),
-     "has 2 generations done; search.generations must be at least 2 to resume it, or pass --restart"),
+     "has 2 generations done; search.generations must be at least 2 to resume it, or start the run over with "
+     "`modulenet search --restart`"),
     ("corrupt state", lambda d, n: _search(d, out="run-corrupt-state"),
      "run-corrupt-state/state.json is not valid JSON (Expecting value: line 1 column 26 (char 25)): the state was "
-     "changed outside modulenet; restore it, or pass --restart to start the run over"),
+     "changed outside modulenet; restore it, or start the run over with `modulenet search --restart`"),
     ("state of another shape", lambda d, n: _search(d, out="run-not-a-state"),
      "run-not-a-state/state.json does not hold a search state"),
     ("corrupt history line", lambda d, n: _search(d, out="run-corrupt-history"),
@@ -176,6 +184,10 @@ BAD_INPUT = [
     ("corrupt knowledge base", lambda d, n: _search(d, f"knowledge.path={d / 'corrupt-kb'}", out="fresh"),
      "corrupt-kb/index.json is not valid JSON"),
     ("not a knowledge base", lambda d, n: ["kb", "show", str(d)], "not a knowledge base"),
+    ("a knowledge base index without records", lambda d, n: ["kb", "show", str(d / "kb-no-records")],
+     "kb-no-records/index.json is not a knowledge base index (KeyError: 'records'); build the knowledge base again"),
+    ("a knowledge base with its params cut short", lambda d, n: ["kb", "show", str(d / "kb-cut-params")],
+     "the files were cut short or changed; build the knowledge base again"),
     # evaluating a source as published, or a network under a config
     ("other classes as published", lambda d, n: _evaluate(d, data="three"),
      "cifar_resnet8 was trained on 10 classes, three has 3: as-published accuracy needs the source's classes"),

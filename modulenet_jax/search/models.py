@@ -15,7 +15,6 @@ finds (an interrupted fine-tune resumes from its last epoch).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from typing import Callable
 from modulenet_jax import export, train
 from modulenet_jax.data import protocol_split
 from modulenet_jax.errors import UserError
+from modulenet_jax.jsonfile import read_json
 from modulenet_jax.finetune import finetune_folder
 from modulenet_jax.network import evaluate, from_fitted
 from modulenet_jax.schema import setting
@@ -40,8 +40,10 @@ def read_final(run_dir) -> list[dict]:
     if not (run_dir / "final.json").is_file():
         raise UserError(f"{run_dir} has no final.json: the search has not finished; run `modulenet search` on it "
                         f"to the end first")
-    rows = json.loads((run_dir / "final.json").read_text())["rows"]
-    if any("modules" not in r for r in rows):
+    final = read_json(run_dir / "final.json", "final table",
+                      "delete it and run `modulenet search` on the folder again to rewrite it")
+    rows = final.get("rows")
+    if not isinstance(rows, list) or any(not isinstance(r, dict) or "modules" not in r for r in rows):
         raise UserError(f"{run_dir}/final.json lists no modules (an older version wrote it); run `modulenet search` "
                         f"on the folder again to rewrite its final table")
     return rows

@@ -32,12 +32,13 @@ import ml_collections
 
 from modulenet_jax.checks import check_writable
 from modulenet_jax.config import from_dict
+from modulenet_jax import jsonfile
 from modulenet_jax.errors import UserError
 from modulenet_jax.schema import BUDGET_KEYS, BY_KEY, REQUIRED
 
 CONFIG, STATE, HISTORY, LOG = "config.json", "state.json", "history.jsonl", "log.txt"
 RESULTS = ("front.json", "front.png", "final.json", "final.md")
-RESTART_HINT = "pass --restart to start the run over"
+RESTART_HINT = "start the run over with `modulenet search --restart`"
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -66,15 +67,8 @@ def _with_defaults(flat: dict) -> dict:
 def read_json(path: Path, what: str, kind: type = dict):
     """A run folder's JSON file holding a `kind` (a dict: config, state, final table); anything
     else is a `UserError` naming the file."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}): the {what} was changed outside modulenet; restore it, "
-                        f"or {RESTART_HINT}") from None
-    if not isinstance(value, kind):
-        raise UserError(f"{path} does not hold a {what} (a JSON {kind.__name__}): it was changed outside "
-                        f"modulenet; restore it, or {RESTART_HINT}")
-    return value
+    return jsonfile.read_json(path, what, f"the {what} was changed outside modulenet; restore it, or {RESTART_HINT}",
+                              kind)
 
 
 def read_state(path: Path) -> dict:
