@@ -9,9 +9,12 @@ by a search. `test` is the whole test split, as the dataset publishes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -147,9 +150,14 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
     Returns the images, the labels and the class names.
     """
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
 
-    try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+    verbosity, said = absl_logging.get_verbosity(), io.StringIO()
+    try:  # TFDS prints to stdout (where --json goes) and warns through absl: kept from a failure's one line
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        with contextlib.redirect_stdout(said):
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+        sys.stderr.write(said.getvalue())
     except ImportError as e:
         if not any(m in str(e).lower() for m in PREPARE_MODULES):
             raise
@@ -157,6 +165,8 @@ def load_tfds(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndar
             f"TFDS dataset {name!r} is not prepared, and preparing it needs the prepare extra ({e}): "
             f"pip install 'modulenet-jax[prepare]', or give an ImageFolder root or .npz bundle instead "
             f"(--data, or --set data.source=...)") from None
+    finally:
+        absl_logging.set_verbosity(verbosity)
     records = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([int(r["label"]) for r in records], np.int32)

@@ -60,8 +60,11 @@ def get_pretrained(name: str) -> Pretrained:
 
 def find_verified(filename: str, dirs, sha256_prefix: str | None, fix: str) -> Path | None:
     """The first `dir/filename` of `dirs` that exists (None: none), checked against the start of
-    its SHA-256 where one is known: a corrupt copy is a `UserError` ending in `fix`."""
+    its SHA-256 where one is known: a corrupt copy is a `UserError` ending in `fix`, and so is a
+    folder of `dirs` that does not exist (a mistyped weights folder, not a reason to download)."""
     for d in map(Path, dirs):
+        if not d.is_dir():
+            raise UserError(f"weights folder {d} does not exist; fix the path (--weights-dir, knowledge.weights_dirs)")
         path = d / filename
         if path.is_file():
             if sha256_prefix and not _sha256(path).startswith(sha256_prefix):
@@ -73,8 +76,10 @@ def find_verified(filename: str, dirs, sha256_prefix: str | None, fix: str) -> P
 def fetch(name: str, search_dirs=()) -> Path:
     """Local path of a known checkpoint: found in `search_dirs` or the cache, else downloaded."""
     info = get_pretrained(name)
-    local = find_verified(info.filename, [*search_dirs, _weights_cache()], info.sha256_prefix,
-                          f"delete it (it is downloaded again) or replace it with {info.url}")
+    fix = f"delete it (it is downloaded again) or replace it with {info.url}"
+    local = find_verified(info.filename, search_dirs, info.sha256_prefix, fix)
+    if local is None and _weights_cache().is_dir():
+        local = find_verified(info.filename, [_weights_cache()], info.sha256_prefix, fix)
     if local is not None:
         return local
     dest = _weights_cache() / info.filename
