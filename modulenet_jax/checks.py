@@ -32,8 +32,9 @@ def check_size(dataset: Dataset, split: str, size: int | None, name: str) -> Non
         raise UserError(f"{dataset.name} has no images in the {split} split; give data whose test split has "
                         f"at least two images (even positions: val, odd: final)")
     if size is not None and size > have:
+        every = "leave it out" if name.startswith("--") else "None"
         raise UserError(f"{name} is {size}, but {dataset.name} has only {have:,} images in the {split} split; "
-                        f"lower {name} (or None: all of them)")
+                        f"lower {name} (or {every}: all of them)")
 
 
 def check_sizes(config, dataset: Dataset) -> None:

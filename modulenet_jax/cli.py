@@ -259,6 +259,13 @@ def cmd_evaluate(args) -> int:
                         "or --config with --genotype '[...]' or --source NAME (under the config's protocol)")
     if args.config and not (args.genotype or args.source):
         raise UserError("--config needs the network: --genotype '[...]' or --source NAME")
+    if args.config and (args.kb or args.weights):
+        raise UserError("--kb and --weights evaluate a source as published; under --config the knowledge base is the "
+                        "config's (change it with --set knowledge.path=DIR), so drop them")
+    if not args.config and (args.genotype or args.set):
+        raise UserError("--genotype and --set need --config (a network under a config's protocol)")
+    if args.kb and args.weights:
+        raise UserError("give --weights FILE (a checkpoint) or --kb DIR (a knowledge base), not both")
     genotype = _parse_genotype(args.genotype) if args.genotype else None
     config = None
     if args.config:
@@ -304,8 +311,9 @@ def _parse_genotype(text: str):
         values = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"--genotype {text!r} is not JSON ({e}); give a list of integers, e.g. '[0, 3, 1]'") from e
-    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise UserError(f"--genotype {text!r} is not a list of integers; give one like '[0, 3, 1]'")
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10 ** 18
+                                                for v in values):
+        raise UserError(f"--genotype {text!r} is not a list of integers (each of at most 18 digits); give one like '[0, 3, 1]'")
     return np.asarray(values, np.int64)
 
 

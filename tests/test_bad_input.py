@@ -204,6 +204,11 @@ BAD_INPUT = [
     ("genotype not JSON", lambda d, n: _genotype(d, "[1, 2"), "is not JSON"),
     ("genotype not integers", lambda d, n: _genotype(d, '["a"]'), "is not a list of integers"),
     ("genotype out of range", lambda d, n: _genotype(d, json.dumps([99] * n)), "gene stem = 99 is outside"),
+    ("genotype beyond int64", lambda d, n: _genotype(d, json.dumps([10 ** 20] * n)), "is not a list of integers (each of at most 18 digits)"),
+    ("--kb under --config", lambda d, n: [*_genotype(d, json.dumps([0] * n)), "--kb", str(d / "kb")],
+     "--kb and --weights evaluate a source as published; under --config the knowledge base is the config's"),
+    ("--genotype without --config", lambda d, n: [*_evaluate(d), "--genotype", "[0]"],
+     "--genotype and --set need --config"),
     # the command line itself, checkpoints, run folders
     ("a required argument missing", lambda d, n: ["search"], "the following arguments are required: --config"),
     ("unknown command", lambda d, n: ["serach"], "invalid choice: 'serach'"),
