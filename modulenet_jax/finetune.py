@@ -43,6 +43,7 @@ def finetune_folder(path, settings: train.Settings, dataset: Dataset | None = No
         if data is None and "data" not in origin:
             raise UserError(f"{path} does not say which dataset it came from; give one with --data")
         dataset = load_dataset(data or origin["data"]["source"], None if data else origin["data"]["data_dir"])
+    _check_data(description["network"], dataset)
     train_split = protocol_split(dataset, "train")
     final = origin.get("final", {"split": "final", "size": None})
     evaluation = protocol_split(dataset, final["split"], final["size"])
@@ -71,3 +72,15 @@ def finetune_folder(path, settings: train.Settings, dataset: Dataset | None = No
     description["finetune"] = {**record, "metrics": metrics[-1] if metrics else None}
     export.write_description(path, description)
     return description["finetune"]
+
+
+def _check_data(network: dict, dataset: Dataset) -> None:
+    """The data fits the exported network: its head's classes, and the image size its modules
+    were cut at (unless the network resizes its input)."""
+    if dataset.num_classes != network["num_classes"]:
+        raise UserError(f"{dataset.name} has {dataset.num_classes} classes, the network's head {network['num_classes']}; "
+                        f"fine-tune on data with the classes it was searched on")
+    size, cut = dataset.train.image_size[0], network["modules"][0]["input_resolution"]
+    if network["input_size"] is None and size != cut:
+        raise UserError(f"{dataset.name}'s images are {size} px, the network's modules were cut at {cut} px; give data "
+                        f"of {cut} px")

@@ -51,9 +51,29 @@ def test_finetune_trains_in_the_folder_and_load_gives_the_result(exported, capsy
     assert export.read_description(exported)["finetune"]["settings"]["epochs"] == 1
 
 
+def _other_data(tiny_dataset, path, classes=None, size=None):
+    """The tiny data with labels folded onto fewer classes, or images padded to another size."""
+    import dataclasses
+
+    def change(split):
+        images = np.pad(split.images, ((0, 0), (0, size - 32), (0, size - 32), (0, 0))) if size else split.images
+        return dataclasses.replace(split, images=images, labels=split.labels % (classes or split.num_classes),
+                                   num_classes=classes or split.num_classes)
+
+    other = dataclasses.replace(tiny_dataset, train=change(tiny_dataset.train), test=change(tiny_dataset.test),
+                                classes=None)
+    return str(save_bundle(other, path, None, seed=0))
+
+
 @pytest.mark.parametrize("args, message", [(["--warmup", "1.5"], "warm-up in [0, 1)"),
-                                           (["--images", "8"], "holds no batch of 128")])
-def test_bad_finetune_input_is_one_line_and_status_2(exported, capsys, args, message):
+                                           (["--images", "8"], "holds no batch of 128"),
+                                           (["--data", "three"], "has 3 classes, the network's head 10"),
+                                           (["--data", "big"], "images are 40 px, the network's modules were cut "
+                                                               "at 32 px")])
+def test_bad_finetune_input_is_one_line_and_status_2(exported, tiny_dataset, capsys, args, message):
+    if args[0] == "--data":
+        kind = {"three": {"classes": 3}, "big": {"size": 40}}[args[1]]
+        args = ["--data", _other_data(tiny_dataset, exported.parent / f"{args[1]}.npz", **kind)]
     assert main(["finetune", str(exported), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("modulenet finetune: error: ") and err.count("\n") == 1 and message in err, err
