@@ -339,6 +339,7 @@ def _evaluate_protocol(args, config, dataset, split, genotype) -> int:
 def cmd_fidelity(args) -> int:
     import dataclasses
 
+    from modulenet_jax.checks import check_size
     from modulenet_jax.config import load_config
     from modulenet_jax.fidelity import FINETUNE, VARIANTS, measure, sample_genotypes
     from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
@@ -354,6 +355,7 @@ def cmd_fidelity(args) -> int:
                              learning_rate=args.lr, seed=args.seed)
     with _reporting(args) as (log, progress):
         dataset = load_data(config.data, progress)
+        check_size(dataset, "val", args.val_size, "--val-size")
         kb = load_knowledge(config.knowledge, progress)
         networks = sample_genotypes(kb, args.granularities, args.per_granularity, args.seed)
         networks += [("source", Architecture.of_source(kb, s)) for s in kb.sources]
@@ -594,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides (several --set add up)")
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
-    f.add_argument("--granularities", nargs="+", default=["run", "block"])
+    f.add_argument("--granularities", nargs="+", default=["run", "block"], choices=["stage", "run", "block"])
     f.add_argument("--per-granularity", type=COUNT, default=12, help="random networks per granularity")
     f.add_argument("--variants", nargs="+", default=["plain", "plain+bn", "stitch", "stitch+bn",
                                                      "stitch+bn-from-junction", "stitch+ridge", "stitch+bn+ridge",

@@ -20,7 +20,9 @@ import numpy as np
 
 from modulenet_jax import train
 from modulenet_jax.data import Dataset, protocol_split
+from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.jsonfile import read_json
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.network import evaluate, from_fitted
 from modulenet_jax.protocol import Protocol
@@ -66,6 +68,23 @@ def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, see
     return [a for group in zip(*per_kind) for a in group]
 
 
+def _resume_settings(path: Path, settings: dict, results: Path) -> None:
+    """A results folder holds one measurement: its settings are written with its first results and
+    must be the same to resume it (the rows measured under others would be reported as these)."""
+    if path.is_file():
+        there = read_json(path, "fidelity measurement's settings", "delete the folder, or choose another --out")
+        changed = [k for k in settings if there.get(k) != settings[k]]
+        if changed:
+            key = changed[0]
+            raise UserError(f"{path.parent} holds a measurement with other settings ({key}: {there.get(key)!r} there, "
+                            f"{settings[key]!r} here); choose another --out, or delete the folder to measure again")
+    elif results.is_file() and results.stat().st_size:
+        raise UserError(f"{path.parent} holds results of an unknown measurement (no {path.name}); choose another "
+                        f"--out, or delete the folder")
+    else:
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict, networks, finetune: train.Settings,
             val_size: int | None, fit_seed: int, out_dir, log: Callable[[str], None] = print,
             budget_s: float | None = None) -> dict:
@@ -76,12 +95,19 @@ def measure(kb: KnowledgeBase, dataset: Dataset, base: Protocol, variants: dict,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
+    val = protocol_split(dataset, "val", val_size)
+    settings = {"variants": variants, "base_protocol": dataclasses.asdict(base), "finetune": finetune.to_json(),
+                "val": val.description, "fit_seed": fit_seed}
+    _resume_settings(out / "settings.json", json.loads(json.dumps(settings)), results_path)
     done = {}
     if results_path.is_file():
-        for line in results_path.read_text().splitlines():
-            r = json.loads(line)
-            done[tuple(r["modules"])] = r
-    val = protocol_split(dataset, "val", val_size)
+        for number, line in enumerate(results_path.read_text().splitlines(), 1):
+            try:
+                r = json.loads(line)
+                done[tuple(r["modules"])] = r
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise UserError(f"{results_path} line {number} is not a measured network ({type(e).__name__}); "
+                                f"delete that line to measure the network again") from None
     largest = max([base.fit_images] + [v.get("fit_images", 0) for v in variants.values()])
     fit = protocol_split(dataset, "train", largest, seed=fit_seed)
     evaluators = {name: Evaluator(kb, dataclasses.replace(base, **ov), fit) for name, ov in variants.items()}

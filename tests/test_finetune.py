@@ -9,6 +9,7 @@ import pytest
 from modulenet_jax import export, train
 from modulenet_jax.cli import main
 from modulenet_jax.data import load_bundle, protocol_split, save_bundle
+from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.fidelity import FINETUNE, measure, sample_genotypes
 from modulenet_jax.network import evaluate, from_fitted
@@ -95,6 +96,11 @@ def test_fidelity_fine_tunes_through_the_trainer(tiny_kb, tiny_dataset, tmp_path
     again = measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}, "plain": {"stitch": False}}, networks,
                     settings, 32, 0, tmp_path, log=lambda m: None)
     assert again["rows"] == report["rows"]  # resumed from results.jsonl, nothing fine-tuned again
+    with pytest.raises(UserError, match=r"holds a measurement with other settings \(variants: "):
+        measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}}, networks, settings, 32, 0, tmp_path, log=print)
+    with pytest.raises(UserError, match=r"other settings \(finetune: "):  # its rows would pass for these
+        measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}, "plain": {"stitch": False}}, networks,
+                train.Settings(**{**settings.to_json(), "epochs": 2}), 32, 0, tmp_path, log=print)
 
 
 def test_final_table_fine_tunes_every_row_once(tiny_kb, tiny_dataset, tmp_path):
