@@ -67,7 +67,8 @@ def cache_dir() -> Path:
 
 
 def _list_image_folder(root: Path):
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git) are not classes
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{root}: no class folders (expected {root}/<class>/<image>)")
     files, labels = [], []
@@ -265,7 +266,10 @@ def load_dataset(source: str, data_dir=None, progress: Progress = NO_PROGRESS) -
         class_lists[split] = classes
         splits[split] = Split(images, labels, len(classes), f"{root.name}:{split}")
     if class_lists["train"] != class_lists["test"]:
-        raise UserError(f"{root}: train/ and test/ have different class folders; give both the same classes")
+        only = {s: sorted(set(class_lists[s]) - set(class_lists[t])) for s, t in (("train", "test"), ("test", "train"))}
+        said = "; ".join(f"only in {s}/: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                         for s, names in only.items() if names)
+        raise UserError(f"{root}: train/ and test/ have different class folders ({said}); give both the same classes")
     return Dataset(root.name, splits["train"], splits["test"], classes=tuple(class_lists["train"]))
 
 

@@ -24,6 +24,18 @@ def _dataset(n_train=100, n_test=40):
     return Dataset("d", tr, te)
 
 
+def test_train_and_test_with_other_class_folders_are_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
+    for split, classes in (("train", ("cat", "dog", "truck")), ("test", ("cat", "dog"))):
+        for c in classes:
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / "data" / split / c / "0.png")
+    with pytest.raises(UserError, match=r"different class folders \(only in train/: truck\); give both the same"):
+        load_dataset(str(tmp_path / "data"))
+
+
 def test_protocol_splits():
     ds = _dataset()
     val, final, test = (protocol_split(ds, s) for s in ("val", "final", "test"))
@@ -60,6 +72,7 @@ def test_image_folder_decodes_and_caches(tmp_path, monkeypatch):
         (tmp_path / "data" / c).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (4, 4), (color, i, 0)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
     images, labels, classes = load_image_folder(tmp_path / "data")
     assert classes == ["a_cls", "b_cls"] and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert images[4, 0, 0].tolist() == [200, 1, 0]

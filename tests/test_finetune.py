@@ -47,7 +47,7 @@ def test_finetune_trains_in_the_folder_and_load_gives_the_result(exported, capsy
     assert main(argv) == 0  # finished with these settings: nothing to do
     assert capsys.readouterr().err.startswith(f"{exported} is already fine-tuned")
     assert main(argv[:3] + ["3"] + argv[4:]) == 2  # other settings need --restart
-    assert "pass --restart" in capsys.readouterr().err
+    assert "(epochs: 2 there, 3 here); pass --restart" in capsys.readouterr().err
     assert main(argv[:3] + ["1"] + argv[4:] + ["--restart"]) == 0
     assert export.read_description(exported)["finetune"]["settings"]["epochs"] == 1
 
