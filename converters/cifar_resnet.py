@@ -47,7 +47,7 @@ def infer_depth(state_dict: dict[str, np.ndarray]) -> int:
     """Depth 6n+2 from the number of blocks in `layer1`."""
     blocks = {int(m.group(2)) for k in state_dict if (m := _BLOCK.match(k)) and m.group(1) == "1"}
     if not blocks:
-        raise ConversionError("not a CIFAR ResNet state_dict: no layer1.* keys")
+        raise ConversionError("not a CIFAR ResNet state_dict (no layer1.* keys); for another model give --model")
     return 6 * len(blocks) + 2
 
 
@@ -58,4 +58,8 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str | None = None):
 
 
 def convert_file(path, model_name: str | None = None):
-    return convert(load_state_dict(path), model_name)
+    """`(model_name, params)` of a checkpoint file; what does not fit names the file."""
+    try:
+        return convert(load_state_dict(path), model_name)
+    except ConversionError as e:
+        raise ConversionError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None

@@ -28,6 +28,11 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise ConversionError(f"{path}: not a PyTorch checkpoint (it starts with {magic!r}, not a zip archive or a "
+                              f"pickle); give a .pth/.th file saved with torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -91,5 +96,6 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
     missing = [p for p in flat_expected if p not in flat]
     if missing:
         raise ConversionError(f"{model_name}: the state_dict has no tensor for {'/'.join(missing[0])} "
-                              f"({len(missing)} params missing)")
+                              f"({len(missing)} params missing); is it another model's checkpoint? give that model "
+                              f"with --model")
     return unflatten(flat.items())

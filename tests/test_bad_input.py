@@ -219,7 +219,7 @@ BAD_INPUT = [
     ("unknown zoo model", lambda d, n: ["convert", "--weights", str(d / "junk.th"), "--model", "resnet9000",
                                         "--out", str(d / "c")], "unknown model 'resnet9000'"),
     ("not a checkpoint", lambda d, n: ["convert", "--weights", str(d / "junk.th"), "--out", str(d / "c")],
-     "not a readable PyTorch checkpoint"),
+     "junk.th: not a PyTorch checkpoint (it starts with b'hell', not a zip archive or a pickle)"),
     ("runs show of no run", lambda d, n: ["runs", "show", str(d)], "is not a run folder (no config.json)"),
     ("runs show of a folder with another config.json", lambda d, n: ["runs", "show", str(d / "cfg")],
      "cfg/config.json has no search.generations: it is not a run's config"),
