@@ -86,6 +86,9 @@ def _override(config: ml_collections.ConfigDict, item: str) -> None:
         parent = parent[name]
     if not isinstance(parent, ml_collections.ConfigDict) or (leaf not in parent and key not in schema.BY_KEY):
         raise UserError(f"override {key!r}: no config field {leaf!r} ({_fields_there(parent, path)})")
+    if isinstance(parent.get(leaf), ml_collections.ConfigDict):
+        raise UserError(f"override {key!r}: {key} is a section, not a field; set its fields, {key}.<field>=... "
+                        f"({_fields_there(parent[leaf], [*path, leaf])})")
     if key in schema.BY_KEY:
         value = schema.BY_KEY[key].kind.convert(value)
     with parent.ignore_type(), parent.unlocked():

@@ -129,6 +129,8 @@ BAD_INPUT = [
     ("unknown --set key", lambda d, n: _search(d, "search.populaton=3"),
      "no config field 'populaton' (fields there: algorithm, continue_run_prob"),
     ("--set without =", lambda d, n: _search(d, "search.population"), "must look like key.sub=value"),
+    ("--set of a whole section", lambda d, n: _search(d, "search=3"),
+     "override 'search': search is a section, not a field; set its fields, search.<field>=..."),
     ("config file with a syntax error", lambda d, n: ["search", "--config", str(d / "syntax.py")],
      "syntax.py line 2: invalid syntax; fix the config file"),
     ("config file that raises", lambda d, n: ["search", "--config", str(d / "raising.py")],
