@@ -255,8 +255,9 @@ def load_dataset(source: str, data_dir=None, progress: Progress = NO_PROGRESS) -
         return Dataset(source, splits["train"], splits["test"], classes=tuple(classes))
     root = Path(source)
     if not root.is_dir():
+        relative = "" if root.is_absolute() else f"; a relative path is read from the current folder, {Path.cwd()}"
         raise FileNotFoundError(
-            f"dataset {source!r}: not a folder and not a known TFDS name ({', '.join(TFDS_NAMES)})")
+            f"dataset {source!r}: not a folder and not a known TFDS name ({', '.join(TFDS_NAMES)}){relative}")
     splits = {}
     class_lists = {}
     for split in ("train", "test"):
