@@ -542,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bars and no log lines")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # also after the command
+                        help="show the traceback of an input error or an interrupt instead of one line")
 
     def add(name, help_, fn):
         sp = sub.add_parser(name, parents=[common], help=help_, description=help_)

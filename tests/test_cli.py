@@ -41,6 +41,9 @@ def test_convert_kb_build_and_show(capsys, tmp_path):
 def test_debug_shows_the_traceback_of_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a knowledge base"):
         main(["--debug", "kb", "show", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="not a knowledge base"):  # after the command too
+        main(["kb", "show", str(tmp_path), "--debug"])
+    assert main(["kb", "show", str(tmp_path)]) == 2
 
 
 def test_a_bug_is_not_caught(monkeypatch):
