@@ -235,8 +235,11 @@ def load_bundle(path) -> Dataset:
         n = int(z["num_classes"])
         name = str(z["name"])
         classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files and len(z["classes"]) else None
-        return Dataset(name, Split(z["train_images"], z["train_labels"], n, f"{name}:train"),
-                       Split(z["test_images"], z["test_labels"], n, f"{name}:test"), z["test_positions"], classes)
+        try:
+            return Dataset(name, Split(z["train_images"], z["train_labels"], n, f"{name}:train"),
+                           Split(z["test_images"], z["test_labels"], n, f"{name}:test"), z["test_positions"], classes)
+        except UserError as e:
+            raise UserError(f"{path} ({e}): write the bundle again with save_bundle") from None
 
 
 def load_dataset(source: str, data_dir=None, progress: Progress = NO_PROGRESS) -> Dataset:
