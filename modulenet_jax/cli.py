@@ -137,6 +137,9 @@ def cmd_convert(args) -> int:
     from modulenet_jax.cost import count_params
 
     _check_out(args)
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "model.json").is_file():
+        raise UserError(f"--out {out} holds something else than a converted model; choose a new or empty folder")
     model_name, params = convert_checkpoint(args.weights, args.model)
     path = save_model(args.out, model_name, params, {"weights": str(Path(args.weights).resolve())})
     payload = {"model": model_name, "out": str(path), "params": count_params(params)}
