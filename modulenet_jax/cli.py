@@ -88,11 +88,15 @@ def _reporting(args):
         yield progress.print, progress
 
 
-def _check_out(args) -> None:
-    """The `--out` folder can be written: checked before anything is loaded."""
+def _check_out(args, replaces: tuple[str, str] | None = None) -> None:
+    """The `--out` folder can be written: checked before anything is loaded. `replaces`: (the
+    file that marks, what) the command writes over; a non-empty folder without it is refused."""
     from modulenet_jax.checks import check_writable
 
     check_writable(args.out, "--out")
+    out = Path(args.out)
+    if replaces and out.is_dir() and any(out.iterdir()) and not (out / replaces[0]).is_file():
+        raise UserError(f"--out {out} holds something else than {replaces[1]}; choose a new or empty folder")
 
 
 def _console():
@@ -136,10 +140,7 @@ def cmd_convert(args) -> int:
     from modulenet_jax.checkpoints import save_model
     from modulenet_jax.cost import count_params
 
-    _check_out(args)
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "model.json").is_file():
-        raise UserError(f"--out {out} holds something else than a converted model; choose a new or empty folder")
+    _check_out(args, replaces=("model.json", "a converted model"))
     model_name, params = convert_checkpoint(args.weights, args.model)
     path = save_model(args.out, model_name, params, {"weights": str(Path(args.weights).resolve())})
     payload = {"model": model_name, "out": str(path), "params": count_params(params)}
@@ -152,9 +153,9 @@ def cmd_convert(args) -> int:
 
 def cmd_kb_build(args) -> int:
     from modulenet_jax.checkpoints import load_model
-    from modulenet_jax.knowledge import KnowledgeBase
+    from modulenet_jax.knowledge import INDEX_FILE, KnowledgeBase
 
-    _check_out(args)
+    _check_out(args, replaces=(INDEX_FILE, "a knowledge base"))
     with _reporting(args) as (_, progress):
         if args.pretrained:
             from modulenet_jax.converters.knowledge import build_from_pretrained
