@@ -375,7 +375,8 @@ def cmd_fidelity(args) -> int:
 def cmd_export(args) -> int:
     from modulenet_jax.search.models import export_named
 
-    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    _check_out(args)
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print  # its one line is the result: stdout
     description = export_named(args.run, args.name, args.out, log)
     verified = description["verified"]
     _emit(args, {"out": args.out, **description}, lambda: print(
