@@ -186,6 +186,8 @@ class KnowledgeBase:
                             f"{FORMAT_VERSION}; build it again with `modulenet kb build`")
         try:
             sources = [Source(**s) for s in index["sources"]]
+            for source in sources:
+                zoo.get_model(source.model)  # a model this version does not know is the index's problem
             records = [ModuleRecord.from_json(r) for r in index["records"]]
             input_size = index["input_size"]
         except (KeyError, TypeError, ValueError) as e:
