@@ -96,6 +96,20 @@ def test_resume_equals_uninterrupted(tiny_kb, cls):
     assert resumed.state_dict() == algo.state_dict()
 
 
+def test_random_search_state_stays_small_and_reads_the_older_form(tiny_kb):
+    """Random search keeps only what it continues from (not every genotype it was told), and a
+    state written when it kept them all (X and F) resumes the same run."""
+    space = SearchSpace(tiny_kb, "block")
+    full, algo = _run(space, 7, 6, RandomSearch)
+    first, state = _run(space, 7, 6, RandomSearch, stop_after=3)
+    assert set(json.loads(state)) == {"algorithm", "generation", "rng", "objectives", "pending", "seen"}
+    older = {**json.loads(state), "X": [g for batch in first for g in batch],
+             "F": [f for batch in first for f in _objectives(space, np.array(batch)).tolist()]}
+    del older["objectives"]
+    rest, resumed = _run(space, 7, 6, RandomSearch, state=json.dumps(older))
+    assert first + rest == full and resumed.state_dict() == algo.state_dict()
+
+
 def test_nsga2_population_is_seeded_and_offspring_are_new(tiny_kb):
     space = SearchSpace(tiny_kb, "block")
     algo = NSGA2(space, 6, 0, initial=tuple(space.encode_source(s) for s in space.sources))

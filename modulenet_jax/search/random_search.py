@@ -22,8 +22,7 @@ class RandomSearch(SearchAlgorithm):
         self.batch_size = batch_size
         self.initial = [space.repair(g) for g in initial]
         self.rng = np.random.default_rng(seed)
-        self.X: list[list[int]] = []
-        self.F: list[list[float]] = []
+        self.objectives: int | None = None  # how many objectives each network has been told with
         self.pending: np.ndarray | None = None
         self.seen: set[tuple[int, ...]] = set()
         self._generation = 0
@@ -46,15 +45,13 @@ class RandomSearch(SearchAlgorithm):
 
     def tell(self, genotypes, objectives) -> None:
         X = check_told(genotypes, self.pending)
-        F = check_objectives(objectives, len(X), len(self.F[0]) if self.F else None)
-        self.X += X.tolist()
-        self.F += F.tolist()
+        self.objectives = check_objectives(objectives, len(X), self.objectives).shape[1]
         self.pending = None
         self._generation += 1
 
     def state_dict(self) -> dict:
         return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
-                "X": self.X, "F": self.F,
+                "objectives": self.objectives,
                 "pending": None if self.pending is None else self.pending.tolist(),
                 "seen": sorted(list(k) for k in self.seen)}
 
@@ -62,7 +59,10 @@ class RandomSearch(SearchAlgorithm):
         self.check_state(state)
         self._generation = state["generation"]
         self.rng = rng_from_state(state["rng"])
-        self.X = valid_genotypes(self.space, state["X"]).tolist()
-        self.F = check_objectives(state["F"], len(self.X)).tolist() if self.X else []
+        if "F" in state:  # written before the state kept only the objectives' count
+            state = {**state, "objectives": len(state["F"][0]) if state["F"] else None}
+        self.objectives = state["objectives"]
+        if not (self.objectives is None or isinstance(self.objectives, int) and self.objectives > 0):
+            raise ValueError(f"objectives must be a positive count or None, got {self.objectives!r}")
         self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
         self.seen = {tuple(k) for k in state["seen"]}
