@@ -415,6 +415,9 @@ class PopulationEvaluator:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
         self.carry = carry or batch_carry(protocol, self.devices[0].platform)
+        # measured once, before any chunk runs: the chunk size and the carry it gives are static
+        # arguments of the compiled programs, which a later measurement could change
+        self.free_memory = self.free_bytes() if chunk_size is None or self.carry > 1 else None
         self.chunk_size = chunk_size or self.chunk_from_memory()
         if chunk_size is None and largest is not None:
             self.chunk_size = self.chunk_for(largest, self.chunk_size)
@@ -528,7 +531,7 @@ class PopulationEvaluator:
 
     def chunk_from_memory(self) -> int:
         """Genotypes per chunk that fill half the free memory (eight per device where it does not say)."""
-        free = self.free_bytes()
+        free = self.free_memory
         if free is None:
             return 8 * len(self.devices)
         return int(max(1, min(256, 0.5 * free // self._per_genotype_bytes())) * len(self.devices))
@@ -538,10 +541,9 @@ class PopulationEvaluator:
         group carries through a slot, in and out, take at most a quarter of the device's free
         memory (a whole chunk as one vmap carries every genotype's batches; it has few
         conditionals to save)."""
-        free = None if self.carry == 1 else self.free_bytes()
-        if free is None:
+        if self.free_memory is None:
             return self.carry
-        return max(1, min(self.carry, int(0.25 * free // (2 * group * self._scored_batch_bytes()))))
+        return max(1, min(self.carry, int(0.25 * self.free_memory // (2 * group * self._scored_batch_bytes()))))
 
     def _sharded(self, array, axis_sharded: bool):
         spec = PartitionSpec("pop") if axis_sharded else PartitionSpec()

@@ -139,13 +139,19 @@ def test_batches_are_carried_on_a_gpu_only():
 
 def test_a_wide_group_carries_fewer_batches(tiny_kb, tiny_dataset, monkeypatch):
     """The batches a group carries take at most a quarter of the free memory: one genotype keeps
-    the whole carry, a vmap over many genotypes is cut to fewer batches (never below one)."""
+    the whole carry, a vmap over many genotypes is cut to fewer batches (never below one). Free
+    memory is measured once, when the evaluator is made: the carry is a static argument of the
+    compiled program, so a later measurement could recompile it."""
     space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=1)
-    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8)
-    one_batch = 2 * PROTOCOL.batch_size * pe.widest_output() * 4  # in and out, fp32, one genotype
+    evaluator = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8)
+    one_batch = 2 * PROTOCOL.batch_size * evaluator.widest_output() * 4  # in and out, fp32, one genotype
     monkeypatch.setattr(PopulationEvaluator, "free_bytes", lambda self: 4 * 16 * one_batch)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8, evaluator=evaluator.evaluator)
     assert (pe.carry_for(1), pe.carry_for(4), pe.carry_for(8), pe.carry_for(64)) == (8, 4, 2, 1)
+    monkeypatch.setattr(PopulationEvaluator, "free_bytes", lambda self: pytest.fail("measured again"))  # once, at start
+    assert pe.carry_for(64) == 1
     monkeypatch.setattr(PopulationEvaluator, "free_bytes", lambda self: None)  # a device that does not say
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8, carry=8, evaluator=evaluator.evaluator)
     assert pe.carry_for(64) == 8
 
 
@@ -261,7 +267,7 @@ def test_no_recompilation_across_generations(tiny_kb, tiny_dataset):
 
 def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
     space, fit, archs, val = population_setup(tiny_kb, tiny_dataset)
-    expected = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2).evaluate(archs, val)  # the program the split runs
+    expected = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2).evaluate(archs, val)  # what the split runs
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=8)
     real, sizes = pe.run_chunk, []
 
