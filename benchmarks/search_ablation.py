@@ -64,14 +64,14 @@ def run_variant(run: Run, config, name: str, seed: int, cache: dict, log=print, 
     t0 = time.time()
     while algo.generation < cfg.generations:
 
-        def evaluate(todo):
-            for g, ev in zip(todo, run.evaluate_many([run.space.decode(g) for g in todo], run.val)):
-                cache[run.space.canonical(g)] = (ev.error, ev.params)
+        def evaluate(new):
+            for k, ev in zip(new, run.evaluate_many([run.space.decode(g) for g in new.values()], run.val)):
+                cache[k] = (ev.error, ev.params)
                 if save is not None:
-                    save(run.space.canonical(g), cache[run.space.canonical(g)])
+                    save(k, cache[k])
 
-        X, _ = search_generation(algo, run.space, cache.__contains__, evaluate, cache.__getitem__)
-        seen.update(dict.fromkeys(run.space.canonical(g) for g in X))
+        _, keys, _ = search_generation(algo, run.space, cache.__contains__, evaluate, cache.__getitem__)
+        seen.update(dict.fromkeys(keys))
         hv = archive_hypervolume([cache[k] for k in seen])
         per_generation.append({"generation": algo.generation, "asked": algo.generation * cfg.population,
                                 "distinct": len(seen), "hypervolume": hv})

@@ -30,9 +30,9 @@ from typing import Callable
 
 import ml_collections
 
+from modulenet_jax import jsonfile
 from modulenet_jax.checks import check_writable
 from modulenet_jax.config import from_dict
-from modulenet_jax import jsonfile
 from modulenet_jax.errors import UserError
 from modulenet_jax.schema import BUDGET_KEYS, BY_KEY, REQUIRED
 
@@ -168,12 +168,16 @@ class RunFolder:
         return state
 
     @classmethod
-    def open(cls, path, config: dict, restart: bool = False,
-             log: Callable[[str], None] = print) -> "RunFolder":
+    def open(cls, path, config: dict, restart: bool = False, log: Callable[[str], None] = print,
+             resume: Callable[[dict], None] | None = None) -> "RunFolder":
         """The folder ready for a search of `config`: resumed in place, or (new run, `restart`)
-        a fresh one built beside it until its first network is evaluated (`commit`)."""
+        a fresh one built beside it until its first network is evaluated (`commit`). `resume`
+        is given the state of a run that goes on before anything in the folder changes (what it
+        refuses leaves the folder as it was)."""
         path = Path(path)
         state = cls.check(path, config, restart)
+        if state and resume is not None:
+            resume(state)
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         if restart or not (path / CONFIG).is_file():
             folder = cls(path, staged=True)

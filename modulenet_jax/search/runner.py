@@ -201,10 +201,8 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
     `out_dir`; returns the front on `val`. `resume=False` starts the folder over (the old run
     stays whole until the new one has evaluated its first network). A state the algorithm cannot
     resume (another space's genotypes, non-finite objectives) is refused before the folder changes."""
-    state = RunFolder.check(out_dir, to_dict(run.config), restart=not resume)
-    if state:
-        _restore(run.algorithm, state, Path(out_dir) / STATE)
-    folder = RunFolder.open(out_dir, to_dict(run.config), restart=not resume, log=log)
+    folder = RunFolder.open(out_dir, to_dict(run.config), restart=not resume, log=log,
+                            resume=lambda state: _restore(run.algorithm, state, Path(out_dir) / STATE))
     try:
         return _search(run, folder, folder.teed(log), progress)
     except BaseException:
@@ -221,19 +219,19 @@ def _restore(algorithm: SearchAlgorithm, state: dict, path: Path) -> None:
 
 
 def search_generation(algorithm: SearchAlgorithm, space, known: Callable[[tuple], bool],
-                      evaluate: Callable[[list[np.ndarray]], None], objectives: Callable[[tuple], list]):
-    """One generation of any search: ask; `evaluate` the genotypes whose networks (canonical keys)
-    are not `known`, each network once; tell every asked genotype its network's `objectives`.
-    Returns (the asked genotypes, the keys of the networks evaluated)."""
+                      evaluate: Callable[[dict], None], objectives: Callable[[tuple], list]):
+    """One generation of any search: ask; `evaluate` the networks not `known` yet, each once, as
+    {canonical key: genotype}; tell every asked genotype its network's `objectives`. Returns (the
+    asked genotypes, their networks' keys, the keys evaluated)."""
     X = algorithm.ask()
+    keys = [space.canonical(g) for g in X]
     new = {}
-    for g in X:
-        key = space.canonical(g)
+    for key, g in zip(keys, X):
         if not known(key) and key not in new:
             new[key] = g
-    evaluate(list(new.values()))
-    algorithm.tell(X, np.asarray([objectives(space.canonical(g)) for g in X]))
-    return X, list(new)
+    evaluate(new)
+    algorithm.tell(X, np.asarray([objectives(key) for key in keys]))
+    return X, keys, list(new)
 
 
 def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress) -> dict:
@@ -248,16 +246,16 @@ def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: P
             gen = run.algorithm.generation
             t0 = time.time()
 
-            def evaluate(todo, gen=gen):
+            def evaluate(new, gen=gen):
                 # written as evaluated (the module path: per network; fused: per chunk), so a kill loses little
+                keys, todo = list(new), list(new.values())
                 with progress.task(f"generation {gen + 1}/{generations}", len(todo), "networks") as advance:
                     for i, ev, seconds in run.evaluate_iter([run.space.decode(g) for g in todo], run.val):
-                        record = _record(gen, todo[i], run.space, ev, seconds)
-                        cache[run.space.canonical(todo[i])] = record
-                        folder.append_history(record)
+                        cache[keys[i]] = _record(gen, todo[i], run.space, ev, seconds)
+                        folder.append_history(cache[keys[i]])
                         advance()
 
-            X, new = search_generation(run.algorithm, run.space, cache.__contains__, evaluate,
+            X, _, new = search_generation(run.algorithm, run.space, cache.__contains__, evaluate,
                                        lambda key: [cache[key][o] for o in run.objectives])
             folder.write_state(run.algorithm.state_dict())
             front = front_records(list(cache.values()), run.objectives)
