@@ -22,7 +22,7 @@ from modulenet_jax import train
 from modulenet_jax.data import Dataset, protocol_split
 from modulenet_jax.errors import UserError
 from modulenet_jax.evaluate import Evaluator
-from modulenet_jax.jsonfile import read_json
+from modulenet_jax.jsonfile import difference, read_json
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.network import evaluate, from_fitted
 from modulenet_jax.protocol import Protocol
@@ -73,11 +73,10 @@ def _resume_settings(path: Path, settings: dict, results: Path) -> None:
     must be the same to resume it (the rows measured under others would be reported as these)."""
     if path.is_file():
         there = read_json(path, "fidelity measurement's settings", "delete the folder, or choose another --out")
-        changed = [k for k in settings if there.get(k) != settings[k]]
+        changed = difference(there, settings)
         if changed:
-            key = changed[0]
-            raise UserError(f"{path.parent} holds a measurement with other settings ({key}: {there.get(key)!r} there, "
-                            f"{settings[key]!r} here); choose another --out, or delete the folder to measure again")
+            raise UserError(f"{path.parent} holds a measurement with other settings ({changed}); choose another "
+                            f"--out, or delete the folder to measure again")
     elif results.is_file() and results.stat().st_size:
         raise UserError(f"{path.parent} holds results of an unknown measurement (no {path.name}); choose another "
                         f"--out, or delete the folder")

@@ -25,7 +25,7 @@ from modulenet_jax import export, train
 from modulenet_jax.checkpoints import save_tree
 from modulenet_jax.data import Dataset, load_dataset, protocol_split
 from modulenet_jax.errors import UserError
-from modulenet_jax.jsonfile import read_json
+from modulenet_jax.jsonfile import difference, read_json
 from modulenet_jax.progress import NO_PROGRESS, Progress
 
 WORK_DIR = "finetune"
@@ -58,11 +58,10 @@ def finetune_folder(path, settings: train.Settings, dataset: Dataset | None = No
         export.write_description(path, description)
     if (work / "settings.json").is_file():
         there = read_json(work / "settings.json", "fine-tune's settings", "pass --restart to start the fine-tune over")
-        flat_there, flat_here = {**there.get("settings", {}), **there}, {**record["settings"], **record}
-        changed = [k for k in flat_here if k != "settings" and flat_there.get(k) != flat_here[k]]
+        changed = difference({**there.get("settings", {}), **there}, {**record["settings"], **record},
+                             ignore=("settings",))
         if changed:
-            raise UserError(f"{path} holds a fine-tune with other settings or data ({changed[0]}: "
-                            f"{flat_there.get(changed[0])!r} there, {flat_here[changed[0]]!r} here); pass --restart to "
+            raise UserError(f"{path} holds a fine-tune with other settings or data ({changed}); pass --restart to "
                             f"start it over")
     if export.is_finetuned(path):
         log(f"{path} is already fine-tuned with these settings")

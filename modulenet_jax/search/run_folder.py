@@ -147,13 +147,10 @@ class RunFolder:
         if restart or not (path / CONFIG).is_file():
             return {}
         there, here = _with_defaults(_flat(read_json(path / CONFIG, "config"))), _with_defaults(_flat(config))
-        changed = [k for k in {**there, **here} if k not in BUDGET_KEYS and there.get(k) != here.get(k)]
+        changed = jsonfile.difference(there, here, ignore=BUDGET_KEYS)
         if changed:
-            first = changed[0]
-            more = f"; and {len(changed) - 1} more" if len(changed) > 1 else ""
-            raise UserError(f"{path} holds a run of a different config ({first}: {there.get(first)!r} there, "
-                            f"{here.get(first)!r} here{more}); choose a new --out, or pass --restart to start this "
-                            f"folder over")
+            raise UserError(f"{path} holds a run of a different config ({changed}); choose a new --out, or pass "
+                            f"--restart to start this folder over")
         state = read_state(path)
         done = state.get("generation", 0)
         generations = config["search"]["generations"]
