@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from modulenet_jax import zoo
 from modulenet_jax.errors import UserError
@@ -25,19 +26,51 @@ def save_tree(path, tree) -> None:
         ckpt.save(path, tree, force=True)
 
 
+def unreadable(path, where: str, error: Exception, fix: str) -> UserError:
+    """The one-line error for checkpoint files that cannot be read: `where` names the part (an
+    array, or the exception's kind), then the error's first line and `fix`."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UserError(f"{path} cannot be read ({where}: {first[:200]}): the files were cut short or changed; {fix}")
+
+
+def check_whole(path, fix: str) -> None:
+    """A `UserError` ending in `fix`, naming the first damaged array, unless every value of the
+    orbax checkpoint at `path` (an OCDBT database) can be read. Orbax stops at the first value
+    it cannot read and closes its event loop while its other reads are pending, whose late
+    callbacks then print tracebacks after the error; reading everything here first, with
+    tensorstore's own futures and no event loop, leaves nothing pending (the second read, by
+    orbax, comes from the page cache)."""
+    path = Path(path).absolute()
+    if not (path / "manifest.ocdbt").is_file():
+        return
+    try:
+        store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/"}).result()
+        reads = [(key, store.read(key)) for key in store.list().result()]
+        damaged = []
+        for key, read in reads:
+            try:
+                read.result()
+            except Exception as e:  # noqa: BLE001 - tensorstore reports damage as ValueError, OSError, ...
+                damaged.append(("array " + key.decode(errors="replace").split("/")[0], e))
+    except Exception as e:  # noqa: BLE001 - a damaged manifest fails the open or the listing
+        damaged = [("the database's manifest", e)]
+    if damaged:
+        (name, e), more = damaged[0], len({n for n, _ in damaged}) - 1
+        raise unreadable(path, name + (f" and {more} more" if more else ""), e, fix)
+
+
 def load_tree(path, fix: str):
     """Reads a pytree written by `save_tree` as numpy arrays; files orbax cannot read (cut short,
-    changed) are a `UserError` ending in `fix`."""
+    changed) are a `UserError` ending in `fix` (`check_whole`)."""
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    check_whole(path, fix)
     try:
         with ocp.StandardCheckpointer() as ckpt:
             return jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: {first[:200]}): the files were cut short or "
-                        f"changed; {fix}") from e
+        raise unreadable(path, type(e).__name__, e, fix) from e
 
 
 def check_params(model_name: str, params) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from modulenet_jax.checkpoints import check_whole, unreadable
 from modulenet_jax.data import Split
 from modulenet_jax.errors import UserError
 from modulenet_jax.network import evaluate
@@ -168,6 +169,17 @@ def _checkpoints(folder) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(folder).absolute(), options=options)
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> dict:
+    """The state saved after epoch `step`; a damaged one is a `UserError` that says how to go on."""
+    folder = Path(manager.directory) / str(step)
+    fix = f"delete {folder} to resume from the epoch saved before it (or from the start)"
+    check_whole(folder / "default", fix)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(like._asdict()))
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds for damaged or foreign files
+        raise unreadable(folder, type(e).__name__, e, fix) from e
+
+
 def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Split | None = None,
         eval_batch_size: int = 500, checkpoints=None, metrics_path=None, progress: Progress = NO_PROGRESS,
         log: Callable[[str], None] = print) -> tuple[dict, list[dict]]:
@@ -186,7 +198,7 @@ def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Sp
     start = 0
     if manager is not None and manager.latest_step() is not None:
         start = manager.latest_step()
-        restored = manager.restore(start, args=ocp.args.StandardRestore(state._asdict()))
+        restored = _restore(manager, start, state)
         state = TrainState(**restored)
         log(f"resuming after epoch {start} of {settings.epochs}")
     metrics = [m for m in metrics if m["epoch"] <= start]

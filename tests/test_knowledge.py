@@ -1,5 +1,8 @@
 """Knowledge base: cutting models into modules, metadata, save/load round trip."""
 
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 
 from modulenet_jax import zoo
 from modulenet_jax.assemble import preprocess
+from modulenet_jax.errors import UserError
 from modulenet_jax.protocol import FittedNetwork
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
@@ -52,6 +56,25 @@ def test_save_load_round_trip(tiny_kb, tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a knowledge base"):
         KnowledgeBase.load(tmp_path)
+
+
+def test_cut_data_files_are_one_error_and_nothing_after(tiny_kb, tmp_path, monkeypatch):
+    """Data files of the params cut short (the manifest whole): the error names a damaged array,
+    and no read is left pending to raise in the background afterwards (orbax, reading alone,
+    closed its event loop under pending reads, whose callbacks then printed tracebacks)."""
+    tiny_kb.save(tmp_path / "kb")
+    data = [f for f in (tmp_path / "kb" / "params").rglob("*") if f.is_file() and f.parent.name == "d"
+            and f.parent.parent.name.startswith("ocdbt.process")]
+    assert data
+    for f in data:
+        f.write_bytes(f.read_bytes()[:10])
+    late = []
+    monkeypatch.setattr(sys, "unraisablehook", late.append)
+    with pytest.raises(UserError, match=r"params cannot be read \(array \S+ and \d+ more: .*cut short or changed; "
+                                        r"build the knowledge base again"):
+        KnowledgeBase.load(tmp_path / "kb")
+    time.sleep(1)
+    assert late == []
 
 
 def test_build_refuses_bad_params():

@@ -87,6 +87,23 @@ def test_killed_and_resumed_equals_uninterrupted(network, tiny_dataset, tmp_path
     assert evaluate(model, full, tiny_dataset.test, 32) == (metrics[-1]["eval_correct"], len(tiny_dataset.test))
 
 
+def test_a_damaged_checkpoint_is_one_error_that_says_how_to_go_on(network, tiny_dataset, tmp_path):
+    model, variables = network
+
+    def die_after_epoch_1(message):
+        if message.startswith("epoch 1/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "c", log=die_after_epoch_1)
+    for f in (tmp_path / "c" / "1").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(UserError, match=r"c/1/default cannot be read \(.*cut short or changed; delete .*c/1 to resume from "
+                                        r"the epoch saved before it \(or from the start\)$"):
+        train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "c", log=lambda m: None)
+
+
 def test_training_fits_the_train_images(network, tiny_dataset):
     """Ten epochs on 64 images: the train loss falls and running statistics move."""
     model, variables = network
