@@ -160,7 +160,7 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
         def batch(b):
             x, y, v = b
             x, _ = walk(layout, fits, core.prepare(protocol, x, mean, std),
-                        lambda op, slot, fit, x: (core.apply_module(op, fit, x, False), None))
+                        lambda op, slot, fit, x: (core.apply_fitted(op, fit, x, False), None))
             return core.score_logits(core.head_logits(head, core.pool(x)), y, v)
 
         hits, finite = jax.lax.map(batch, (images, labels, valid))

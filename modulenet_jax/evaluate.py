@@ -131,7 +131,7 @@ class Evaluator:
         rec = self.kb.record(module_id)
         target = self.source_inputs(rec.source)[rec.spec.name] if junction and self.protocol.stitch else None
         return core.step(self.protocol, op_of(rec.spec), self.kb.module_params(module_id), state, target, junction,
-                         fit=core.compiled_fit_module, apply=core.compiled_apply_module,
+                         fit=core.compiled_fit_module, apply=core.compiled_apply_fitted,
                          fold=core.compiled_folded)
 
     def finish(self, arch: Architecture, state: core.State, fits: Sequence[core.ModuleFit]) -> FittedNetwork:

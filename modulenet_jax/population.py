@@ -212,7 +212,7 @@ def network_logits(layout: Layout, slots, fits, head, x, present=None, batches: 
         active, junction = _masks(slot[0], active, junction)
 
         def run(stitch: bool):
-            return each(lambda xb: core.apply_module(op, fit, xb, junction if stitch else False, active), x)
+            return each(lambda xb: core.apply_fitted(op, fit, xb, junction if stitch else False, active), x)
 
         return _when_present(slot[0], here, run, lambda: x), None
 
@@ -230,7 +230,7 @@ def inference_fits(layout: Layout, fits):
 
 def batch_carry(protocol: Protocol, platform: str) -> int:
     """The most scored batches that move through the network together on `platform`
-    (`count_correct`'s `carry`). On a GPU every conditional copies its predicate to the host
+    (`score_network`'s `carry`). On a GPU every conditional copies its predicate to the host
     and waits for the device (XLA's `ConditionalThunk`), so a conditional per slot and per batch
     left the device idle between batches: there as many batches as hold twice the fit images,
     whose pass the chunk's memory is sized for. Elsewhere one: a CPU or TPU decides a
@@ -238,7 +238,7 @@ def batch_carry(protocol: Protocol, platform: str) -> int:
     return max(1, 2 * protocol.fit_images // protocol.batch_size) if platform == "gpu" else 1
 
 
-def count_correct(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None,
+def score_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, valid, present=None,
                   carry: int = 1):
     """(correct predictions, all logits finite) over a split held on the device in
     `pad_batches` form, through the fitted network (in its inference form), as many batches at a
@@ -324,7 +324,7 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
         fits, heads = by_group(protocol, group, tune, slots, fits, heads)
 
     def score(slots, fits, head, present):
-        correct, finite = count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present,
+        correct, finite = score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present,
                                         carry)
         return correct, finite & core.fit_is_finite(fits, head)
     return by_group(protocol, group, score, slots, fits, heads)
@@ -346,7 +346,7 @@ def _score_chunk(layout, protocol, group, carry, mesh, banks, slots, fits, heads
         banks, images, labels, valid = shared
 
         def one(slots, fits, head, present):
-            return count_correct(layout, protocol, banks, slots, fits, head, images, labels, valid, present, carry)
+            return score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present, carry)
         return by_group(protocol, group, one, *per_genotype)
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 

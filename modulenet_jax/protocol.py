@@ -240,19 +240,19 @@ def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
     return ModuleFit(fold_batch_norms(*op, fit.params), fit.stitch)
 
 
-def apply_module(op: tuple, fit: ModuleFit, x, junction=True, active=None):
+def apply_fitted(op: tuple, fit: ModuleFit, x, junction=True, active=None):
     """One fitted module on a batch: its stitch (at a junction) and forward. (`fit` as fitted,
-    or `folded`: the same function.)"""
+    or `folded`: the same function; `zoo.apply_module` is a raw module, without a fit.)"""
     y, _ = run_op(op, fit.params, stitched(fit.stitch, x, junction))
     return _masked(y, x, active)
 
 
 def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,
-         fit=fit_module, apply=apply_module, fold=folded) -> tuple[State, ModuleFit]:
+         fit=fit_module, apply=apply_fitted, fold=folded) -> tuple[State, ModuleFit]:
     """One module further: fit it on the fit pass, then move every carried batch through it
     (`folded`: the fitted module's inference form).
 
-    `fit`/`apply`/`fold` default to `fit_module`/`apply_module`/`folded`; the per-module driver
+    `fit`/`apply`/`fold` default to `fit_module`/`apply_fitted`/`folded`; the per-module driver
     passes their compiled forms so that each compiles once per op and is reused for every batch."""
     mixed = _or(state.mixed, junction)
     with numerics(protocol):
@@ -338,14 +338,14 @@ def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
     """Logits of a network given as a chain of fitted modules (the per-module form; `fits` as
     fitted or `folded`)."""
     for op, junction, fit in zip(ops, junctions, fits):
-        x = apply_module(op, fit, x, junction)
+        x = apply_fitted(op, fit, x, junction)
     return head_logits(head, pool(x))
 
 
 # The compiled forms the per-module driver calls: each compiles once per op (and protocol) and
 # is reused for every network and batch of that shape.
 compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction", "calibrate"))
-compiled_apply_module = jax.jit(apply_module, static_argnames=("op", "junction"))
+compiled_apply_fitted = jax.jit(apply_fitted, static_argnames=("op", "junction"))
 compiled_folded = jax.jit(folded, static_argnames=("op",))
 compiled_score_batch = jax.jit(score_batch)
 _score_logits = jax.jit(score_logits)
@@ -378,7 +378,7 @@ class FittedNetwork:
         """Pooled features of uint8 images, one compiled call per module."""
         x = preprocess(images, self.mean, self.std, dtype, self.input_size)
         for spec, fit in zip(self.specs, self.inference_fits):
-            x = compiled_apply_module(op_of(spec), fit, x, fit.stitch is not None)
+            x = compiled_apply_fitted(op_of(spec), fit, x, fit.stitch is not None)
         return pool(x)
 
     def logits(self, images, dtype=jnp.float32):
