@@ -15,6 +15,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.jsonfile import read_json
 
 SPEC_FILE = "model.json"
+READ_WINDOW = 64  # values `check_whole` reads at a time: few enough to hold, enough to keep the disk busy
 PARAMS_DIR = "params"
 
 
@@ -39,19 +40,20 @@ def check_whole(path, fix: str) -> None:
     it cannot read and closes its event loop while its other reads are pending, whose late
     callbacks then print tracebacks after the error; reading everything here first, with
     tensorstore's own futures and no event loop, leaves nothing pending (the second read, by
-    orbax, comes from the page cache)."""
+    orbax, comes from the page cache). `READ_WINDOW` values are held at a time."""
     path = Path(path).absolute()
     if not (path / "manifest.ocdbt").is_file():
         return
     try:
         store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/"}).result()
-        reads = [(key, store.read(key)) for key in store.list().result()]
-        damaged = []
-        for key, read in reads:
-            try:
-                read.result()
-            except Exception as e:  # noqa: BLE001 - tensorstore reports damage as ValueError, OSError, ...
-                damaged.append(("array " + key.decode(errors="replace").split("/")[0], e))
+        keys, damaged = store.list().result(), []
+        for start in range(0, len(keys), READ_WINDOW):
+            reads = [(key, store.read(key)) for key in keys[start:start + READ_WINDOW]]
+            for key, read in reads:
+                try:
+                    read.result()
+                except Exception as e:  # noqa: BLE001 - tensorstore reports damage as ValueError, OSError, ...
+                    damaged.append(("array " + key.decode(errors="replace").split("/")[0], e))
     except Exception as e:  # noqa: BLE001 - a damaged manifest fails the open or the listing
         damaged = [("the database's manifest", e)]
     if damaged:
