@@ -131,13 +131,13 @@ def _masks(kind: str, active, junction):
 def chunk_presence(protocol: Protocol, slots):
     """What the chunk needs, per slot: `(some_active, some_junction)`, boolean vectors over the
     layout's slots (`slots` stacked over the chunk; `some_junction` None without stitches).
-    Computed outside the vmap, they are the chunk's, not a genotype's: `_when_present` skips a
+    Computed outside the vmap, they are the chunk's, not a genotype's: `when_present` skips a
     slot no genotype reaches and the stitch of a slot where none has a junction."""
     _, active, junction = slots
     return jnp.any(active, axis=0), (jnp.any(junction, axis=0) if protocol.stitch else None)
 
 
-def _when_present(kind: str, present, run: Callable, skip: Callable):
+def when_present(kind: str, present, run: Callable, skip: Callable):
     """`run(True)` (the slot's module, its stitch used at the genotype's junction) as far as the
     chunk needs it: `run(False)` (no stitch) where no genotype of the chunk has a junction at
     the slot, `skip()` (the input passed through) where none reaches it. Each branch gives
@@ -185,7 +185,7 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
         def run(stitch: bool):
             return core.step(protocol, op, params, state, target, junction if stitch else False, active)
 
-        return _when_present(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
+        return when_present(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
 
     return walk(layout, layout.per_slot((tuple(slots), present)), core.start(protocol, images, mean, std), visit)
 
@@ -214,7 +214,7 @@ def network_logits(layout: Layout, slots, fits, head, x, present=None, batches: 
         def run(stitch: bool):
             return each(lambda xb: core.apply_fitted(op, fit, xb, junction if stitch else False, active), x)
 
-        return _when_present(slot[0], here, run, lambda: x), None
+        return when_present(slot[0], here, run, lambda: x), None
 
     masks = layout.per_slot((tuple(slots[1:]), present))
     data = {"stem": ((fits["stem"],) + masks["stem"][0], masks["stem"][1]),

@@ -75,13 +75,14 @@ def saved(tiny_kb, tiny_dataset, tmp_path_factory):
     cut.write_bytes(cut.read_bytes()[:300])
     search(Run.from_config(load_config(CONFIG, _run_set(d)), kb=tiny_kb, dataset=tiny_dataset), d / "run",
            log=lambda m: None)
-    for damage in ("corrupt-state", "not-a-state", "corrupt-history", "corrupt-config", "nan-fitness",
+    for damage in ("corrupt-state", "not-a-state", "corrupt-history", "cut-history", "corrupt-config", "nan-fitness",
                    "foreign-genotype", "no-final-rows"):
         shutil.copytree(d / "run", d / f"run-{damage}")
     (d / "run-corrupt-state" / "state.json").write_text('{"generation": 2, "rng": ')
     (d / "run-not-a-state" / "state.json").write_text("[1, 2]\n")
     lines = (d / "run" / "history.jsonl").read_text().splitlines(keepends=True)
     (d / "run-corrupt-history" / "history.jsonl").write_text(lines[0] + "{oops\n" + "".join(lines[2:]))
+    (d / "run-cut-history" / "history.jsonl").write_text(lines[0])
     (d / "run-corrupt-config" / "config.json").write_text("{")
     nan = json.loads(lines[0]) | {"error": float("nan")}
     (d / "run-nan-fitness" / "history.jsonl").write_text(json.dumps(nan) + "\n" + "".join(lines[1:]))
@@ -231,6 +232,9 @@ BAD_INPUT = [
     ("runs show of no run", lambda d, n: ["runs", "show", str(d)], "is not a run folder (no config.json)"),
     ("runs show of a folder with another config.json", lambda d, n: ["runs", "show", str(d / "cfg")],
      "cfg/config.json has no search.generations: it is not a run's config"),
+    ("a history cut short", lambda d, n: _search(d, out="run-cut-history"),
+     "run-cut-history/state.json says were evaluated: the history was cut or replaced; restore it, or start the run "
+     "over"),
     ("NaN fitness in the history", lambda d, n: _search(d, out="run-nan-fitness"),
      "run-nan-fitness/history.jsonl line 1 has no finite error; delete that line and those after it"),
     ("NaN fitness shown", lambda d, n: ["runs", "show", str(d / "run-nan-fitness")],

@@ -8,7 +8,8 @@ import pytest
 from modulenet_jax.assemble import fit_linear_map
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
-from modulenet_jax.protocol import EvaluationError, Protocol
+from modulenet_jax.data import Split
+from modulenet_jax.protocol import EvaluationError, Protocol, count_correct, pad_batches
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo import layers
@@ -23,6 +24,45 @@ def test_stitch_recovers_a_known_linear_map():
     fit = fit_linear_map(a, b, ridge=0.0)
     np.testing.assert_allclose(np.asarray(fit["kernel"]), np.asarray(kernel), atol=1e-4)
     np.testing.assert_allclose(np.asarray(fit["bias"]), np.asarray(bias), atol=1e-4)
+
+
+def test_the_stitch_ridge_is_relative_to_the_mean_variance():
+    """`ridge` adds `ridge * trace(gram) / dim` to the gram matrix of the centred inputs: the
+    solve against that formula, in float64, on inputs whose channels have different scales."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 8)) * np.arange(1, 9)
+    b = a @ rng.standard_normal((8, 5)) + rng.standard_normal((200, 5))
+    fit = fit_linear_map(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), ridge=0.5)
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    gram = ac.T @ ac
+    kernel = np.linalg.solve(gram + 0.5 * np.trace(gram) / 8 * np.eye(8), ac.T @ bc)
+    np.testing.assert_allclose(np.asarray(fit["kernel"]), kernel, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fit["bias"]), b.mean(0) - a.mean(0) @ kernel, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_is_never_counted():
+    """10 images in batches of 4: 12 rows, 10 of them real; a network that always answers class
+    0, on images of classes 1-3, is right on none of them (the 2 padded rows have label 0)."""
+    labels = np.arange(10) % 3 + 1
+    images, padded_labels, valid = pad_batches(4, np.zeros((10, 2, 2, 3), np.uint8), labels)
+    assert images.shape[:2] == (3, 4) and valid.sum() == 10 and not valid[-1, -2:].any()
+    assert (padded_labels[-1, -2:] == 0).all()
+    split = Split(np.zeros((10, 2, 2, 3), np.uint8), labels.astype(np.int32), 4, "ten")
+    always_zero = (lambda x, dtype: jnp.zeros((len(x), 4)).at[:, 0].set(1.0))
+    assert count_correct(always_zero, split, 4) == (0, 10)
+    assert count_correct(lambda x, dtype: jnp.zeros((len(x), 4)).at[:, 1].set(1.0), split, 4) == (4, 10)
+
+
+def test_head_features_do_not_depend_on_the_batching(tiny_kb, tiny_dataset):
+    """With published statistics the head's features come from padded batches of the fit images:
+    batches of 50 (the last padded) give the same evaluation as batches of 64 (none padded)."""
+    from modulenet_jax.data import protocol_split
+
+    fit, val = protocol_split(tiny_dataset, "train", 128, seed=0), protocol_split(tiny_dataset, "val")
+    arch = Architecture.of_source(tiny_kb, "cifar_resnet14")
+    results = [Evaluator(tiny_kb, Protocol(fit_images=128, stitch_images=64, batch_size=size, bn="source",
+                                           head="ridge"), fit).evaluate(arch, val) for size in (50, 64)]
+    assert results[0].correct == results[1].correct and results[0].total == results[1].total == len(val)
 
 
 def test_heads_separate_separable_data():
@@ -82,6 +122,21 @@ def test_stitches_at_junctions_and_costs(tiny_kb, tiny_dataset, bn):
     if bn == "recalibrate":
         stem_bn = fitted.params[0]["bn"]
         assert not np.allclose(np.asarray(stem_bn["mean"]), np.asarray(tiny_kb.module_params(arch.modules[0])["bn"]["mean"]))
+
+
+def test_a_stitch_at_a_downsampling_junction_is_costed_at_its_input_resolution(tiny_kb, tiny_dataset):
+    """cifar_resnet8's stage-2 block after cifar_resnet14's stage 1: the stitch (16 -> 16
+    channels) runs on the 32 px input of the stride-2 block, not at its 16 px output; the next
+    block (cifar_resnet14's second stage-2 block) is a junction too, at 16 px and 32 channels."""
+    ev, _ = _evaluator(tiny_kb, tiny_dataset)
+    space = SearchSpace(tiny_kb, "run")
+    g = space.encode_source("cifar_resnet14")
+    g[next(i for i, gene in enumerate(space.genes) if gene.name == "stage2.pos0")] = 0
+    arch = space.decode(g)
+    assert list(arch.junctions(tiny_kb)) == [False, False, False, True, True, False, False]
+    params, flops = ev.cost(arch)
+    _, source_flops = ev.cost(Architecture.of_source(tiny_kb, "cifar_resnet14"))
+    assert flops == source_flops + 2 * 32 * 32 * 16 * 16 + 2 * 16 * 16 * 32 * 32
 
 
 def _same(a, b) -> bool:

@@ -16,7 +16,8 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import PopulationEvaluator, batch_carry, by_group, chunk_presence, structure_order
+from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, structure_order,
+                                      when_present)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -178,6 +179,28 @@ def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny
     assert chunk_presence(Protocol(**{**PROTOCOL.__dict__, "stitch": False}), slots)[1] is None
     assert structure_order([pe.slots(Architecture.of_source(tiny_kb, s)) for s in ("cifar_resnet14",
                                                                                     "cifar_resnet8")]) == [1, 0]
+
+
+def test_a_slot_runs_only_what_its_chunk_needs():
+    """`when_present` runs the module with its stitch only where some genotype of the chunk has a
+    junction there, without it where none has, and nothing where no genotype reaches the slot (a
+    stage's first slot always runs): the branches not taken are not executed, which is the point."""
+    x = jnp.arange(4.0)
+    ran = []
+
+    def run(stitch: bool):
+        jax.debug.callback(lambda: ran.append(stitch))
+        return x * (3.0 if stitch else 2.0)
+
+    slot = jax.jit(lambda kind, active, junction: when_present(kind, (active, junction), run, lambda: x),
+                   static_argnums=0)
+    for kind, active, junction, out, runs in (("other", False, False, x, []), ("other", True, False, 2 * x, [False]),
+                                              ("other", True, True, 3 * x, [True]),
+                                              ("first", False, False, 2 * x, [False])):
+        ran.clear()
+        y = slot(kind, jnp.bool_(active), jnp.bool_(junction))
+        jax.effects_barrier()
+        assert np.array_equal(y, out) and ran == runs, (kind, active, junction, ran)
 
 
 @pytest.mark.parametrize("group", [None, 1])

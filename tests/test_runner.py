@@ -133,6 +133,17 @@ def test_dominated_by_names_the_sources_at_most_as_large_and_at_least_as_accurat
     assert dominated_by(row(50, 0.1), sources) == []            # smaller than every source
 
 
+def test_the_front_is_taken_on_the_searchs_objectives():
+    """Two networks, one cheaper in parameters and the other in FLOPs: on (error, flops) both
+    are on the front, on (error, params) only the more accurate smaller one."""
+    from modulenet_jax.search.runner import front_records
+
+    rows = [{"error": 0.1, "params": 100, "flops": 900, "seconds": 1.0},
+            {"error": 0.2, "params": 200, "flops": 100, "seconds": 1.0}]
+    assert [r["params"] for r in front_records(rows, ("error", "flops"))] == [100, 200]
+    assert front_records(rows, ("error", "params")) == [{"error": 0.1, "params": 100, "flops": 900}]
+
+
 def test_the_final_table_judges_found_networks_on_the_searchs_own_costs():
     """A search on (error, params, flops) or (error, flops): a found network larger than a source
     but with fewer FLOPs is not dominated by it, and beats it only where it is cheaper in every

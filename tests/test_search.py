@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.search import NSGA2, FitnessError, RandomSearch, crowding_distance, non_dominated_fronts, survive
+from modulenet_jax.search.base import unseen
 from modulenet_jax.search.operators import binary_tournament, depth_step, mutate, shrink
 from modulenet_jax.space import SearchSpace
 
@@ -53,6 +54,37 @@ def test_tournament_prefers_lower_rank():
     assert 0.2 < np.mean(wins == 1) < 0.3
 
 
+def test_tournament_prefers_larger_crowding_within_a_front():
+    rng = np.random.default_rng(0)
+    wins = binary_tournament(np.zeros(2, int), np.array([1.0, 0.0]), 1000, rng)
+    # the less crowded index 0 wins every mixed pair: index 1 only against itself
+    assert 0.2 < np.mean(wins == 1) < 0.3
+
+
+def test_survival_is_elitist(tiny_kb):
+    """Offspring that every parent dominates do not enter the population."""
+    space = SearchSpace(tiny_kb, "block")
+    algo = NSGA2(space, 4, 0)
+    parents = algo.ask()
+    algo.tell(parents, np.zeros((4, 2)))
+    offspring = algo.ask()
+    algo.tell(offspring, np.ones((4, 2)))
+    assert sorted(algo.pop_X.tolist()) == sorted(parents.tolist())
+
+
+def test_a_network_is_new_by_its_canonical_key(tiny_kb):
+    """A genotype that differs from a seen one only in an inactive gene is the same network."""
+    space = SearchSpace(tiny_kb, "block")
+    g = space.encode_source("cifar_resnet8")  # one block per stage: each stage's second position is inactive
+    inactive = next(i for i, gene in enumerate(space.genes) if gene.name == "stage1.pos1")
+    same = g.copy()
+    gene = space.genes[inactive]
+    same[inactive] = gene.high if g[inactive] != gene.high else gene.low
+    assert space.canonical(same) == space.canonical(g) and not np.array_equal(same, g)
+    new = space.encode_source("cifar_resnet14")
+    assert unseen(iter([same, new]).__next__, space.canonical, {space.canonical(g)}) is new
+
+
 def _objectives(space, X):
     """A cheap synthetic bi-objective problem on genotypes (no network evaluation)."""
     F = []
@@ -94,6 +126,9 @@ def test_resume_equals_uninterrupted(tiny_kb, cls):
     rest, resumed = _run(space, 7, 6, cls, state=state)
     assert first + rest == full
     assert resumed.state_dict() == algo.state_dict()
+    loaded = cls(space, 8, 0)
+    loaded.load_state_dict(json.loads(state))
+    assert loaded.state_dict() == json.loads(state)  # the generator's state too, not only what it leads to
 
 
 def test_random_search_state_stays_small_and_reads_the_older_form(tiny_kb):

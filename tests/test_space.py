@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from modulenet_jax.errors import UserError
+from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, GenotypeError, SearchSpace
+from tests.conftest import random_models
 
 
 @pytest.mark.parametrize("granularity", ["stage", "run", "block"])
@@ -67,6 +69,20 @@ def test_validate_names_the_bad_gene(tiny_kb):
         space.validate(g[:-1])
     repaired = space.repair(shallow)
     assert space.is_valid(repaired) and repaired[3] == 1
+
+
+def test_repair_takes_the_next_source_in_order_that_is_deep_enough():
+    """Three sources (1, 2 and 3 stage-1 blocks): a second stage-1 position naming the 1-block
+    source, after a first that names it too, becomes the next source in order (the 2-block one),
+    not the one before it in a wrap-around (the 3-block one)."""
+    space = SearchSpace(KnowledgeBase.build(random_models((8, 14, 20))), "run")
+    assert space.sources == ("cifar_resnet8", "cifar_resnet14", "cifar_resnet20")
+    g = space.encode_source("cifar_resnet20")
+    pos0, pos1 = (next(i for i, gene in enumerate(space.genes) if gene.name == name) for name in ("stage1.pos0",
+                                                                                                  "stage1.pos1"))
+    g[pos0] = g[pos1] = 0
+    repaired = space.repair(g)
+    assert repaired[pos0] == 0 and repaired[pos1] == 1 and space.is_valid(repaired)
 
 
 def test_repair_clips_and_canonical_zeroes_inactive_genes(tiny_kb):
