@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from modulenet_jax.data import Dataset, Split, load_dataset, load_image_folder, protocol_split
+from modulenet_jax.data import (Dataset, Split, load_bundle, load_dataset, load_image_folder, protocol_split,
+                                save_bundle)
 from modulenet_jax.errors import UserError
 from tests.conftest import CIFAR_JPEG, needs_shared
 
@@ -181,3 +182,16 @@ def test_fit_split_takes_the_protocols_size_once():
     np.testing.assert_array_equal(fit.images, protocol_split(ds, "train", 30, seed=1).images)
     with pytest.raises(UserError, match="protocol.fit_images is 2048, but d has only 100 train images"):
         fit_split(ds, Protocol(), seed=0)
+
+
+@pytest.mark.parametrize("split", ["val", "final"])
+def test_a_bundle_of_one_test_split_keeps_its_positions(tmp_path, split):
+    """A bundle of the validation or the final split only (what `prepare_device_bundle` writes)
+    holds that split image for image, as its own split and as its test set, and the train subset
+    drawn with its seed."""
+    ds = _dataset()
+    bundle = load_bundle(save_bundle(ds, tmp_path / "b.npz", 30, seed=1, test_split=split))
+    for s in (split, "test"):
+        np.testing.assert_array_equal(protocol_split(bundle, s).images, protocol_split(ds, split).images)
+    np.testing.assert_array_equal(protocol_split(bundle, "train").images,
+                                  protocol_split(ds, "train", 30, seed=1).images)

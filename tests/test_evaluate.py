@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modulenet_jax.assemble import fit_linear_map
+from modulenet_jax.assemble import fit_linear_map, stitch_cost
+from modulenet_jax.cost import count_params
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.data import Split
@@ -74,6 +75,37 @@ def test_heads_separate_separable_data():
                  fit_logistic_head(feats, jnp.asarray(labels), 3, 1e-3, 50)):
         pred = np.argmax(np.asarray(feats @ head["kernel"] + head["bias"]), -1)
         assert np.mean(pred == labels) > 0.99
+
+
+def _blobs():
+    """Three Gaussian classes around 4 e_k (sd 1), 300 points: overlapping a little."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    centers = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]])
+    return jnp.asarray(centers[labels] + rng.normal(size=(300, 3)), jnp.float32), jnp.asarray(labels)
+
+
+def test_the_logistic_heads_l2_shrinks_its_kernel():
+    feats, labels = _blobs()
+    weak, strong = (fit_logistic_head(feats, labels, 3, l2, 100)["kernel"] for l2 in (1e-4, 1.0))
+    assert float(np.linalg.norm(strong)) < 0.5 * float(np.linalg.norm(weak))
+
+
+def test_the_logistic_heads_logits_do_not_depend_on_a_feature_offset():
+    """The head standardises its features and folds that back into kernel and bias: features
+    shifted by a constant give the same logits."""
+    feats, labels = _blobs()
+    shifted = feats + np.array([10.0, -5.0, 3.0], np.float32)
+    a, b = (fit_logistic_head(f, labels, 3, 1e-3, 50) for f in (feats, shifted))
+    np.testing.assert_allclose(np.asarray(shifted @ b["kernel"] + b["bias"]),
+                               np.asarray(feats @ a["kernel"] + a["bias"]), rtol=1e-3, atol=1e-3)
+
+
+def test_a_stitch_between_different_widths_costs_what_its_fitted_params_count():
+    a = jax.random.normal(jax.random.PRNGKey(0), (64, 16))
+    b = jax.random.normal(jax.random.PRNGKey(1), (64, 32))
+    stitch = fit_linear_map(a, b, 1e-3)  # 16 channels out of one module, 32 into the next
+    assert stitch_cost(16, 32, 8) == (count_params(stitch), 2 * 8 * 8 * 16 * 32) == (16 * 32 + 32, 2 * 8 * 8 * 16 * 32)
 
 
 def test_batch_norm_recalibration_uses_the_fit_statistics():

@@ -14,7 +14,8 @@ from modulenet_jax import export
 from modulenet_jax.cli import main
 from modulenet_jax.data import load_bundle, load_dataset, protocol_split, save_bundle
 from modulenet_jax.evaluate import Evaluator
-from modulenet_jax.network import evaluate, from_fitted
+from modulenet_jax import zoo
+from modulenet_jax.network import Network, evaluate, from_fitted
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 from tests.conftest import CIFAR_JPEG, needs_shared
@@ -178,3 +179,14 @@ def test_a_real_network_with_junctions_counts_exactly(real_kb):
     model, variables = from_fitted(evaluator.fit(arch), _models(real_kb, arch))
     assert sum(model.junctions) == expected.junctions == 2
     assert evaluate(model, variables, final, protocol.batch_size) == (expected.correct, 500)
+
+
+def test_a_fresh_network_has_pytorchs_fresh_running_statistics():
+    """`init` gives BatchNorm mean 0 and variance 1, as a fresh PyTorch BatchNorm has."""
+    src = zoo.get_model("cifar_resnet8")
+    specs = src.modules[:-1]
+    net = Network(specs=specs, models=(src.name,) * len(specs), junctions=(False,) * len(specs), num_classes=10,
+                  mean=src.mean, std=src.std)
+    stats = net.init(jax.random.PRNGKey(0), np.zeros((2, 32, 32, 3), np.uint8))["batch_stats"]
+    leaves = jax.tree_util.tree_flatten_with_path(stats)[0]
+    assert leaves and all(np.all(np.asarray(v) == (0.0 if p[-1].key == "mean" else 1.0)) for p, v in leaves)

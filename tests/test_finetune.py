@@ -14,6 +14,7 @@ from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.fidelity import FINETUNE, measure, sample_genotypes
 from modulenet_jax.network import evaluate, from_fitted
 from modulenet_jax.protocol import Protocol
+from modulenet_jax.ranking import kendall
 from modulenet_jax.space import Architecture
 
 PROTOCOL = Protocol(fit_images=64, stitch_images=32, batch_size=32, head_steps=10)
@@ -93,6 +94,11 @@ def test_fidelity_fine_tunes_through_the_trainer(tiny_kb, tiny_dataset, tmp_path
                      settings, 32, 0, tmp_path, log=lambda m: None)
     assert report["networks"] == 3 and report["finetune"]["clip_norm"] == 1.0
     assert all(0 <= r["finetuned"] <= 1 for r in report["rows"])
+    # "random only" leaves the source out
+    assert report["agreement"]["stitch"]["n"] == 3 and report["agreement_random_only"]["stitch"]["n"] == 2
+    randoms = [r for r in report["rows"] if r["kind"] != "source"]
+    assert report["tau_random_only"]["stitch"] == pytest.approx(
+        kendall([r["scores"]["stitch"] for r in randoms], [r["finetuned"] for r in randoms]), nan_ok=True)
     again = measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}, "plain": {"stitch": False}}, networks,
                     settings, 32, 0, tmp_path, log=lambda m: None)
     assert again["rows"] == report["rows"]  # resumed from results.jsonl, nothing fine-tuned again

@@ -70,3 +70,10 @@ def test_runs_compare_puts_runs_side_by_side(tmp_path, capsys):
 def test_a_run_folder_is_read_as_it_stands(tmp_path):
     run = load_run(_write_run(tmp_path / "a", [(0.5, 500_000)], done=2))
     assert run.finished and run.final is None and len(run.front) == 1
+
+
+def test_runs_compare_names_each_runs_most_accurate_network(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", [(0.5, 500_000), (0.2, 900_000), (0.6, 100_000)])
+    assert main(["runs", "compare", str(a), "--json", "--plot", str(tmp_path / "p.png")]) == 0
+    row = json.loads(capsys.readouterr().out)["runs"][0]
+    assert (row["best_accuracy"], row["best_params"]) == (pytest.approx(0.8), 900_000)
