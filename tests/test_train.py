@@ -116,55 +116,8 @@ def test_training_fits_the_train_images(network, tiny_dataset):
     assert not np.array_equal(np.asarray(old["bn1"]["mean"]), np.asarray(new["bn1"]["mean"]))
 
 
-def test_optimizer_schedule_warms_up_then_decays():
-    settings = train.Settings(learning_rate=0.1, warmup=0.25, optimizer="sgd", momentum=0.0, weight_decay=0.0)
-    tx = train.optimizer(settings, 8)
-    params = {"w": np.ones(())}
-    state, rates = tx.init(params), []
-    for _ in range(8):
-        updates, state = tx.update({"w": np.ones(())}, state, params)
-        rates.append(-float(updates["w"]))
-    assert rates[0] == 0.0 and rates[1] == pytest.approx(0.05) and rates[2] == pytest.approx(0.1)
-    assert all(a > b for a, b in zip(rates[2:], rates[3:]))
-
-
-@pytest.mark.parametrize("kw, message", [({"optimizer": "lion"}, "optimizer must be one of"),
-                                         ({"warmup": 1.0}, "warm-up in [0, 1)"),
-                                         ({"batch_size": 0}, "batch size and images per epoch positive")])
-def test_bad_settings_are_user_errors(kw, message):
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        train.Settings(**kw)
-
-
-def test_resuming_before_a_deleted_checkpoint_cuts_the_metrics_back(network, tiny_dataset, tmp_path):
-    """What the damaged-checkpoint error says to do: delete it and resume from the epoch before.
-    The deleted epoch's metrics are dropped and written again: the file ends as an uninterrupted run's."""
-    model, variables = network
-    train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "a",
-              metrics_path=tmp_path / "a.jsonl", log=lambda m: None)
-
-    def die_after_epoch_2(message):
-        if message.startswith("epoch 2/"):
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "b",
-                  metrics_path=tmp_path / "b.jsonl", log=die_after_epoch_2)
-    shutil.rmtree(tmp_path / "b" / "2")
-    _, metrics = train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "b",
-                           metrics_path=tmp_path / "b.jsonl", log=lambda m: None)
-    assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert _without_seconds(tmp_path / "a.jsonl") == _without_seconds(tmp_path / "b.jsonl")
-
-
-def test_every_epoch_draws_a_new_order():
-    s = train.Settings(batch_size=10, images=50, seed=3)
-    a, b = train.epoch_order(s, 0, 100), train.epoch_order(s, 1, 100)
-    assert len(set(a.tolist())) == len(a) == 50 and not np.array_equal(a, b)
-    np.testing.assert_array_equal(a, train.epoch_order(s, 0, 100))  # seeded: a resumed run draws it again
-
-
-def test_the_cosine_decay_reaches_zero_at_the_last_step():
+def test_optimizer_schedule_warms_up_then_decays_to_zero():
+    """8 steps, a quarter of them warm-up: 0, 0.05, then from 0.1 a cosine that reaches 0 at step 8."""
     settings = train.Settings(learning_rate=0.1, warmup=0.25, optimizer="sgd", momentum=0.0, weight_decay=0.0)
     tx = train.optimizer(settings, 8)
     params = {"w": np.ones(())}
@@ -172,6 +125,15 @@ def test_the_cosine_decay_reaches_zero_at_the_last_step():
     for _ in range(9):
         updates, state = tx.update({"w": np.ones(())}, state, params)
         rates.append(-float(updates["w"]))
-    # step s >= 2 (after the warm-up): 0.1 * (1 + cos(pi * (s - 2) / 6)) / 2, zero from step 8 on
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(0.05) and rates[2] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[2:8], rates[3:8]))
+    # step s >= 2: 0.1 * (1 + cos(pi * (s - 2) / 6)) / 2, zero from step 8 on
     assert rates[7] == pytest.approx(0.05 * (1 + math.cos(math.pi * 5 / 6)))
     assert rates[8] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_epoch_draws_a_new_order():
+    s = train.Settings(batch_size=10, images=50, seed=3)
+    a, b = train.epoch_order(s, 0, 100), train.epoch_order(s, 1, 100)
+    assert len(set(a.tolist())) == len(a) == 50 and not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, train.epoch_order(s, 0, 100))  # seeded: a resumed run draws it again
