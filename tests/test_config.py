@@ -121,3 +121,18 @@ def test_a_config_with_a_field_missing_or_unknown_is_refused(tmp_path):
     (tmp_path / "extra.py").write_text(base + "def get_config():\n    c = base()\n    c.search.speed = 3\n    return c\n")
     with pytest.raises(UserError, match="unknown config field 'search.speed'"):
         load_config(tmp_path / "extra.py")
+
+
+def test_zero_prefix_memory_is_allowed_and_negative_immigrants_are_not():
+    from modulenet_jax.config import load_config
+    from modulenet_jax.errors import UserError
+    assert load_config("cifar10_resnet", ["evaluator.prefix_memory_mb=0"]).evaluator.prefix_memory_mb == 0  # S1
+    with pytest.raises(UserError, match="search.immigrants must be an integer >= 0, got -1"):  # S2
+        load_config("cifar10_resnet", ["search.immigrants=-1"])
+
+
+def test_a_loaded_config_is_locked():  # CF1
+    from modulenet_jax.config import load_config
+    config = load_config("cifar10_resnet")
+    with pytest.raises((AttributeError, KeyError)):
+        config.search.populaton = 3

@@ -5,15 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modulenet_jax.assemble import fit_linear_map, stitch_cost
+from modulenet_jax import zoo
+from modulenet_jax.assemble import fit_linear_map, preprocess, stitch_cost
 from modulenet_jax.cost import count_params
-from modulenet_jax.evaluate import Evaluator
+from modulenet_jax.evaluate import Evaluator, published_logits
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import EvaluationError, Protocol, count_correct, pad_batches
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo import layers
+from tests.conftest import random_models
 
 
 def test_stitch_recovers_a_known_linear_map():
@@ -280,3 +282,96 @@ def test_a_prefix_memory_budget_costs_only_recomputation(tiny_kb, tiny_dataset, 
     ev.prefix_memory = stage1_state * 3 // 2  # room for one such state, not two
     assert ev.evaluate_many(archs, val) == unlimited
     assert 0 < sum(len(a.modules) for a in archs) - len(steps)
+
+
+def test_a_source_costs_its_records_head_included(tiny_kb, tiny_dataset):
+    ev, _ = _evaluator(tiny_kb, tiny_dataset)
+    recs = tiny_kb.modules_of("cifar_resnet14")
+    assert recs[-1].flops == 2 * 64 * 10
+    assert ev.cost(Architecture.of_source(tiny_kb, "cifar_resnet14")) == (
+        sum(r.params_count for r in recs), sum(r.flops for r in recs))
+
+
+def test_the_prefix_budget_bounds_all_kept_states_together(tiny_kb, tiny_dataset, monkeypatch):
+    from modulenet_jax.prefix import PrefixSchedule
+    archs = _sharing_population(tiny_kb)
+    ev, val = _evaluator(tiny_kb, tiny_dataset)
+    steps = _counting_steps(monkeypatch)
+    stage1_state = (128 + 2 * 50) * 32 * 32 * 16 * 4
+    ev.prefix_memory = stage1_state * 3 // 2  # room for one such state, not two
+    ev.evaluate_many(archs, val)
+    unlimited = PrefixSchedule.of([a.modules for a in archs]).modules_computed([len(a.modules) for a in archs])
+    assert unlimited < len(steps) < sum(len(a.modules) for a in archs)
+
+
+def test_published_logits_resize_to_the_input_size():
+    name, model_name, params, _ = random_models((8,))[0]
+    kb = KnowledgeBase.build([(name, model_name, params, "random")], input_size=40)
+    model = zoo.get_model(model_name)
+    images = jax.random.randint(jax.random.PRNGKey(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    mean, std = jnp.asarray(model.mean), jnp.asarray(model.std)
+    expected = zoo.forward(model, kb.params[name], preprocess(images, mean, std, jnp.float32, 40))
+    got = published_logits(kb, name, 40)(images)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    unresized = published_logits(kb, name)(images)
+    assert not np.allclose(np.asarray(got), np.asarray(unresized), atol=1e-4)
+
+
+def test_stitch_targets_are_the_sources_inputs_on_the_first_stitch_images(tiny_kb, tiny_dataset):
+    ev, _ = _evaluator(tiny_kb, tiny_dataset)  # 128 fit images, the first 64 stitch images
+    model = tiny_kb.source_model("cifar_resnet8")
+    targets = ev.source_inputs("cifar_resnet8")
+    x = preprocess(ev.fit_images[:64], jnp.asarray(model.mean, jnp.float32), jnp.asarray(model.std, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(targets["stem"]), np.asarray(x))
+
+
+def test_a_non_finite_stitch_is_not_a_finite_fit():
+    from modulenet_jax.protocol import ModuleFit, fit_is_finite
+    head = {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}
+    good = {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}
+    bad = {"kernel": jnp.eye(2) * jnp.nan, "bias": jnp.zeros(2)}
+    assert bool(fit_is_finite((ModuleFit({}, None), ModuleFit({}, good)), head))
+    assert not bool(fit_is_finite((ModuleFit({}, None), ModuleFit({}, bad)), head))
+
+
+def test_tune_takes_the_protocols_number_of_adam_steps():
+    from modulenet_jax import protocol as core
+    from modulenet_jax.tune import tune_stitches
+    p = Protocol(fit_images=8, stitch_images=8, stitch_steps=4, stitch_lr=0.1)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    labels = jnp.arange(8) % 2
+    stitch = {"kernel": jnp.eye(3), "bias": jnp.zeros(3)}
+    head = {"kernel": jnp.full((3, 2), 0.1), "bias": jnp.zeros(2)}
+
+    def logits(fits, head, x):
+        s = fits[0].stitch
+        return (x @ s["kernel"] + s["bias"]) @ head["kernel"] + head["bias"]
+
+    tuned, tuned_head = core.tune(p, logits, (core.ModuleFit({"w": jnp.ones(1)}, stitch),), head, x, labels)
+    s, h, _ = tune_stitches(lambda m, s, h, x: logits((core.ModuleFit(m[0], s[0]),), h, x),
+                            ({"w": jnp.ones(1)},), (stitch,), head, x, labels, 4, 0.1)
+    np.testing.assert_allclose(np.asarray(tuned[0].stitch["kernel"]), np.asarray(s[0]["kernel"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(tuned_head["kernel"]), np.asarray(h["kernel"]), rtol=1e-6)
+
+
+def test_bn_source_keeps_every_published_statistic_past_a_junction(tiny_kb, tiny_dataset):
+    ev, _ = _evaluator(tiny_kb, tiny_dataset, bn="source")
+    space = SearchSpace(tiny_kb, "run")
+    g = space.encode_source("cifar_resnet14")
+    g[next(i for i, gene in enumerate(space.genes) if gene.name == "stage2.pos0")] = 0
+    arch = space.decode(g)
+    assert any(arch.junctions(tiny_kb))
+    fitted = ev.fit(arch)
+    assert all(_same(u, tiny_kb.module_params(m)) for m, u in zip(arch.modules, fitted.params))
+
+
+def test_preprocess_maps_255_to_one_before_normalising():
+    images = jnp.asarray([[[[0, 128, 255]]]], jnp.uint8)
+    x = preprocess(images, jnp.zeros(3), jnp.full(3, 0.5))
+    np.testing.assert_allclose(np.asarray(x).ravel(), [0.0, 2 * 128 / 255, 2.0], rtol=1e-6)
+
+
+def test_preprocess_resizes_bilinearly():
+    images = jnp.zeros((1, 2, 2, 3), jnp.uint8).at[:, :, 1].set(255)
+    x = preprocess(images, jnp.zeros(3), jnp.ones(3), jnp.float32, 4)
+    np.testing.assert_allclose(np.asarray(x)[0, 0, :, 0], [0, 0.25, 0.75, 1], atol=1e-6)

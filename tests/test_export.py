@@ -190,3 +190,16 @@ def test_a_fresh_network_has_pytorchs_fresh_running_statistics():
     stats = net.init(jax.random.PRNGKey(0), np.zeros((2, 32, 32, 3), np.uint8))["batch_stats"]
     leaves = jax.tree_util.tree_flatten_with_path(stats)[0]
     assert leaves and all(np.all(np.asarray(v) == (0.0 if p[-1].key == "mean" else 1.0)) for p, v in leaves)
+
+
+def test_export_costs_a_stitch_at_its_modules_input_resolution(tiny_kb):
+    from types import SimpleNamespace
+    from modulenet_jax.export import network_json
+    ids = ["cifar_resnet14/stem", "cifar_resnet14/stage1.block0", "cifar_resnet14/stage1.block1",
+           "cifar_resnet8/stage2.block0"]
+    recs = [tiny_kb.record(i) for i in ids]
+    model = SimpleNamespace(models=("m",) * 4, junctions=(False, False, False, True), specs=tuple(r.spec for r in recs),
+                            num_classes=10, mean=(0, 0, 0), std=(1, 1, 1), input_size=None, dtype="float32",
+                            bn_momentum=0.1)
+    stitch = network_json(model, recs)["modules"][3]["stitch"]
+    assert stitch == {"in_channels": 16, "out_channels": 16, "params": 16 * 16 + 16, "flops": 2 * 32 * 32 * 16 * 16}

@@ -130,3 +130,12 @@ def test_final_table_fine_tunes_every_row_once(tiny_kb, tiny_dataset, tmp_path):
     assert final_table(run, result, tmp_path, log=logs.append) == rows  # resumed: nothing exported or trained again
     assert not any(m.startswith(("exported", "epoch")) for m in logs)
     assert sum("already fine-tuned" in m for m in logs) == len(rows)
+
+
+def test_a_finetuned_folder_without_its_record_is_not_a_finished_finetune(tmp_path):
+    from modulenet_jax import export
+    export.write_description(tmp_path, {"format": export.FORMAT_VERSION})
+    (tmp_path / export.FINETUNED_DIR).mkdir()
+    assert not export.is_finetuned(tmp_path)
+    export.write_description(tmp_path, {"format": export.FORMAT_VERSION, "finetune": {}})
+    assert export.is_finetuned(tmp_path)

@@ -107,3 +107,28 @@ def test_sources_keep_the_classes_they_were_trained_on(tmp_path):
     assert kb.source("cifar_resnet8").classes == names and kb.source("cifar_resnet14").classes is None
     loaded = KnowledgeBase.load(kb.save(tmp_path / "kb"))
     assert loaded.source("cifar_resnet8").classes == names and loaded.source("cifar_resnet14").classes is None
+
+
+def test_load_refuses_params_that_are_not_the_models(tiny_kb, tmp_path):
+    from modulenet_jax.checkpoints import save_tree
+    from modulenet_jax.errors import UserError
+    path = tiny_kb.save(tmp_path / "kb")
+    params = jax.tree_util.tree_map(np.asarray, tiny_kb.params)
+    params["cifar_resnet8"]["stem"]["extra"] = np.zeros(3, np.float32)
+    save_tree(path / "params", params)
+    with pytest.raises(UserError, match="unexpected param stem/extra"):
+        KnowledgeBase.load(path)
+
+
+def test_modules_of_an_unknown_source_is_an_error(tiny_kb):
+    from modulenet_jax.errors import UserError
+    with pytest.raises(UserError, match="no source 'cifar_resnet99'.*cifar_resnet8, cifar_resnet14"):
+        tiny_kb.modules_of("cifar_resnet99")
+
+
+def test_build_refuses_an_unexpected_param():
+    from modulenet_jax.errors import UserError
+    name, model, params, label = random_models((8,))[0]
+    params = {**params, "stem": {**params["stem"], "extra": jnp.zeros(3)}}
+    with pytest.raises(UserError, match="unexpected param stem/extra"):
+        KnowledgeBase.build([(name, model, params, label)])

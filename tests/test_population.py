@@ -382,3 +382,10 @@ def test_two_processes_equal_one_device(one_device_counts):
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-3000:]
         assert _result(out) == one_device_counts
+
+
+def test_a_population_smaller_than_a_group_is_not_padded_to_the_group(tiny_kb, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(PopulationEvaluator, "chunk_from_memory", lambda self: 57)
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset)
+    one = jax.devices()[:1]
+    assert PopulationEvaluator(space, PROTOCOL, fit, devices=one, largest=6, group=8).chunk_size == 6

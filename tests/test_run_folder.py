@@ -229,3 +229,10 @@ def test_ctrl_c_in_a_restart_before_its_first_network_keeps_the_old_run_and_says
     assert err.startswith(f"modulenet search: interrupted: the restart had evaluated no network, so {tmp_path / 'run'} "
                           f"holds the old run, whole; restart with: modulenet search ") and "--restart" in err, err
     assert snapshot(tmp_path) == before
+
+
+def test_difference_names_a_key_set_only_here():
+    from modulenet_jax.jsonfile import difference
+    assert difference({"a": 1}, {"a": 1}) is None
+    assert difference({"a": 1}, {"a": 1, "b": 2}) == "b: None there, 2 here"
+    assert difference({"a": 1, "c": 3}, {"a": 2}, ignore=("c",)) == "a: 1 there, 2 here"

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from modulenet_jax.config import load_config
+from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 from modulenet_jax.search.runner import Run, final_table, plot_front, search
+from tests.conftest import random_models
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet.py"
 SMALL = ["search.population=4", "search.generations=3", "protocol.fit_images=64", "protocol.stitch_images=32",
@@ -165,3 +167,27 @@ def test_the_final_table_judges_found_networks_on_the_searchs_own_costs():
     md = markdown_table(rows, "test", ("flops",))
     assert "| front0 | 300,000 | 60.0 | 0 | 0.8000 | 0.8100 (80/100) |  | r20 |" in md
     assert "in accuracy and FLOPs" in md and ": front0." in md
+
+
+def test_as_accurate_is_not_beating():
+    from modulenet_jax.search.runner import beats
+    src = {"name": "s", "params": 100, "flops": 10, "final_accuracy": 0.8}
+    assert beats({"params": 50, "flops": 5, "final_accuracy": 0.8}, [src]) == []
+    assert beats({"params": 100, "flops": 10, "final_accuracy": 0.81}, [src]) == ["s"]
+    assert beats({"params": 101, "flops": 10, "final_accuracy": 0.9}, [src]) == []
+
+
+def test_the_final_tables_published_accuracy_is_at_the_protocols_input_size(tiny_dataset, tmp_path, monkeypatch):
+    from modulenet_jax.search import runner
+    kb = KnowledgeBase.build(random_models(), input_size=40)
+    run = small_run(kb, tiny_dataset, ["protocol.input_size=40"])
+    seen = []
+    real = runner.evaluate_published
+    monkeypatch.setattr(runner, "evaluate_published",
+                        lambda *a, **k: seen.append(k.get("input_size")) or real(*a, **k))
+    arch = Architecture.of_source(kb, "cifar_resnet8")  # found again, but not on the joint front given
+    found = {"modules": list(arch.modules), "architecture": arch.describe(), "accuracy": 0.5}
+    rows = runner.final_table(run, {"front": [], "found_front": [found]}, tmp_path)
+    assert seen == [40, 40]  # R1
+    assert [r["name"] for r in rows] == ["cifar_resnet8", "front0", "cifar_resnet14"]  # R5: by parameters
+    assert not any(r["on_front"] for r in rows)  # R6

@@ -132,6 +132,27 @@ def test_optimizer_schedule_warms_up_then_decays_to_zero():
     assert rates[8] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_resuming_before_a_deleted_checkpoint_cuts_the_metrics_back(network, tiny_dataset, tmp_path):
+    """What the damaged-checkpoint error says to do: delete it and resume from the epoch before.
+    The deleted epoch's metrics are dropped and written again: the file ends as an uninterrupted run's."""
+    model, variables = network
+    train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "a",
+              metrics_path=tmp_path / "a.jsonl", log=lambda m: None)
+
+    def die_after_epoch_2(message):
+        if message.startswith("epoch 2/"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "b",
+                  metrics_path=tmp_path / "b.jsonl", log=die_after_epoch_2)
+    shutil.rmtree(tmp_path / "b" / "2")
+    _, metrics = train.fit(model, variables, tiny_dataset.train, SETTINGS, checkpoints=tmp_path / "b",
+                           metrics_path=tmp_path / "b.jsonl", log=lambda m: None)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert _without_seconds(tmp_path / "a.jsonl") == _without_seconds(tmp_path / "b.jsonl")
+
+
 def test_every_epoch_draws_a_new_order():
     s = train.Settings(batch_size=10, images=50, seed=3)
     a, b = train.epoch_order(s, 0, 100), train.epoch_order(s, 1, 100)
