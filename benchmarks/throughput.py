@@ -112,7 +112,8 @@ def w1_networks(kb: KnowledgeBase, n: int, seed: int) -> list[Architecture]:
     return out
 
 
-def _head(kb, arch):
+def source_head(kb, arch):
+    """The published classifier of the source whose module ends `arch` (W1 runs networks with it)."""
     return kb.module_params(f"{kb.record(arch.modules[-1]).source}/head")["fc"]
 
 
@@ -191,7 +192,7 @@ def fastest_group(results: list[Result], workload: str, dtype: str, groups: tupl
     return (max((r for r in rows if r.population == largest), key=lambda r: r.rate).group,)
 
 
-def _graphs(compiled: bool, before: int, warm: int, runner) -> tuple[int | None, int | None]:
+def graph_counts(compiled: bool, before: int, warm: int, runner) -> tuple[int | None, int | None]:
     """(graphs dynamo compiled in the warm-up call, in the timed calls) of a `torch.compile` row."""
     return (warm - before, runner.compiles() - warm) if compiled else (None, None)
 
@@ -233,7 +234,7 @@ class Bench:
             self._cache[key] = make()
         return self._cache[key]
 
-    def _skip(self, row: tuple, what: str) -> bool:
+    def skip(self, row: tuple, what: str) -> bool:
         """Is the budget spent (whole run or this row)? Says so once per thing skipped."""
         reason = None
         if self.budget_s is not None and time.time() - self.t0 > self.budget_s:
@@ -265,7 +266,7 @@ class Bench:
     def _protocol(self, dtype):
         return dataclasses.replace(self.protocol, dtype=dtype)
 
-    def _add(self, r: Result, flops_per_image: float | None = None):
+    def add(self, r: Result, flops_per_image: float | None = None):
         if flops_per_image is not None and r.workload == "W1":
             r.tflops = r.rate * flops_per_image / 1e12
             peak = peak_flops(self.device, r.numerics)
@@ -292,7 +293,7 @@ class Bench:
         """W1's networks as fitted, stacked: `(slots, fits, heads)` (published params, an identity
         stitch at each real junction, each network's head its last block's source head)."""
         return (pe.stacked_slots(archs), pe.published_fits(archs),
-                jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[_head(self.kb, a) for a in archs]))
+                jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[source_head(self.kb, a) for a in archs]))
 
     def _w2_fused(self, dtype, P, group=None):
         """W2's fused evaluator of a dtype (made once), set to equal chunks covering `P` within
@@ -308,7 +309,7 @@ class Bench:
     def w1_jax(self, archs, dtype, P, group=None):
         impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
         row = ("W1", impl, dtype)
-        if self._skip(row, f"W1 {impl} {dtype} P={P}"):
+        if self.skip(row, f"W1 {impl} {dtype} P={P}"):
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
@@ -339,7 +340,7 @@ class Bench:
                 correct = pe.score_fitted(slots, fits, heads, scored)
                 times.append(time.time() - t)
             dt = float(np.median(times))
-        self._add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
+        self.add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * n_img / dt, "genotype-images/s",
                          built - programs, jax_programs() - built, correct=correct, group=group),
                   self._w1_flops(archs))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
@@ -348,7 +349,7 @@ class Bench:
         """`_probe_chunk` on W1's networks at full depth (`fused` strategy only): the reference
         the fused program's W1 rate is read against."""
         row = ("W1", "jax-probe", dtype)
-        if self.strategy != "fused" or self._skip(row, f"W1 jax-probe {dtype} P={P}"):
+        if self.strategy != "fused" or self.skip(row, f"W1 jax-probe {dtype} P={P}"):
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
@@ -374,7 +375,7 @@ class Bench:
         dt = float(np.median(times))
         flops = np.mean([sum(self.kb.record(m).flops for m in a.modules)  # no stitch
                          + 2 * self.kb.record(a.modules[-1]).spec.out_channels * self.num_classes for a in archs])
-        self._add(Result("W1", "jax-probe", dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
+        self.add(Result("W1", "jax-probe", dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
                          "genotype-images/s", built - programs, jax_programs() - built, correct=np.asarray(correct)),
                   flops)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
@@ -384,7 +385,7 @@ class Bench:
         stitches = [_identity(r.spec.in_channels) if j else None for r, j in zip(recs, arch.junctions(self.kb))]
         mean, std = ev.normalisation(recs[0].source)
         return FittedNetwork(tuple(r.spec for r in recs), tuple(self.kb.module_params(m) for m in arch.modules),
-                             tuple(stitches), _head(self.kb, arch), mean, std)
+                             tuple(stitches), source_head(self.kb, arch), mean, std)
 
     def _torch_device(self):
         import torch
@@ -417,17 +418,18 @@ class Bench:
         n = min(P, max_networks)
         if self.timed_networks.get(row) == n:  # the same networks as at a smaller population: the same rate
             return
-        if self._skip(row, f"W1 {impl} {numerics} P={P}"):
+        if self.skip(row, f"W1 {impl} {numerics} P={P}"):
             return
         t_row = time.time()
         data = self._resident(runner, self.val, self.protocol.batch_size)
-        prepared = [(a, runner.identity_stitches(a), runner.head(_head(self.kb, a))) for a in archs[:n]]
+        prepared = [(a, runner.identity_stitches(a), runner.head(source_head(self.kb, a))) for a in archs[:n]]
         graphs = runner.compiles()
         _, compile_s = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
         built = runner.compiles()
         correct, dt = timed(lambda: [runner.forward_correct(*p, data) for p in prepared], runner.device)
-        self._add(Result("W1", impl, DTYPE_OF[numerics], numerics, P, n, dt,
-                         compile_s, n * len(data) / dt, "genotype-images/s", *_graphs(compile_, graphs, built, runner),
+        self.add(Result("W1", impl, DTYPE_OF[numerics], numerics, P, n, dt,
+                         compile_s, n * len(data) / dt, "genotype-images/s",
+                         *graph_counts(compile_, graphs, built, runner),
                          correct=correct), self._w1_flops(archs[:n]))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
         self.timed_networks[row] = n
@@ -438,13 +440,13 @@ class Bench:
         of a shared machine hit both alike: per-network ratios."""
         from .torch_baseline import timed
 
-        if self._skip(("paired", dtype), f"W1 paired {dtype}"):
+        if self.skip(("paired", dtype), f"W1 paired {dtype}"):
             return
         protocol = self._protocol(dtype)
         runner, _ = self._runner(NUMERICS[dtype], False)
         archs = archs[:n]
         data = self._resident(runner, self.val, self.protocol.batch_size)
-        prepared = [(a, runner.identity_stitches(a), runner.head(_head(self.kb, a))) for a in archs]
+        prepared = [(a, runner.identity_stitches(a), runner.head(source_head(self.kb, a))) for a in archs]
         if self.strategy == "loop":
             ev = self._once(("loop", dtype), lambda: Evaluator(self.kb, protocol, self.fit))
             nets = [self._loop_network(ev, a) for a in archs]
@@ -492,7 +494,7 @@ class Bench:
     def w2_jax(self, archs, dtype, P, group=None):
         impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
         row = ("W2", impl, dtype)
-        if self._skip(row, f"W2 {impl} {dtype} P={P}"):
+        if self.skip(row, f"W2 {impl} {dtype} P={P}"):
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
@@ -517,7 +519,7 @@ class Bench:
             t = time.time()
             res = pe.evaluate(archs[:P], self.val)
             dt = time.time() - t
-        self._add(Result("W2", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P / dt, "genotypes/s",
+        self.add(Result("W2", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P / dt, "genotypes/s",
                          built - programs, jax_programs() - built, correct=[r.correct for r in res], group=group))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
@@ -528,7 +530,7 @@ class Bench:
         difference)."""
         impl = fused_impl(group)
         row = ("W2 phases", impl, dtype)
-        if self.strategy != "fused" or self._skip(row, f"W2 {impl} phases {dtype} P={P}"):
+        if self.strategy != "fused" or self.skip(row, f"W2 {impl} phases {dtype} P={P}"):
             return
         t_row = time.time()
         protocol = self._protocol(dtype)
@@ -568,7 +570,7 @@ class Bench:
         impl = fused_impl(group)
         title = f"{workload} {impl} {NUMERICS[dtype]} P={P}"
         row = ("profile", workload, impl, dtype)
-        if self.strategy != "fused" or self._skip(row, f"profile of {title}"):
+        if self.strategy != "fused" or self.skip(row, f"profile of {title}"):
             return
         t_row = time.time()
         if workload == "W1":
@@ -598,7 +600,7 @@ class Bench:
         n = min(P, max_networks)
         if self.timed_networks.get(row) == n:
             return
-        if self._skip(row, f"W2 {impl} {numerics} P={P}"):
+        if self.skip(row, f"W2 {impl} {numerics} P={P}"):
             return
         t_row = time.time()
         dtype = DTYPE_OF[numerics]
@@ -616,8 +618,8 @@ class Bench:
         built = runner.compiles()
         phases: dict = {}
         correct, dt = timed(lambda: [one(a, phases) for a in archs[:n]], runner.device)
-        self._add(Result("W2", impl, dtype, numerics, P, n, dt, compile_s, n / dt, "genotypes/s",
-                         *_graphs(compile_, graphs, built, runner), correct=correct, phases=phases))
+        self.add(Result("W2", impl, dtype, numerics, P, n, dt, compile_s, n / dt, "genotypes/s",
+                         *graph_counts(compile_, graphs, built, runner), correct=correct, phases=phases))
         self.phases.append({"impl": impl, "numerics": numerics, "population": P, "networks": n, "seconds": phases})
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
         self.timed_networks[row] = n

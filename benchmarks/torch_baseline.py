@@ -283,7 +283,7 @@ class TorchRunner:
                       for i in range(len(arch.modules))]
         every_fit_image = any(calibrated)  # BN statistics need the whole fit split carried through
         plan = self._plan(arch)
-        clock = _Clock(self._sync, phases)
+        clock = PhaseClock(self._sync, phases)
         with self.context():
             x = fit.images if every_fit_image else fit.images[:protocol.stitch_images]
             stem_w = self.weights(arch.modules[0])
@@ -316,7 +316,7 @@ class TorchRunner:
         return correct
 
 
-class _Clock:
+class PhaseClock:
     """Adds the seconds since the last call (device synchronised) to `phases[name]`."""
 
     def __init__(self, sync, phases: dict | None):

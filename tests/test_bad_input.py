@@ -258,6 +258,8 @@ BAD_INPUT = [
      "search.population must be an integer >= 2, got 1"),
     ("finetune --seed -1", lambda d, n: ["finetune", str(d / "run"), "--seed", "-1"],
      "argument --seed: must be an integer >= 0, got '-1'"),
+    ("bench --budget 0", lambda d, n: ["bench", "--budget", "0"],
+     "argument --budget: must be a positive number, got '0'"),
     ("bench --name with a folder", lambda d, n: ["bench", "--config", CONFIG, "--name", "a/b", "--torch-modes"],
      "--name 'a/b' must be a file stem in --out"),
     ("runs compare with a corrupt run", lambda d, n: ["runs", "compare", str(d / "run"),

@@ -9,8 +9,12 @@ import pytest
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.ranking import kendall
 
-pytest.importorskip("torch")
-from modulenet_jax.benchmarks import throughput  # noqa: E402
+torch = pytest.importorskip("torch")
+import types  # noqa: E402
+
+from modulenet_jax.benchmarks import profile_summary, throughput, torch_baseline  # noqa: E402
+
+BENCH_PROTOCOL = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +307,210 @@ def test_profile_summary_counts_a_gpus_stream_lines_once():
     tpu = profile_summary.summarize(meta[:1] + meta[3:] + derived)
     assert tpu["source"] == "device XLA Ops line" and tpu["events"] == 2  # `while`, `cond` enclose the others
     assert abs(tpu["device_seconds"] - 400e-6) < 1e-12
+
+
+# -- torch_baseline --------------------------------------------------------------------------------
+
+def _arch(kb):
+    """A W1 network with some junctions after its stem, but not at every block."""
+    return next(a for a in throughput.w1_networks(kb, 8, 0)
+                if any(a.junctions(kb)[1:]) and not all(a.junctions(kb)[1:]))
+
+
+def test_identity_stitches_only_at_junctions(tiny_kb):  # mutant: a stitch before every block
+    runner = torch_baseline.TorchRunner(tiny_kb, "cpu", "fp32-strict", False)
+    arch = _arch(tiny_kb)
+    stitches = runner.identity_stitches(arch)
+    assert [s is not None for s in stitches] == list(arch.junctions(tiny_kb)[1:])
+
+
+def test_fold_runner_scores_with_folded_weights(tiny_kb, tiny_dataset, monkeypatch):
+    """`+fold` W1 rows run conv-with-bias (2 tensors per conv); W2 scoring always folds."""
+    seen = []
+    for fold_bn in (False, True):
+        runner = torch_baseline.TorchRunner(tiny_kb, "cpu", "fp32-strict", False, fold_bn=fold_bn)
+        real = runner.features
+        monkeypatch.setattr(runner, "features", lambda arch, w, st, d, real=real: seen.append(
+            [len(m) for m in w]) or real(arch, w, st, d))
+        arch = _arch(tiny_kb)
+        data = runner.resident(tiny_dataset.test.images[:8], tiny_dataset.test.labels[:8], 8)
+        head = runner.head(throughput.source_head(tiny_kb, arch))
+        runner.forward_correct(arch, runner.identity_stitches(arch), head, data)
+    assert seen[0][0] == 5 and set(seen[0][1:]) == {10}  # BatchNorm as it is
+    assert seen[1][0] == 2 and set(seen[1][1:]) == {4}  # folded
+    # W2: the scoring pass (the last `features` call) runs folded weights
+    seen.clear()
+    runner = torch_baseline.TorchRunner(tiny_kb, "cpu", "fp32-strict", False)
+    real = runner.features
+    monkeypatch.setattr(runner, "features",
+                        lambda arch, w, st, d: seen.append([len(m) for m in w]) or real(arch, w, st, d))
+    fit = runner.resident(tiny_dataset.train.images[:128], tiny_dataset.train.labels[:128], 32)
+    val = runner.resident(tiny_dataset.test.images[:32], tiny_dataset.test.labels[:32], 32)
+    targets = torch_baseline.source_inputs_torch(tiny_kb, runner, fit, 64)
+    runner.protocol_correct(arch, targets, BENCH_PROTOCOL, fit, val, tiny_dataset.num_classes)
+    assert seen[-1][0] == 2 and set(seen[-1][1:]) == {4}
+
+
+def test_calibration_stores_the_unbiased_variance_as_jax_does(tiny_kb):
+    from modulenet_jax.zoo.layers import batch_stats
+
+    stem = next(iter(tiny_kb.sources)) + "/stem"
+    w = torch_baseline.module_weights(tiny_kb, stem, "cpu")
+    x = torch.randn(1, 3, 2, 2).contiguous(memory_format=torch.channels_last)  # 4 values per channel: n/(n-1) = 4/3
+    _, (_, mean, var, _, _) = torch_baseline.stem_calibrate(x, w)
+    h = torch.nn.functional.conv2d(x, w[0], padding=1).permute(0, 2, 3, 1).numpy()
+    jmean, jvar = batch_stats(h)
+    np.testing.assert_allclose(mean.numpy(), np.asarray(jmean), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var.numpy(), np.asarray(jvar), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("numerics, tf32", [("fp32-strict", False), ("fp32-tf32", True), ("bf16", False)])
+def test_context_sets_the_tf32_flags_of_its_numerics_and_restores_them(tiny_kb, numerics, tf32):
+    runner = torch_baseline.TorchRunner(tiny_kb, "cpu", numerics, False)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32
+        with runner.context():
+            assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is (not tf32) and torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_clock_adds_up_each_phase_over_networks():
+    phases = {}
+    for _ in range(2):
+        clock = torch_baseline.PhaseClock(lambda: None, phases)
+        clock.t -= 1.0  # one second of "fit pass" per network
+        clock("fit pass")
+    assert phases["fit pass"] == pytest.approx(2.0, abs=0.05)
+
+
+# -- throughput: counting, rates, FLOP/s -------------------------------------------------------------
+
+def test_graphs_split_warm_up_and_timed_compiles():
+    runner = types.SimpleNamespace(compiles=lambda: 12)
+    assert throughput.graph_counts(True, 5, 9, runner) == (4, 3)
+    assert throughput.graph_counts(False, 5, 9, runner) == (None, None)
+
+
+def test_w2_torch_phases_cover_the_timed_networks_only(report):
+    for row in _rows(report, workload="W2", impl="torch-eager"):
+        assert sum(row["phases"].values()) <= row["seconds"] * 1.02 + 1e-3
+
+
+def test_w1_torch_rate_counts_the_networks_it_timed(tiny_kb, tiny_dataset):
+    rep = throughput.run(tiny_kb, tiny_dataset, BENCH_PROTOCOL, granularity="block", val_size=32, populations=(2,),
+                         dtypes=("float32",), workloads=("W1",), torch_modes=("eager",), torch_fold_modes=(),
+                         torch_max_w1=1, strategy="loop", log=lambda m: None)
+    row, = _rows(rep, impl="torch-eager")
+    assert row["population"] == 2 and row["networks_timed"] == 1
+    assert row["rate"] == pytest.approx(1 * 32 / row["seconds"])
+
+
+def test_paired_timing_raises_where_pytorch_counts_otherwise(tiny_kb, tiny_dataset, monkeypatch):
+    real = torch_baseline.TorchRunner.forward_correct
+    monkeypatch.setattr(torch_baseline.TorchRunner, "forward_correct", lambda self, *a: real(self, *a) + 1)
+    with pytest.raises(AssertionError, match="W1 paired: JAX counts"):
+        throughput.run(tiny_kb, tiny_dataset, BENCH_PROTOCOL, granularity="block", val_size=32, populations=(1,),
+                       dtypes=("float32",), workloads=("W1",), torch_modes=("eager",), torch_fold_modes=(),
+                       torch_max_w1=1, strategy="loop", paired=1, paired_rounds=1, log=lambda m: None)
+
+
+def test_paired_ratio_is_pytorch_time_over_jax_time(report):
+    for p in report["paired"]:  # the ratio of the summed rates is a weighted mean of the per-network ratios
+        assert p["ratio_min"] * 0.999 <= p["jax_rate"] / p["torch_rate"] <= p["ratio_max"] * 1.001
+
+
+def test_tflops_and_peak_fraction_of_the_numerics():
+    assert throughput.peak_flops("NVIDIA H100 80GB HBM3", "fp32-strict") == 67e12
+    assert throughput.peak_flops("NVIDIA A100-SXM4-40GB", "bf16") == 312e12
+    assert throughput.peak_flops("CPU (x)", "bf16") is None
+    bench = types.SimpleNamespace(device="NVIDIA H100 80GB HBM3", results=[], log=lambda m: None)
+    r = throughput.Result("W1", "jax-fused", "float32", "fp32-strict", 8, 8, 1.0, None, 1e6, "genotype-images/s")
+    throughput.Bench.add(bench, r, 4e7)
+    assert r.tflops == pytest.approx(40.0) and r.peak_fraction == pytest.approx(40e12 / 67e12)
+
+
+def test_row_cap_and_budget_skip_and_say_so():
+    logs = []
+    bench = types.SimpleNamespace(budget_s=None, row_cap_s=10.0, t0=0.0, row_time={("W1", "x", "bf16"): 11.0},
+                                  skipped=[], log=logs.append)
+    assert throughput.Bench.skip(bench, ("W1", "x", "bf16"), "W1 x bf16 P=8")
+    assert not throughput.Bench.skip(bench, ("W1", "y", "bf16"), "W1 y bf16 P=8")
+    assert bench.skipped == ["W1 x bf16 P=8 (row cap)"]
+    bench.budget_s = 5.0  # t0 = 0: long spent
+    assert throughput.Bench.skip(bench, ("W1", "y", "bf16"), "W1 y bf16 P=8")
+    assert bench.skipped[-1] == "W1 y bf16 P=8 (time budget)"
+
+
+# -- throughput: reading a report -----------------------------------------------------------------
+
+def _row(workload, impl, numerics, population, rate):
+    return {"workload": workload, "impl": impl, "numerics": numerics, "population": population, "rate": rate,
+            "correct": None, "networks_timed": population}
+
+
+def test_speedups_pair_same_numerics_and_the_largest_smaller_population():
+    res = [_row("W1", "jax-fused", "bf16", 64, 6400.0), _row("W1", "torch-eager", "bf16", 1, 100.0),
+           _row("W1", "torch-eager", "bf16", 8, 200.0), _row("W1", "torch-eager", "fp32-strict", 8, 50.0)]
+    sp = throughput.speedups({"results": res})
+    assert [(s["vs"], s["vs_numerics"], s["vs_population"], s["speedup"]) for s in sp] == [
+        ("torch-eager", "bf16", 8, pytest.approx(32.0))]
+
+
+def test_targets_read_torch_compile_rows_only():
+    res = [_row("W1", "jax-fused", "fp32-strict", 64, 6e4), _row("W1", "torch-compile", "fp32-strict", 8, 1e4),
+           _row("W1", "torch-eager", "fp32-strict", 8, 3e4)]  # eager faster than compile here
+    t, = [t for t in throughput.targets({"results": res}) if t["target"] == "W1 fp32-strict, JAX / torch.compile"]
+    assert t["measured"] == pytest.approx(6.0) and t["met"] and "torch-compile P=8" in t["detail"]
+
+
+def test_merge_keeps_the_largest_validation_count():
+    base = {"device": "d", "xla_flags": "", "seconds": 1.0, "results": [], "profiles": {}}
+    merged = throughput.merge([{**base, "validation_images": 100}, {**base, "validation_images": 5000}])
+    assert merged["validation_images"] == 5000 and merged["seconds"] == 2.0
+
+
+# -- profile_summary ------------------------------------------------------------------------------
+
+def test_op_kind_strips_underscore_numbers_and_clones():
+    assert profile_summary.op_kind("input_reduce_fusion_7") == "input_reduce_fusion"
+    assert profile_summary.op_kind("loop_add_fusion.2.clone") == "loop_add_fusion"
+
+
+def test_call_events_enclose_their_body_and_are_left_out():
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:TPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 3, "args": {"name": "XLA Ops"}}]
+    ev = [{"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 100, "name": "call.4"},
+          {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 100, "name": "fusion.1"}]
+    s = profile_summary.summarize(meta + ev)
+    assert [k["kind"] for k in s["kinds"]] == ["fusion"] and s["events"] == 1
+
+
+def test_a_device_cpu_process_is_not_device_time():
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:CPU:0"}}]
+    ev = [{"ph": "X", "pid": 1, "tid": 0, "ts": 0, "dur": 500, "name": "ThreadpoolListener"},
+          {"ph": "X", "pid": 1, "tid": 0, "ts": 0, "dur": 100, "name": "conv", "args": {"hlo_op": "convolution.3"}}]
+    s = profile_summary.summarize(meta + ev)
+    assert s["source"] == "host events of HLO ops" and [k["kind"] for k in s["kinds"]] == ["convolution"]
+
+
+# -- speed_session --------------------------------------------------------------------------------
+
+def test_speed_session_defaults_budget_and_row_cap(tmp_path, monkeypatch):
+    import jax
+
+    from modulenet_jax import data
+    from modulenet_jax.benchmarks import prepare_device_bundle, speed_session
+
+    seen = {}
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    monkeypatch.setattr(prepare_device_bundle, "load_kb", lambda path: "kb")
+    monkeypatch.setattr(data, "load_dataset", lambda path: "data")
+    monkeypatch.setattr(throughput, "run", lambda *a, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(throughput, "save", lambda *a: None)
+    monkeypatch.setattr(throughput, "markdown", lambda r: "")
+    speed_session.main(["--kb", "k", "--data", "d", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")])
+    assert seen["budget_s"] == 400 and seen["row_cap_s"] == 45

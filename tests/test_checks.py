@@ -61,3 +61,14 @@ def test_other_classes_in_a_search_are_a_transfer_said_once(cifar_named_kb, tiny
                                   "classes" in line for line in logs)
     rows = final_table(run, search(run, tmp_path, log=lambda m: None), tmp_path, log=lambda m: None)
     assert [r["published_final_accuracy"] for r in rows if r["kind"] == "source"] == [None, None]
+
+
+def test_check_size_accepts_exactly_the_images_there_are(tiny_dataset):
+    from modulenet_jax.checks import check_size
+    from modulenet_jax.data import available
+    from modulenet_jax.errors import UserError
+
+    have = available(tiny_dataset, "val")
+    check_size(tiny_dataset, "val", have, "data.val_size")
+    with pytest.raises(UserError, match=f"data.val_size is {have + 1}"):
+        check_size(tiny_dataset, "val", have + 1, "data.val_size")

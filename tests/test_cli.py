@@ -82,3 +82,19 @@ def test_exit_statuses_of_the_command(tmp_path):
 def test_help(cmd):
     r = subprocess.run([sys.executable, "-m", "modulenet_jax.cli", *cmd, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: modulenet" in r.stdout
+
+
+def test_bench_passes_its_options_and_prints_json(tmp_path, monkeypatch, capsys, tiny_kb, tiny_dataset):
+    from modulenet_jax.benchmarks import throughput
+    from modulenet_jax.search import runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "load_data", lambda cfg, progress: tiny_dataset)
+    monkeypatch.setattr(runner, "load_knowledge", lambda cfg, progress: tiny_kb)
+    monkeypatch.setattr(throughput, "run", lambda kb, ds, protocol, **kw: seen.update(kw, protocol=protocol)
+                        or {"results": [], "device": "d"})
+    monkeypatch.setattr(throughput, "save", lambda report, out, stem: tmp_path)
+    assert main(["bench", "--out", str(tmp_path), "--name", "x", "--batch-size", "16", "--torch-modes",
+                 "--populations", "2", "4", "--budget", "30", "--json", "--quiet"]) == 0
+    assert seen["protocol"].batch_size == 16 and seen["populations"] == (2, 4) and seen["budget_s"] == 30.0
+    assert seen["torch_modes"] == () and json.loads(capsys.readouterr().out) == {"results": [], "device": "d"}
