@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from modulenet_jax.jsonfile import read_json
 SPEC_FILE = "model.json"
 READ_WINDOW = 64  # values `check_whole` reads at a time: few enough to hold, enough to keep the disk busy
 PARAMS_DIR = "params"
+T = TypeVar("T")
 
 
 def save_tree(path, tree) -> None:
@@ -61,18 +63,27 @@ def check_whole(path, fix: str) -> None:
         raise unreadable(path, name + (f" and {more} more" if more else ""), e, fix)
 
 
+def restore_checked(path, restore: Callable[[], T], fix: str) -> T:
+    """`restore()`, orbax reading the checkpoint at `path`, once `check_whole` has read every
+    value: files it cannot read (cut short, changed) are a `UserError` ending in `fix`."""
+    check_whole(path, fix)
+    try:
+        return restore()
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for damaged files
+        raise unreadable(path, type(e).__name__, e, fix) from e
+
+
 def load_tree(path, fix: str):
-    """Reads a pytree written by `save_tree` as numpy arrays; files orbax cannot read (cut short,
-    changed) are a `UserError` ending in `fix` (`check_whole`)."""
+    """Reads a pytree written by `save_tree` as numpy arrays (`restore_checked`)."""
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    check_whole(path, fix)
-    try:
+
+    def restore():
         with ocp.StandardCheckpointer() as ckpt:
             return jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
-    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for damaged files
-        raise unreadable(path, type(e).__name__, e, fix) from e
+
+    return restore_checked(path, restore, fix)
 
 
 def check_params(model_name: str, params) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from modulenet_jax.checkpoints import check_whole, unreadable
+from modulenet_jax.checkpoints import restore_checked
 from modulenet_jax.data import Split
 from modulenet_jax.errors import UserError
 from modulenet_jax.network import evaluate
@@ -172,12 +172,9 @@ def _checkpoints(folder) -> ocp.CheckpointManager:
 def _restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> dict:
     """The state saved after epoch `step`; a damaged one is a `UserError` that says how to go on."""
     folder = Path(manager.directory) / str(step)
-    fix = f"delete {folder} to resume from the epoch saved before it (or from the start)"
-    check_whole(folder / "default", fix)
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(like._asdict()))
-    except Exception as e:  # noqa: BLE001 - orbax raises many kinds for damaged or foreign files
-        raise unreadable(folder, type(e).__name__, e, fix) from e
+    args = ocp.args.StandardRestore(like._asdict())
+    return restore_checked(folder / "default", lambda: manager.restore(step, args=args),
+                           f"delete {folder} to resume from the epoch saved before it (or from the start)")
 
 
 def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Split | None = None,
