@@ -578,8 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr = add("search", "run (or resume) a search from a config; writes a run folder", cmd_search)
     sr.add_argument("--config", required=True, help=CONFIG_HELP)
     sr.add_argument("--out", help="run folder (default runs/<config name>)")
-    sr.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="config overrides (several --set add up)")
+    _add_overrides(sr)
     sr.add_argument("--restart", action="store_true", help="start the run folder over instead of resuming")
 
     e = add("evaluate", "evaluate a source model as published, or a network under a config's protocol",
@@ -592,16 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", help="the source's PyTorch checkpoint")
     e.add_argument("--kb", help="a knowledge base folder holding the source")
     e.add_argument("--config", help="evaluate under this config's protocol and space: " + CONFIG_HELP)
-    e.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config overrides (several --set add up)")
+    _add_overrides(e)
     e.add_argument("--genotype", help="with --config: a genotype as a JSON list (README: the genotype layout)")
     e.add_argument("--batch-size", type=POSITIVE, default=500)
 
     f = add("fidelity", "measure how well no-tuning scores rank networks like a short fine-tune (Kendall tau)",
             cmd_fidelity)
     f.add_argument("--config", required=True, help="knowledge base, data and base protocol: " + CONFIG_HELP)
-    f.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config overrides (several --set add up)")
+    _add_overrides(f)
     f.add_argument("--out", default="runs/fidelity", help="results folder (resumable)")
     f.add_argument("--granularities", nargs="+", default=["run", "block"], choices=["stage", "run", "block"])
     f.add_argument("--per-granularity", type=COUNT, default=12, help="random networks per granularity")
@@ -643,8 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = add("bench", "throughput of the JAX evaluator against PyTorch eager and torch.compile, same process",
              cmd_bench)
     bn.add_argument("--config", default="cifar10_resnet", help="knowledge base, data, protocol, space: " + CONFIG_HELP)
-    bn.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="config overrides (several --set add up)")
+    _add_overrides(bn)
     bn.add_argument("--kb", help="a saved knowledge base (instead of the config's checkpoints)")
     bn.add_argument("--out", default="benchmarks/results", help="folder for <device>.json/.md/.png")
     bn.add_argument("--name", help="file stem (default: the device's name)")
@@ -678,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--paired-rounds", type=POSITIVE, default=2, help="rounds of the paired W1 timing")
     _add_runs_commands(sub, common)
     return p
+
+
+def _add_overrides(parser) -> None:
+    """`--set KEY=VALUE ...`, config overrides; several `--set` add up."""
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides (several --set add up)")
 
 
 def _initialize_distributed() -> None:
