@@ -769,7 +769,21 @@ def merge(reports: list[dict]) -> dict:
         out[key] = [item for r in reports for item in r.get(key, [])]
     out["profiles"] = {title: p for r in reports for title, p in r.get("profiles", {}).items()}
     out["validation_images"] = max(r["validation_images"] for r in reports)
+    done = measured_names(out)
+    out["skipped"] = [s for s in out["skipped"] if s.rsplit(" (", 1)[0] not in done]
     return out
+
+
+def measured_names(report: dict) -> set[str]:
+    """What each of the report's measurements is called in a `Bench.skip` line: a merged
+    report drops the lines of one call whose measurement another call made."""
+    names = {f"profile of {title}" for title in report.get("profiles", {})}
+    for r in report["results"]:
+        impl = r["impl"].split("/")[0]  # a fused W2 row's impl carries its chunk: jax-fused/32
+        names |= {f"{r['workload']} {impl} {r[k]} P={r['population']}" for k in ("dtype", "numerics")}
+    for ph in report.get("phases", []):
+        names.add(f"W2 {ph['impl']} phases {DTYPE_OF[ph['numerics']]} P={ph['population']}")
+    return names
 
 
 def _fastest(results: list[dict], workload: str, numerics: str, impl: Callable[[str], bool]) -> dict | None:
@@ -903,23 +917,38 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path) -> None:
+    """Rate against population: one panel per workload and numerics, one line per implementation
+    (a fused W2 row's chunk left out of its name, so its populations make one curve), each
+    implementation in the same colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, wl in zip(axes, ("W1", "W2")):
-        rows = [r for r in report["results"] if r["workload"] == wl]
-        for key in sorted({(r["impl"], r["numerics"]) for r in rows}):
-            pts = sorted((r["population"], r["rate"]) for r in rows if (r["impl"], r["numerics"]) == key)
-            ax.plot(*zip(*pts), marker="o", label=f"{key[0]} {key[1]}")
-        ax.set(xscale="log", yscale="log", xlabel="population size",
-               ylabel="genotype-images/s" if wl == "W1" else "genotypes/s", title=f"{wl} on {report['device']}")
-        if rows:
-            ax.legend(fontsize=7)
+    def base(impl: str) -> str:
+        return impl.split("/")[0]
+
+    present = {r["numerics"] for r in report["results"]}
+    numerics = [n for n in ("bf16", "fp32-tf32", "fp32-strict") if n in present] + sorted(
+        present - {"bf16", "fp32-tf32", "fp32-strict"})
+    workloads = [w for w in ("W1", "W2") if any(r["workload"] == w for r in report["results"])] or ["W1"]
+    impls = sorted({base(r["impl"]) for r in report["results"]})
+    colour = {impl: plt.get_cmap("tab20")(i % 20) for i, impl in enumerate(impls)}
+    fig, axes = plt.subplots(len(workloads), max(len(numerics), 1), figsize=(5 * max(len(numerics), 1),
+                             4 * len(workloads)), squeeze=False)
+    for row, wl in zip(axes, workloads):
+        for ax, num in zip(row, numerics or [""]):
+            rows = [r for r in report["results"] if (r["workload"], r["numerics"]) == (wl, num)]
+            for impl in sorted({base(r["impl"]) for r in rows}):
+                pts = sorted((r["population"], r["rate"]) for r in rows if base(r["impl"]) == impl)
+                ax.plot(*zip(*pts), marker="o", color=colour[impl], label=impl)
+            ax.set(xscale="log", yscale="log", xlabel="population size",
+                   ylabel="genotype-images/s" if wl == "W1" else "genotypes/s", title=f"{wl} {num}")
+            if rows:
+                ax.legend(fontsize=7)
+    fig.suptitle(report["device"])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -472,6 +472,26 @@ def test_merge_keeps_the_largest_validation_count():
     assert merged["validation_images"] == 5000 and merged["seconds"] == 2.0
 
 
+
+def test_merge_drops_what_one_call_skipped_and_another_measured():
+    """A session spread over device calls: the first call's budget skipped rows that the next
+    call measured; the merged report lists as skipped only what no call measured."""
+    base = {"device": "d", "xla_flags": "", "seconds": 1.0, "validation_images": 10, "profiles": {}, "phases": []}
+    first = {**base, "results": [], "skipped": [
+        "W1 jax-fused float32 P=64 (time budget)", "profile of W1 jax-fused fp32-strict P=64 (time budget)",
+        "W2 jax-fused bfloat16 P=64 (time budget)", "W2 jax-fused phases bfloat16 P=8 (row cap)",
+        "W2 torch-compile bf16 P=64 (time budget)", "W1 jax-probe float32 P=256 (time budget)"]}
+    row = {"dtype": "float32", "numerics": "fp32-strict"}
+    second = {**base, "skipped": [], "results": [
+        {**row, "workload": "W1", "impl": "jax-fused", "population": 64},
+        {"workload": "W2", "impl": "jax-fused/32", "dtype": "bfloat16", "numerics": "bf16", "population": 64},
+        {"workload": "W2", "impl": "torch-compile", "dtype": "bfloat16", "numerics": "bf16", "population": 64},
+        {**row, "workload": "W1", "impl": "jax-probe", "population": 64}],
+        "phases": [{"impl": "jax-fused", "numerics": "bf16", "population": 8}],
+        "profiles": {"W1 jax-fused fp32-strict P=64": {}}}
+    merged = throughput.merge([first, second])
+    assert merged["skipped"] == ["W1 jax-probe float32 P=256 (time budget)"]
+
 # -- profile_summary ------------------------------------------------------------------------------
 
 def test_op_kind_strips_underscore_numbers_and_clones():
