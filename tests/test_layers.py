@@ -1,12 +1,13 @@
-"""`zoo.layers.batch_stats`, the statistics BatchNorm recalibration stores: exact to float32
-rounding against float64, whatever the slices and columns it is computed in."""
+"""`zoo.layers`: `batch_stats`, the statistics BatchNorm recalibration stores, exact to float32
+rounding against float64 whatever the slices and columns it is computed in; `conv2d`'s bf16
+numerics."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modulenet_jax.zoo.layers import batch_stats
+from modulenet_jax.zoo.layers import batch_stats, conv2d
 
 
 @pytest.mark.parametrize("shape", [(64, 8, 8, 16), (37, 5, 5, 40), (9, 3, 3, 200), (1, 1, 1, 7), (13, 24)])
@@ -35,3 +36,17 @@ def test_batch_stats_gradient_does_not_depend_on_the_slices():
 
     many, one = (jax.grad(loss)(x, b) for b in (256, 1 << 30))
     np.testing.assert_allclose(np.asarray(many), np.asarray(one), rtol=1e-5, atol=1e-7)
+
+
+def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():
+    """`conv2d` on bf16 activations returns bf16 straight from the convolution: equal to the
+    float32 convolution of the same bf16 values rounded once (a bf16 accumulator would differ
+    in a large share of the outputs), grouped convolutions (the fused program's vmap) too."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    for cin, groups in ((16, 1), (32, 2)):
+        x = jax.random.normal(k1, (8, 16, 16, cin)).astype(jnp.bfloat16)
+        w = jax.random.normal(k2, (3, 3, cin // groups, 32)).astype(jnp.bfloat16)
+        y = conv2d(x, w, padding=1, groups=groups)
+        ref = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), padding=1, groups=groups).astype(jnp.bfloat16)
+        assert y.dtype == jnp.bfloat16
+        assert float(jnp.mean(y != ref)) < 1e-3, float(jnp.mean(y != ref))
