@@ -377,7 +377,9 @@ def choose_strategy(strategy: str) -> str:
 def default_group(platform: str) -> int | None:
     """`PopulationEvaluator.group` for a platform: one genotype at a time on a CPU (measured: a
     genotype alone, with plain convolutions and its own branches, runs faster than vmapped
-    ones), the device's whole share of the chunk elsewhere (None)."""
+    ones), the device's whole share of the chunk elsewhere (None; measured on an H200: W1 bf16
+    at P = 64 ran 218,640 genotype-images/s as one vmap, 206,264 eight at a time, 128,854 one
+    at a time, `benchmarks/results/nvidia-h200-speed.md`)."""
     return 1 if platform == "cpu" else None
 
 
