@@ -534,3 +534,31 @@ def test_speed_session_defaults_budget_and_row_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(throughput, "markdown", lambda r: "")
     speed_session.main(["--kb", "k", "--data", "d", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")])
     assert seen["budget_s"] == 400 and seen["row_cap_s"] == 45
+
+
+def test_the_device_script_imports_without_what_the_device_image_lacks():
+    """The GPU image has no ml_collections, pymoo or TFDS (the first H200 call of the device
+    script failed on ml_collections): the script's modules import without them, the package
+    loading each public name's module only when it is used; every public name resolves."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import modulenet_jax
+
+    code = "\n".join([
+        "import sys",
+        "class Lacking:",
+        "    def find_spec(self, name, path=None, target=None):",
+        "        if name.split('.')[0] in ('ml_collections', 'pymoo', 'tensorflow_datasets', 'tensorflow'):",
+        "            raise ImportError('not on the device image: ' + name)",
+        "sys.meta_path.insert(0, Lacking())",
+        "import benchmarks.speed_session, benchmarks.throughput, benchmarks.prepare_device_bundle",
+        "import modulenet_jax",
+        "assert modulenet_jax.Protocol.__module__ == 'modulenet_jax.protocol'",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(getattr(modulenet_jax, name) is not None for name in modulenet_jax.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        modulenet_jax.Nope  # noqa: B018
