@@ -47,6 +47,8 @@ from modulenet_jax.population import (PopulationEvaluator, choose_strategy, fit_
 from modulenet_jax.protocol import FittedNetwork, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 
+from .grouped_probe import grouped_probe_chunk
+
 # Dense peak FLOP/s by device kind and numerics, from the vendors' datasheets (SXM parts, no sparsity).
 PEAK_FLOPS = {"H100": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
               "H200": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
@@ -169,6 +171,8 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
     with core.numerics(protocol):
         return jax.vmap(one)(idx, fits, heads)
 
+
+_grouped_probe_chunk = jax.jit(grouped_probe_chunk, static_argnames=("layout", "protocol"))
 
 # W2's first two phases alone (the fused program's own functions, each its own program here).
 _fit_pass_chunk = jax.jit(fit_chunk, static_argnames=("layout", "protocol", "group"))
@@ -345,23 +349,17 @@ class Bench:
                   self._w1_flops(archs))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def w1_probe(self, archs, dtype, P):
+    def w1_probe(self, archs, dtype, P, grouped: bool = False):
         """`_probe_chunk` on W1's networks at full depth (`fused` strategy only): the reference
-        the fused program's W1 rate is read against."""
-        row = ("W1", "jax-probe", dtype)
-        if self.strategy != "fused" or self.skip(row, f"W1 jax-probe {dtype} P={P}"):
+        the fused program's W1 rate is read against; `grouped`: `grouped_probe_chunk`, the same
+        networks with the genotypes inside the channel axis (`jax-probe-grouped`)."""
+        impl = "jax-probe-grouped" if grouped else "jax-probe"
+        row = ("W1", impl, dtype)
+        if self.strategy != "fused" or self.skip(row, f"W1 {impl} {dtype} P={P}"):
             return
         t_row = time.time()
-        protocol = self._protocol(dtype)
-        pe, (images, labels, valid) = self._w1_fused(dtype)
         archs = archs[:P]
-        slots, fits, heads = self._w1_fitted(pe, archs)
-        idx = jnp.asarray(slots[0])
-
-        def call():
-            return jax.block_until_ready(_probe_chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images,
-                                                      labels, valid))
-
+        call = self._probe_call(archs, dtype, grouped)
         programs = jax_programs()
         t = time.time()
         call()
@@ -375,10 +373,21 @@ class Bench:
         dt = float(np.median(times))
         flops = np.mean([sum(self.kb.record(m).flops for m in a.modules)  # no stitch
                          + 2 * self.kb.record(a.modules[-1]).spec.out_channels * self.num_classes for a in archs])
-        self.add(Result("W1", "jax-probe", dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
+        self.add(Result("W1", impl, dtype, NUMERICS[dtype], P, P, dt, compile_s, P * len(self.val) / dt,
                          "genotype-images/s", built - programs, jax_programs() - built, correct=np.asarray(correct)),
                   flops)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def _probe_call(self, archs, dtype, grouped: bool) -> Callable:
+        """One call of a W1 probe on `archs` (`_probe_chunk`, or `grouped_probe_chunk`), its
+        inputs made once: (correct counts, all finite) per network."""
+        protocol = self._protocol(dtype)
+        pe, (images, labels, valid) = self._w1_fused(dtype)
+        slots, fits, heads = self._w1_fitted(pe, archs)
+        idx = jnp.asarray(slots[0])
+        chunk = _grouped_probe_chunk if grouped else _probe_chunk
+        return lambda: jax.block_until_ready(chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images, labels,
+                                                   valid))
 
     def _loop_network(self, ev: Evaluator, arch):
         recs = [self.kb.record(m) for m in arch.modules]
@@ -565,8 +574,6 @@ class Bench:
         """A `jax.profiler` trace of one fused call, compiled beforehand (W1: scoring `P` fitted
         networks; W2: the whole protocol on a chunk of `P`), summarised by op kind
         (`profile_summary`) under the row's title in `profiles`."""
-        from . import profile_summary
-
         impl = fused_impl(group)
         title = f"{workload} {impl} {NUMERICS[dtype]} P={P}"
         row = ("profile", workload, impl, dtype)
@@ -584,13 +591,31 @@ class Bench:
 
             def call():
                 return pe.evaluate(archs[:P], self.val)
-        call()  # compiled (or read from the cache) outside the trace
+        self._trace(title, call, trace_dir)
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def profile_grouped_probe(self, archs, dtype, P, trace_dir):
+        """`profile` of the grouped probe's call (`jax-probe-grouped`): what the fused W1 profile's
+        epilogue fusions become once no transpose sits between the convolutions."""
+        title = f"W1 jax-probe-grouped {NUMERICS[dtype]} P={P}"
+        row = ("profile", "W1", "jax-probe-grouped", dtype)
+        if self.strategy != "fused" or self.skip(row, f"profile of {title}"):
+            return
+        t_row = time.time()
+        self._trace(title, self._probe_call(archs[:P], dtype, True), trace_dir)
+        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def _trace(self, title: str, call: Callable, trace_dir):
+        """`call` compiled (or read from the cache) outside the trace, then traced once and summarised
+        by op kind (`profile_summary`) under `title` in `profiles`."""
+        from . import profile_summary
+
+        call()
         summary = profile_summary.capture(call, Path(trace_dir) / title.replace(" ", "_").replace("=", ""))
         self.profiles[title] = summary
         top = summary["kinds"][0] if summary["kinds"] else {"kind": "-", "share": 0.0}
         self.log(f"profile {title}: {summary['device_seconds']:.3f} s of op time, largest `{top['kind']}` "
                  f"{100 * top['share']:.0f}%")
-        self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
     def w2_torch(self, archs, numerics, P, compile_: bool, max_networks: int):
         from .torch_baseline import source_inputs_torch, timed
@@ -662,7 +687,8 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
             if "W1" in workloads:
                 for g in w1_groups:
                     bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
-                bench.attempt(("W1 jax probe", dtype), bench.w1_probe, w1, dtype, P)
+                for grouped in (False, True):
+                    bench.attempt(("W1 jax probe", dtype, grouped), bench.w1_probe, w1, dtype, P, grouped)
                 for num in numerics:
                     for mode in torch_modes:
                         for fold in (False, True) if mode in torch_fold_modes else (False,):
@@ -683,6 +709,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                         for g in jax_groups:
                             bench.attempt(("profile", workload, dtype, g), bench.profile, archs, dtype, P, g,
                                           workload, trace_dir)
+                if "W1" in workloads:
+                    bench.attempt(("profile", "W1 grouped probe", dtype), bench.profile_grouped_probe, w1, dtype, P,
+                                  trace_dir)
     if paired and "W1" in workloads and "eager" in torch_modes:
         for dtype in dtypes:
             bench.w1_paired(w1, dtype, min(paired, pmax), paired_rounds)
@@ -713,7 +742,7 @@ def speedups(report: dict) -> list[dict]:
     rows = []
     res = report["results"]
     for r in res:
-        if not r["impl"].startswith("jax") or r["impl"] == "jax-probe":
+        if not r["impl"].startswith("jax") or r["impl"].startswith("jax-probe"):
             continue
         torch_rows = {(b["impl"], b["numerics"]) for b in res if b["impl"].startswith("torch")
                       and b["workload"] == r["workload"] and b["numerics"] == r["numerics"]}
@@ -792,7 +821,7 @@ def _fastest(results: list[dict], workload: str, numerics: str, impl: Callable[[
 
 
 def _jax_protocol(impl: str) -> bool:
-    return impl.startswith("jax-") and impl != "jax-probe"
+    return impl.startswith("jax-") and not impl.startswith("jax-probe")
 
 
 def _name(row: dict) -> str:
@@ -858,7 +887,9 @@ def markdown(report: dict) -> str:
              "numerics. `compiled` = JAX programs lowered or dynamo graphs compiled by the warm-up call (its "
              "time is `compile s`), `again` = by the timed calls on the other networks (0: compiled once, reused). "
              "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
-             "speed reference for `jax-fused`, not the protocol).", "",
+             "speed reference for `jax-fused`, not the protocol); `jax-probe-grouped`: the same networks with the "
+             "genotypes inside the channel axis from stem to pooling, no transpose between convolutions "
+             "(`benchmarks/grouped_probe.py`).", "",
              "| workload | impl | numerics | population | networks timed | rate | unit | TFLOP/s | % of peak "
              "| compile s | compiled | again | mean correct |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
