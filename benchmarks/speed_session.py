@@ -16,8 +16,9 @@ machine that kept the folder compiles nothing again. `--quick` is the same scrip
 few images, populations 1 and 2, no time limits) to check it on a CPU; it runs the fused JAX
 path as a GPU does unless `--strategy` says otherwise.
 
-The fused JAX path is timed once per `--groups` size (`population.by_group`: the chunk as one
-vmap, one genotype at a time, eight at a time) up to `--groups-until` (64), and above it only in
+The fused JAX path is timed once per `--groups` size (`population.by_group`: by default the chunk
+as one vmap, which ran fastest on an H200; `--groups 0 1 8` adds one and eight genotypes at a
+time) up to `--groups-until` (64), and above it only in
 the group that ran fastest there (per workload and dtype: the 256 points are the slowest to
 compile and run); at `--profile-population` each of its rows is traced with `jax.profiler` and
 summarised by op kind (`profile_summary.py`; the traces stay beside the cache, the summary goes
@@ -83,8 +84,9 @@ def main(argv=None):
     p.add_argument("--torch-fold-modes", nargs="*", default=["eager"], choices=["eager", "compile"],
                    help="PyTorch modes also timed with BatchNorm folded (W1)")
     p.add_argument("--strategy", default="fused", choices=["auto", "fused", "loop"])
-    p.add_argument("--groups", nargs="+", type=int, default=[0, 1, 8],
-                   help="fused rows per group size: G genotypes side by side at a time (0: the chunk as one vmap)")
+    p.add_argument("--groups", nargs="+", type=int, default=[0],
+                   help="fused rows per group size: G genotypes side by side at a time (0: the chunk as one vmap, "
+                   "the fastest on an H200; `--groups 0 1 8` measures the others again)")
     p.add_argument("--groups-until", type=int, default=64,
                    help="above this population only the fastest group so far runs (per workload and dtype)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
