@@ -209,8 +209,8 @@ class Evaluator:
     def _fits(self, saved: dict, state: core.State) -> bool:
         if self.prefix_memory is None:
             return True
-        used = sum(_state_bytes(s) for s, _ in saved.values())
-        return used + _state_bytes(state) <= self.prefix_memory
+        used = sum(state_bytes(s) for s, _ in saved.values())
+        return used + state_bytes(state) <= self.prefix_memory
 
     def evaluate_many(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """`evaluate_iter`'s evaluations in the order of `archs`."""
@@ -223,8 +223,9 @@ class Evaluator:
         return self.evaluate_many([arch], split)[0]
 
 
-def _state_bytes(state: core.State) -> int:
-    """Bytes of a state's activations (its fitted params are small and shared)."""
+def state_bytes(state: core.State) -> int:
+    """Bytes of a state's activations (its fitted params are small and shared): what
+    `Evaluator.prefix_memory` counts."""
     return sum(x.nbytes for x in jax.tree_util.tree_leaves((state.fit, state.features, state.scored)))
 
 

@@ -8,7 +8,7 @@ import pytest
 from modulenet_jax import zoo
 from modulenet_jax.assemble import fit_linear_map, preprocess, stitch_cost
 from modulenet_jax.cost import count_params
-from modulenet_jax.evaluate import Evaluator, published_logits
+from modulenet_jax.evaluate import Evaluator, published_logits, state_bytes
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.data import Split
 from modulenet_jax.protocol import EvaluationError, Protocol, count_correct, pad_batches
@@ -279,7 +279,11 @@ def test_a_prefix_memory_budget_costs_only_recomputation(tiny_kb, tiny_dataset, 
     ev.prefix_memory = 0
     assert ev.evaluate_many(archs, val) == unlimited
     assert len(steps) == sum(len(a.modules) for a in archs)  # nothing kept, nothing shared
-    stage1_state = (128 + 2 * 50) * 32 * 32 * 16 * 4  # fit pass + two val batches of 16-channel activations
+    # the largest state a network keeps: after its stem or a stage-1 block (fit pass and val batches, 32x32x16)
+    first = archs[0]
+    state, _ = ev.step(ev.start(first, pad_batches(ev.protocol.batch_size, val.images, val.labels)[0]),
+                       first.modules[0], first.junctions(tiny_kb)[0])
+    stage1_state = state_bytes(state)
     steps.clear()
     ev.prefix_memory = stage1_state * 3 // 2  # room for one such state, not two
     assert ev.evaluate_many(archs, val) == unlimited
