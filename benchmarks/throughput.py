@@ -179,6 +179,17 @@ _fit_pass_chunk = jax.jit(fit_chunk, static_argnames=("layout", "protocol", "gro
 _head_chunk = jax.jit(fit_heads, static_argnames=("protocol", "num_classes"))
 
 
+def paired_figures(t_jax, t_torch, images: int) -> dict:
+    """The paired W1 figures from seconds per (round, network) of each side: each network's
+    median time over the rounds; the rates of the networks together; the per-network ratio of
+    JAX's speed to PyTorch's (PyTorch's median time over JAX's), its median, min and max."""
+    m_jax, m_torch = np.median(t_jax, axis=0), np.median(t_torch, axis=0)
+    ratio = m_torch / m_jax
+    n = len(m_jax)
+    return {"jax_rate": n * images / float(m_jax.sum()), "torch_rate": n * images / float(m_torch.sum()),
+            "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max())}
+
+
 def fused_impl(group: int | None) -> str:
     """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
     genotypes side by side at a time (`population.by_group`)."""
@@ -486,13 +497,8 @@ class Bench:
                 if NUMERICS[dtype] == "fp32-strict" and cj != ct:
                     raise AssertionError(f"W1 paired: JAX counts {cj} correct, PyTorch {ct}, on {archs[i].describe()}")
                 correct.append(cj)
-        ratio = np.median(t_torch, axis=0) / np.median(t_jax, axis=0)  # JAX speed over PyTorch's, per network
         row = {"impl": f"jax-{self.strategy}", "dtype": dtype, "numerics": NUMERICS[dtype], "networks": n,
-               "rounds": rounds,
-               "jax_rate": n * len(self.val) / float(np.median(t_jax, axis=0).sum()),
-               "torch_rate": n * len(self.val) / float(np.median(t_torch, axis=0).sum()),
-               "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()),
-               "ratio_max": float(ratio.max()), "correct": correct[:n]}
+               "rounds": rounds, **paired_figures(t_jax, t_torch, len(self.val)), "correct": correct[:n]}
         self.paired.append(row)
         self.log(f"W1 paired {NUMERICS[dtype]}: JAX {row['jax_rate']:.1f}, PyTorch eager {row['torch_rate']:.1f} "
                  f"genotype-images/s; per network JAX/eager median {row['ratio_median']:.2f} "

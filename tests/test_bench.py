@@ -406,7 +406,14 @@ def test_paired_timing_raises_where_pytorch_counts_otherwise(tiny_kb, tiny_datas
 
 
 def test_paired_ratio_is_pytorch_time_over_jax_time(report):
-    for p in report["paired"]:  # the ratio of the summed rates is a weighted mean of the per-network ratios
+    """Per network the median over rounds on each side; the ratio JAX's speed over PyTorch's
+    (PyTorch's time over JAX's), network by network, then its median; the rates over all."""
+    t_jax = np.array([[1.0, 2.0, 4.0], [3.0, 2.0, 4.0], [2.0, 9.0, 5.0]])  # rounds x networks: medians 2, 2, 4
+    t_torch = np.array([[6.0, 1.0, 4.0], [5.0, 3.0, 2.0], [7.0, 3.0, 4.0]])  # medians 6, 3, 4: ratios 3, 1.5, 1
+    f = throughput.paired_figures(t_jax, t_torch, images=100)
+    assert f == {"jax_rate": pytest.approx(300 / 8), "torch_rate": pytest.approx(300 / 13),
+                 "ratio_median": pytest.approx(1.5), "ratio_min": pytest.approx(1.0), "ratio_max": pytest.approx(3.0)}
+    for p in report["paired"]:  # and the run's rows are these figures of its timings
         assert p["ratio_min"] * 0.999 <= p["jax_rate"] / p["torch_rate"] <= p["ratio_max"] * 1.001
 
 
