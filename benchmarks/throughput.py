@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modulenet_jax import protocol as core
+from modulenet_jax import grouped, protocol as core
 from modulenet_jax.data import Dataset, fit_split, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
@@ -46,6 +46,7 @@ from modulenet_jax.population import (PopulationEvaluator, choose_strategy, fit_
                                       walk)
 from modulenet_jax.protocol import FittedNetwork, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
+from modulenet_jax.zoo import op_of
 
 from .grouped_probe import grouped_probe_chunk
 
@@ -190,9 +191,12 @@ def paired_figures(t_jax, t_torch, images: int) -> dict:
             "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max())}
 
 
-def fused_impl(group: int | None) -> str:
+def fused_impl(group: int | None, grouped_layout: bool = False) -> str:
     """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
-    genotypes side by side at a time (`population.by_group`)."""
+    genotypes side by side at a time (`population.by_group`), `jax-grouped` the chunk at once
+    in the grouped layout (`population.score_group`)."""
+    if grouped_layout:
+        return "jax-grouped"
     return "jax-fused" if group is None else f"jax-fused-g{group}"
 
 
@@ -295,13 +299,13 @@ class Bench:
     def _w1_flops(self, archs) -> float:
         return float(np.mean([self.cost.cost(a)[1] for a in archs]))
 
-    def _w1_fused(self, dtype, group=None):
-        """W1's fused evaluator of a dtype (made once, set to `group`) and the validation split on
-        its device."""
+    def _w1_fused(self, dtype, group=None, grouped_layout=False):
+        """W1's fused evaluator of a dtype (made once, set to `group` and `grouped_layout`) and the
+        validation split on its device."""
         protocol = self._protocol(dtype)
         pe = self._once(("w1-fused", dtype),
                         lambda: PopulationEvaluator(self.block_space, protocol, self.fit, chunk_size=1))
-        pe.group = group
+        pe.group, pe.grouped_layout = group, grouped_layout
         return pe, self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
 
     def _w1_fitted(self, pe, archs) -> tuple:
@@ -310,19 +314,20 @@ class Bench:
         return (pe.stacked_slots(archs), pe.published_fits(archs),
                 jax.tree_util.tree_map(lambda *h: jnp.stack(h), *[source_head(self.kb, a) for a in archs]))
 
-    def _w2_fused(self, dtype, P, group=None):
+    def _w2_fused(self, dtype, P, group=None, grouped_layout=False):
         """W2's fused evaluator of a dtype (made once), set to equal chunks covering `P` within
-        what the device's memory allows (`PopulationEvaluator.chunk_for`), run in `group`s."""
+        what the device's memory allows (`PopulationEvaluator.chunk_for`), run in `group`s (or
+        scored in the grouped layout)."""
         pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, self._protocol(dtype), self.fit))
         memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
-        pe.group = group
+        pe.group, pe.grouped_layout = group, grouped_layout
         pe.chunk_size = pe.chunk_for(P, memory_chunk)
         return pe
 
     # -- W1 ----------------------------------------------------------------------------------------
 
-    def w1_jax(self, archs, dtype, P, group=None):
-        impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
+    def w1_jax(self, archs, dtype, P, group=None, grouped_layout=False):
+        impl = fused_impl(group, grouped_layout) if self.strategy == "fused" else "jax-loop"
         row = ("W1", impl, dtype)
         if self.skip(row, f"W1 {impl} {dtype} P={P}"):
             return
@@ -342,7 +347,7 @@ class Bench:
             correct = [ev.score(n, self.val)[0] for n in nets]
             dt = time.time() - t
         else:
-            pe, scored = self._w1_fused(dtype, group)
+            pe, scored = self._w1_fused(dtype, group, grouped_layout)
             slots, fits, heads = self._w1_fitted(pe, archs)
             programs = jax_programs()
             t = time.time()
@@ -506,8 +511,8 @@ class Bench:
 
     # -- W2 ----------------------------------------------------------------------------------------
 
-    def w2_jax(self, archs, dtype, P, group=None):
-        impl = fused_impl(group) if self.strategy == "fused" else "jax-loop"
+    def w2_jax(self, archs, dtype, P, group=None, grouped_layout=False):
+        impl = fused_impl(group, grouped_layout) if self.strategy == "fused" else "jax-loop"
         row = ("W2", impl, dtype)
         if self.skip(row, f"W2 {impl} {dtype} P={P}"):
             return
@@ -524,7 +529,7 @@ class Bench:
             res = ev.evaluate_many(archs[:P], self.val)  # module prefixes the networks share: once
             dt = time.time() - t
         else:
-            pe = self._w2_fused(dtype, P, group)
+            pe = self._w2_fused(dtype, P, group, grouped_layout)
             impl = f"{impl}/{pe.chunk_size}"
             programs = jax_programs()
             t = time.time()
@@ -576,24 +581,24 @@ class Bench:
                  + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def profile(self, archs, dtype, P, group, workload, trace_dir):
+    def profile(self, archs, dtype, P, group, workload, trace_dir, grouped_layout=False):
         """A `jax.profiler` trace of one fused call, compiled beforehand (W1: scoring `P` fitted
         networks; W2: the whole protocol on a chunk of `P`), summarised by op kind
         (`profile_summary`) under the row's title in `profiles`."""
-        impl = fused_impl(group)
+        impl = fused_impl(group, grouped_layout)
         title = f"{workload} {impl} {NUMERICS[dtype]} P={P}"
         row = ("profile", workload, impl, dtype)
         if self.strategy != "fused" or self.skip(row, f"profile of {title}"):
             return
         t_row = time.time()
         if workload == "W1":
-            pe, scored = self._w1_fused(dtype, group)
+            pe, scored = self._w1_fused(dtype, group, grouped_layout)
             fitted = self._w1_fitted(pe, archs[:P])
 
             def call():
                 return pe.score_fitted(*fitted, scored)
         else:
-            pe = self._w2_fused(dtype, P, group)
+            pe = self._w2_fused(dtype, P, group, grouped_layout)
 
             def call():
                 return pe.evaluate(archs[:P], self.val)
@@ -682,6 +687,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     space = SearchSpace(kb, granularity)
     rng = np.random.default_rng(seed)
     w2 = [space.decode(space.sample(rng)) for _ in range(pmax)]
+    # the fused program scored in the grouped layout, where every op of the knowledge base has a grouped form
+    grouped_rows = bench.strategy == "fused" and not grouped.missing(op_of(r.spec) for r in kb.records
+                                                                     if r.spec.kind != "head")
     for P in sorted(populations):
         for dtype in dtypes:
             numerics = bench.torch_numerics(dtype) if torch_modes else []
@@ -693,8 +701,10 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
             if "W1" in workloads:
                 for g in w1_groups:
                     bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
-                for grouped in (False, True):
-                    bench.attempt(("W1 jax probe", dtype, grouped), bench.w1_probe, w1, dtype, P, grouped)
+                if grouped_rows:
+                    bench.attempt(("W1 jax grouped", dtype), bench.w1_jax, w1, dtype, P, None, True)
+                for in_channels in (False, True):  # the naive probe, the grouped-layout probe
+                    bench.attempt(("W1 jax probe", dtype, in_channels), bench.w1_probe, w1, dtype, P, in_channels)
                 for num in numerics:
                     for mode in torch_modes:
                         for fold in (False, True) if mode in torch_fold_modes else (False,):
@@ -705,6 +715,8 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                     bench.attempt(("W2 jax", dtype, g), bench.w2_jax, w2, dtype, P, g)
                     if P == phase_population:
                         bench.attempt(("W2 jax phases", dtype, g), bench.w2_jax_phases, w2, dtype, P, g)
+                if grouped_rows:
+                    bench.attempt(("W2 jax grouped", dtype), bench.w2_jax, w2, dtype, P, None, True)
                 for num in numerics:
                     for mode in torch_modes:
                         bench.attempt(("W2 torch", num, mode), bench.w2_torch, w2, num, P, mode == "compile",
@@ -715,6 +727,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                         for g in jax_groups:
                             bench.attempt(("profile", workload, dtype, g), bench.profile, archs, dtype, P, g,
                                           workload, trace_dir)
+                        if grouped_rows:
+                            bench.attempt(("profile grouped", workload, dtype), bench.profile, archs, dtype, P, None,
+                                          workload, trace_dir, True)
                 if "W1" in workloads:
                     bench.attempt(("profile", "W1 grouped probe", dtype), bench.profile_grouped_probe, w1, dtype, P,
                                   trace_dir)

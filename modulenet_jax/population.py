@@ -7,7 +7,9 @@ network's depth pass their input through (`active`), and a stitch is used only a
 (`junction`); both are exact masks, so one program serves every genotype of the space. A
 chunk runs in groups (`by_group`): the genotypes of a group side by side (`vmap`, whose
 convolutions become grouped ones), the groups one after another (`lax.map`); a group of one
-runs plain convolutions. What no genotype of a group needs is not computed: a conditional on
+runs plain convolutions; with `grouped_layout` a group is scored with its genotypes inside the
+channel axis instead of vmapped (`score_group`, `grouped.py`: no transposes around each
+convolution). What no genotype of a group needs is not computed: a conditional on
 the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
 none has a junction, and populations are chunked by structure so that chunks share depths
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from modulenet_jax import protocol as core
+from modulenet_jax import grouped, protocol as core
 from modulenet_jax.data import Split
 from modulenet_jax.evaluate import Evaluation, Evaluator
 from modulenet_jax.protocol import EvaluationError, ModuleFit, Protocol
@@ -122,7 +124,7 @@ def _bank(banks, kind: str, stage: int):
     return banks["stem"] if kind == "stem" else banks["stages"][stage][kind]
 
 
-def _masks(kind: str, active, junction):
+def slot_masks(kind: str, active, junction):
     """The stem reads the image (never a junction); the stem and a stage's first slot are
     always active (a first slot may change the shape, so it has no pass-through)."""
     return (active if kind == "other" else None), (False if kind == "stem" else junction)
@@ -178,7 +180,7 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
     def visit(op, slot, data, state):
         (i, active, junction), here = data
         bank = _bank(banks, *slot)
-        active, junction = _masks(slot[0], active, junction)
+        active, junction = slot_masks(slot[0], active, junction)
         target = None if bank["targets"] is None else bank["targets"][i]
         params = _take(bank["params"], i)
 
@@ -209,18 +211,24 @@ def network_logits(layout: Layout, slots, fits, head, x, present=None, batches: 
 
     def visit(op, slot, data, x):
         (fit, active, junction), here = data
-        active, junction = _masks(slot[0], active, junction)
+        active, junction = slot_masks(slot[0], active, junction)
 
         def run(stitch: bool):
             return each(lambda xb: core.apply_fitted(op, fit, xb, junction if stitch else False, active), x)
 
         return when_present(slot[0], here, run, lambda: x), None
 
-    masks = layout.per_slot((tuple(slots[1:]), present))
-    data = {"stem": ((fits["stem"],) + masks["stem"][0], masks["stem"][1]),
-            "stages": [{k: ((f[k],) + m[k][0], m[k][1]) for k in m} for f, m in zip(fits["stages"], masks["stages"])]}
-    x, _ = walk(layout, data, x, visit)
+    x, _ = walk(layout, _slot_data(layout, fits, slots[1:], present), x, visit)
     return each(lambda xb: core.head_logits(head, core.pool(xb)), x)
+
+
+def _slot_data(layout: Layout, fits, masks, present):
+    """What the scoring walks over: per slot `((fit, active, junction), present)` in
+    `Layout.per_slot`'s structure, from `fits` (that structure), `masks` = (active, junction)
+    (slots on the first axis) and the chunk's `present`."""
+    m = layout.per_slot((tuple(masks), present))
+    return {"stem": ((fits["stem"],) + m["stem"][0], m["stem"][1]),
+            "stages": [{k: ((f[k],) + ms[k][0], ms[k][1]) for k in ms} for f, ms in zip(fits["stages"], m["stages"])]}
 
 
 def inference_fits(layout: Layout, fits):
@@ -259,12 +267,61 @@ def score_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
     return jnp.sum(hits), jnp.all(finite)
 
 
-def by_group(protocol: Protocol, group: int, one: Callable, slots, *rest):
+def group_logits(layout: Layout, slots, fits, heads, xs, present):
+    """`network_logits` of a whole group at once in the grouped layout (`grouped.py`): `slots`,
+    `fits` (inference form) and `heads` stacked over the group, `xs` a tuple of batches
+    `[batch, h, w, P·C]` moving through the network together; logits `[P, batch, classes]` per
+    batch. The chunk's conditionals (`present`) are the group's, as in the vmapped program."""
+    P = slots[0].shape[0]
+
+    def visit(op, slot, data, xs):
+        (fit, active, junction), here = data
+        active, junction = slot_masks(slot[0], active, junction)
+
+        def run(stitch: bool):
+            return tuple(grouped.apply_fitted(op, fit, x, P, junction if stitch else False, active) for x in xs)
+
+        return when_present(slot[0], here, run, lambda: xs), None
+
+    def scanned(tree):  # a stage's other slots: scanned over the slot axis, the group's axis inside
+        return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+
+    fits = {"stem": fits["stem"], "stages": [{k: scanned(v) if k == "other" else v for k, v in stage.items()}
+                                             for stage in fits["stages"]]}
+    xs, _ = walk(layout, _slot_data(layout, fits, [m.T for m in slots[1:]], present), xs, visit)
+    return tuple(jax.vmap(core.head_logits)(heads, core.pool(x).reshape(x.shape[0], P, -1).swapaxes(0, 1))
+                 for x in xs)
+
+
+def score_group(layout: Layout, protocol: Protocol, banks, slots, fits, heads, images, labels, valid, present=None,
+                carry: int = 1):
+    """`score_network` for every genotype of a group at once, in the grouped layout: per
+    genotype (correct predictions, all logits finite), `[P]` each."""
+    mean, std = banks["mean"][slots[0][:, 0]], banks["std"][slots[0][:, 0]]
+    fits = jax.vmap(lambda f: inference_fits(layout, f))(fits)
+    k = divisor_at_most(len(images), carry)
+
+    def together(batches):
+        x, y, v = batches
+        xs = tuple(grouped.to_grouped(jax.vmap(lambda m, s: core.prepare(protocol, x[j], m, s))(mean, std))
+                   for j in range(k))
+        logits = jnp.stack(group_logits(layout, slots, fits, heads, xs, present), axis=1)  # [P, k, batch, classes]
+        return jax.vmap(jax.vmap(core.score_logits), in_axes=(0, None, None))(logits, y, v)
+
+    split = jax.tree_util.tree_map(lambda a: a.reshape((len(a) // k, k) + a.shape[1:]), (images, labels, valid))
+    with core.numerics(protocol):
+        hits, finite = jax.lax.map(together, split)
+    return jnp.sum(hits, axis=(0, 2)), jnp.all(finite, axis=(0, 2))
+
+
+def by_group(protocol: Protocol, group: int, one: Callable, slots, *rest, many: Callable | None = None):
     """`one(slots, *rest, present=...)` for every genotype of a chunk (`slots` and `rest` stacked
     over it): `group` genotypes side by side (vmapped), the groups one after another
     (`lax.map`), each group skipping what none of its genotypes needs (its `chunk_presence`).
     `group` 1 runs each genotype alone, with plain convolutions and exactly its own slots and
-    stitches; the whole chunk is one vmap, whose convolutions are grouped over genotypes."""
+    stitches; the whole chunk is one vmap, whose convolutions are grouped over genotypes.
+    `many(slots, *rest, present=...)`, where given, runs a group of several at once instead of
+    the vmap of `one` (`score_group`: the grouped layout)."""
     n = len(slots[0])
     if n % group:
         raise ValueError(f"a chunk of {n} genotypes cannot run in groups of {group}")
@@ -272,6 +329,8 @@ def by_group(protocol: Protocol, group: int, one: Callable, slots, *rest):
     def together(args):
         s, r = args
         present = chunk_presence(protocol, s)
+        if many is not None:
+            return many(s, *r, present=present)
         return jax.vmap(lambda s, r: one(s, *r, present=present))(s, r)
 
     if group == 1:
@@ -311,10 +370,11 @@ def fit_heads(protocol: Protocol, num_classes: int, features, labels):
 
 
 def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: int, banks, slots, fit_x, fit_y,
-                   images, labels, valid, carry: int = 1):
+                   images, labels, valid, carry: int = 1, grouped_layout: bool = False):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
     protocol, phase by phase: `fit_chunk`, `fit_heads`, the optional tuning and the scoring
-    (`by_group`, `carry` batches at a time at most)."""
+    (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's scoring in
+    the grouped layout, `score_group`)."""
     fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x)
     heads = fit_heads(protocol, num_classes, features, fit_y)
     if protocol.stitch_steps:
@@ -327,27 +387,37 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
         correct, finite = score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present,
                                         carry)
         return correct, finite & core.fit_is_finite(fits, head)
-    return by_group(protocol, group, score, slots, fits, heads)
+
+    def score_all(slots, fits, heads, present):
+        correct, finite = score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present,
+                                      carry)
+        return correct, finite & jax.vmap(core.fit_is_finite)(fits, heads)
+    return by_group(protocol, group, score, slots, fits, heads, many=score_all if grouped_layout else None)
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "carry", "mesh"))
-def _evaluate_chunk(layout, protocol, num_classes, group, carry, mesh, banks, slots, fit_x, fit_y, images, labels,
-                    valid):
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "carry", "mesh",
+                                             "grouped_layout"))
+def _evaluate_chunk(layout, protocol, num_classes, group, carry, mesh, grouped_layout, banks, slots, fit_x, fit_y,
+                    images, labels, valid):
     def local(slots, shared):
         banks, fit_x, fit_y, images, labels, valid = shared
         return evaluate_chunk(layout, protocol, num_classes, group, banks, slots, fit_x, fit_y, images, labels, valid,
-                              carry)
+                              carry, grouped_layout)
     return over_devices(mesh, local, slots, (banks, fit_x, fit_y, images, labels, valid))
 
 
-@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group", "carry", "mesh"))
-def _score_chunk(layout, protocol, group, carry, mesh, banks, slots, fits, heads, images, labels, valid):
+@functools.partial(jax.jit, static_argnames=("layout", "protocol", "group", "carry", "mesh", "grouped_layout"))
+def _score_chunk(layout, protocol, group, carry, mesh, grouped_layout, banks, slots, fits, heads, images, labels,
+                 valid):
     def local(per_genotype, shared):
         banks, images, labels, valid = shared
 
         def one(slots, fits, head, present):
             return score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present, carry)
-        return by_group(protocol, group, one, *per_genotype)
+
+        def many(slots, fits, heads, present):
+            return score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present, carry)
+        return by_group(protocol, group, one, *per_genotype, many=many if grouped_layout else None)
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 
 
@@ -398,14 +468,17 @@ class PopulationEvaluator:
     to `balanced_chunk`, so a population of 12 is not padded to what the memory would hold);
     on each device `group` of them side by side, the groups one after another (`by_group`;
     None: all of the device's share, one vmap; `default_group` says what suits a platform);
-    scored batches move through a network `carry` at a time at most (None: `batch_carry`).
+    scored batches move through a network `carry` at a time at most (None: `batch_carry`);
+    `grouped_layout`: a group of several genotypes is scored in the grouped layout (`score_group`,
+    ops of `grouped.GROUPED_OPS` only) instead of vmapped.
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`
     it wraps supplies the stitch targets, the normalisation and the costs.
     """
 
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None,
-                 group: int | None = None, largest: int | None = None, carry: int | None = None):
+                 group: int | None = None, largest: int | None = None, carry: int | None = None,
+                 grouped_layout: bool = False):
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
@@ -416,6 +489,11 @@ class PopulationEvaluator:
         if group is not None and group < 1:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
+        if grouped_layout and self.without_grouped_form():
+            raise FusionError(f"grouped_layout: no grouped form of {self.without_grouped_form()} "
+                              "(`grouped.GROUPED_OPS` has the CIFAR ResNet ops); score this space with "
+                              "grouped_layout=False")
+        self.grouped_layout = grouped_layout
         self.carry = carry or batch_carry(protocol, self.devices[0].platform)
         # measured once, before any chunk runs: the chunk size and the carry it gives are static
         # arguments of the compiled programs, which a later measurement could change
@@ -424,6 +502,11 @@ class PopulationEvaluator:
         if chunk_size is None and largest is not None:
             self.chunk_size = self.chunk_for(largest, self.chunk_size)
         self.chunk_size = max(len(self.devices), -(-self.chunk_size // len(self.devices)) * len(self.devices))
+
+    def without_grouped_form(self) -> list[str]:
+        """The space's ops that `grouped_layout` cannot run (none: it can score this space)."""
+        return grouped.missing([self.layout.stem_op, *self.layout.first_ops,
+                                *(op for op in self.layout.other_ops if op)])
 
     # -- banks ------------------------------------------------------------------------------
 
@@ -583,8 +666,8 @@ class PopulationEvaluator:
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
         return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
-                                               self.carry_for(group), self.mesh, self.banks, slots, fit_x, fit_y,
-                                               *scored))
+                                               self.carry_for(group), self.mesh, self.grouped_layout, self.banks,
+                                               slots, fit_x, fit_y, *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
@@ -592,7 +675,8 @@ class PopulationEvaluator:
         group = self.group_of(len(slots[0]))
         slots = tuple(self._sharded(a, True) for a in slots)
         correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.carry_for(group),
-                                                       self.mesh, self.banks, slots, fits, heads, *scored))
+                                                       self.mesh, self.grouped_layout, self.banks, slots, fits, heads,
+                                                       *scored))
         if not finite.all():
             raise EvaluationError("non-finite logits")
         return correct

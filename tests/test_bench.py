@@ -58,11 +58,11 @@ def test_jax_and_pytorch_count_the_same_correct_predictions(report, workload):
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
 def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
-    """Each fused row (the chunk as one vmap, `jax-fused`, and one genotype at a time,
-    `jax-fused-g1`) counts what PyTorch counts, compiled once."""
+    """Each fused row (the chunk as one vmap, `jax-fused`, one genotype at a time, `jax-fused-g1`,
+    and the chunk in the grouped layout, `jax-grouped`) counts what PyTorch counts, compiled once."""
     fused_report, checkpoints = fused_run
     torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
-    for fused in ("jax-fused", "jax-fused-g1"):
+    for fused in ("jax-fused", "jax-fused-g1", "jax-grouped"):
         jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
                          impl=fused if workload == "W1" else f"{fused}/2")
         assert jax_row["correct"] == torch_row["correct"]
@@ -229,11 +229,12 @@ def test_paired_w1_on_the_fused_path(fused_run):
 
 
 def test_fused_rows_are_profiled(fused_run):
-    """At the profile population every fused row's call, and the grouped probe's, is traced and
-    summarised by op kind."""
+    """At the profile population every fused row's call (the grouped layout's too), and the
+    grouped probe's, is traced and summarised by op kind."""
     fused_report, _ = fused_run
     titles = sorted(fused_report["profiles"])
-    assert titles == sorted([f"{w} {impl} fp32-strict P=2" for w in ("W1", "W2") for impl in ("jax-fused", "jax-fused-g1")]
+    assert titles == sorted([f"{w} {impl} fp32-strict P=2" for w in ("W1", "W2")
+                             for impl in ("jax-fused", "jax-fused-g1", "jax-grouped")]
                             + ["W1 jax-probe-grouped fp32-strict P=2"])
     for summary in fused_report["profiles"].values():
         assert summary["device_seconds"] > 0 and summary["kinds"] and summary["calls"] == 1
@@ -560,30 +561,3 @@ def test_the_device_script_imports_without_what_the_device_image_lacks():
     assert all(getattr(modulenet_jax, name) is not None for name in modulenet_jax.__all__)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         modulenet_jax.Nope  # noqa: B018
-
-
-def test_the_grouped_layout_runs_each_genotypes_block():
-    """`grouped_probe`'s block on `[batch, h, w, P·C]` (one grouped convolution per conv of the
-    block, each genotype's shortcut padded in its own channels) gives exactly what each
-    genotype's own `cifar_resnet.basic_block` (folded) gives, at stride 1 and at a 16→32
-    stride-2 junction of the option-A shortcut."""
-    import jax
-    import jax.numpy as jnp
-
-    from modulenet_jax.benchmarks import grouped_probe
-    from modulenet_jax.zoo import fold_batch_norms, get_model, run_op
-
-    P, key = 3, jax.random.PRNGKey(0)
-    model = get_model("cifar_resnet14")
-    for name in ("stage1.block1", "stage2.block0"):
-        spec = next(s for s in model.modules if s.name == name)
-        op = ("cifar_resnet.basic_block", spec.static)
-        params = [fold_batch_norms(*op, model.init(k)[name]) for k in jax.random.split(key, P)]
-        x = jax.random.normal(key, (P, 4, 16 // spec.reduction * spec.stride, 16 // spec.reduction * spec.stride,
-                                    spec.in_channels))
-        own = jnp.stack([run_op(op, p, xi)[0] for p, xi in zip(params, x)])
-        stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
-        grouped = grouped_probe.grouped_block(stacked, jnp.moveaxis(x, 0, 3).reshape(x.shape[1:4] + (-1,)), P,
-                                              **dict(spec.static))
-        assert np.array_equal(np.asarray(grouped).reshape(own.shape[1:4] + (P, -1)),
-                              np.moveaxis(np.asarray(own), 0, 3)), name

@@ -45,12 +45,13 @@ VARIANTS = {
 }
 
 
-def _both_paths(kb, dataset, protocol, group=None, carry=None):
+def _both_paths(kb, dataset, protocol, group=None, carry=None, grouped_layout=False, extra=()):
     space, fit, archs, val = population_setup(kb, dataset, protocol=protocol, n=4)
+    archs += list(extra)
     loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
     fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group,
-                                carry=carry).evaluate(archs, val)
+                                carry=carry, grouped_layout=grouped_layout).evaluate(archs, val)
     return fused, one_by_one
 
 
@@ -216,6 +217,28 @@ def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_d
     loop = Evaluator(tiny_kb, protocol, fit)
     fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop, group=group).evaluate(archs, val)
     assert fused == [loop.evaluate(a, val) for a in archs]
+
+
+def test_the_grouped_layout_counts_what_the_per_module_path_counts(tiny_kb, tiny_dataset):
+    """Chunks scored in the grouped layout (`score_group`: the genotypes inside the channel axis,
+    no vmap) count exactly the per-module path's correct predictions in fp32: random networks
+    (junctions, stitches used or not per genotype), the sources, and shallow networks whose
+    chunk skips slots and stitches (the masks and conditionals). (The bench's fused fixture
+    checks the scoring of fitted networks alone, `score_fitted`, against PyTorch.)"""
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS["logistic+stitch+from_junction"]})
+    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, grouped_layout=True,
+                                    extra=[Architecture(m) for m in SHALLOW])
+    assert fused == one_by_one
+
+
+def test_the_grouped_layout_needs_a_grouped_form_of_every_op(tiny_kb, tiny_dataset, monkeypatch):
+    from modulenet_jax import grouped
+    from modulenet_jax.population import FusionError
+
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=0)
+    monkeypatch.delitem(grouped.GROUPED_OPS, "cifar_resnet.basic_block")
+    with pytest.raises(FusionError, match=r"no grouped form of \['cifar_resnet.basic_block'\]"):
+        PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2, grouped_layout=True)
 
 
 def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):
