@@ -13,7 +13,6 @@ them. Each op gives, genotype by genotype, exactly what its registered op gives 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from modulenet_jax.zoo import layers
@@ -45,8 +44,8 @@ def conv(params, x, groups: int, stride: int = 1, padding: int = 1):
 
 def linear(params, x, groups: int):
     """Every genotype's `layers.linear` (a stitch: kernel `[P, C, D]`, bias `[P, D]`) over the
-    channels, with the numerics of the one-genotype op."""
-    y = jax.vmap(layers.linear, in_axes=(3, 0), out_axes=3)(per_genotype(x, groups), params)
+    channels, as one batched product in the layout (`layers.grouped_linear`)."""
+    y = layers.grouped_linear(per_genotype(x, groups), params)
     return y.reshape(y.shape[:3] + (-1,))
 
 
