@@ -111,15 +111,29 @@ def test_a_clone_elsewhere_resumes_the_run_folder(tiny_kb, tiny_dataset, tmp_pat
 
 
 def test_fused_and_loop_strategies_give_the_same_search(tiny_kb, tiny_dataset, tmp_path):
+    """The module path, the fused program and the fused program scoring its chunks of 4 in the
+    grouped layout (`evaluator.grouped_layout`) find the same networks with the same evaluations."""
     extra = ["search.generations=2", "evaluator.chunk_size=4"]
     search(small_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='loop'"]), tmp_path / "loop", log=lambda m: None)
-    run = small_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='fused'"])
-    assert run.population is not None
-    search(run, tmp_path / "fused", log=lambda m: None)
+    for name, more in (("fused", []), ("grouped", ["evaluator.grouped_layout=True", "evaluator.group=4"])):
+        run = small_run(tiny_kb, tiny_dataset, extra + ["evaluator.strategy='fused'"] + more)
+        assert run.population is not None and run.population.grouped_layout == bool(more)
+        search(run, tmp_path / name, log=lambda m: None)
+
     def by_network(path):  # the module path writes a generation in its prefix-sharing order
         return sorted(without_times(path.read_text()), key=lambda r: (r["generation"], r["canonical"]))
 
-    assert by_network(tmp_path / "loop" / "history.jsonl") == by_network(tmp_path / "fused" / "history.jsonl")
+    loop = by_network(tmp_path / "loop" / "history.jsonl")
+    assert loop == by_network(tmp_path / "fused" / "history.jsonl") == by_network(tmp_path / "grouped" / "history.jsonl")
+
+
+def test_the_grouped_layout_is_refused_where_an_op_has_no_grouped_form(tiny_kb, tiny_dataset, monkeypatch):
+    from modulenet_jax import grouped
+    from modulenet_jax.errors import UserError
+
+    monkeypatch.delitem(grouped.GROUPED_OPS, "cifar_resnet.stem")
+    with pytest.raises(UserError, match=r"evaluator.grouped_layout=True: no grouped form of \['cifar_resnet.stem'\]"):
+        small_run(tiny_kb, tiny_dataset, ["evaluator.strategy='fused'", "evaluator.grouped_layout=True"])
 
 
 def test_dominated_by_names_the_sources_at_most_as_large_and_at_least_as_accurate():

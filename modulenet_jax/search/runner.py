@@ -105,7 +105,8 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
     """The fused population evaluator the config's `evaluator.strategy` asks for, or None for
     the per-module path. The fused program needs a staged space whose slot candidates share
     their shapes and ops: under `auto` another space falls back to the per-module path (the
-    reason logged), under `fused` it is an error."""
+    reason logged), under `fused` it is an error. `evaluator.grouped_layout` asks for its
+    scoring in the grouped layout: an error where an op has no grouped form."""
     strategy = config.evaluator.strategy
     if choose_strategy(strategy) != "fused":
         return None
@@ -113,13 +114,19 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
         if isinstance(space, MixedSpace):
             raise FusionError("a mixed-family space has slots whose candidates differ in shape")
         group = setting(config, "evaluator.group") or default_group(jax.devices()[0].platform)
-        return PopulationEvaluator(space, protocol, fit, chunk_size=setting(config, "evaluator.chunk_size"),
-                                   evaluator=evaluator, group=group, largest=config.search.population)
+        population = PopulationEvaluator(space, protocol, fit, chunk_size=setting(config, "evaluator.chunk_size"),
+                                         evaluator=evaluator, group=group, largest=config.search.population)
     except FusionError as e:
         if strategy == "fused":
             raise UserError(f"evaluator.strategy=fused cannot run this space ({e}); use loop or auto") from None
         log(f"evaluating module by module: the fused program cannot run this space ({e})")
         return None
+    if setting(config, "evaluator.grouped_layout"):
+        if population.without_grouped_form():
+            raise UserError(f"evaluator.grouped_layout=True: no grouped form of {population.without_grouped_form()} "
+                            "(only the CIFAR ResNet ops have one); set it False")
+        population.grouped_layout = True
+    return population
 
 
 @dataclasses.dataclass
