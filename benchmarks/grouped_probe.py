@@ -37,7 +37,7 @@ def grouped_probe_chunk(layout, protocol, banks, idx, fits, heads, images, label
                          for k, v in stage.items()} for stage in folded["stages"]]
 
     def visit(op, slot, fit, x):
-        return grouped.GROUPED_OPS[op[0]](fit.params, x, P, **dict(op[1])), None
+        return grouped.apply_fitted(op, fit, x, P, junction=False), None
 
     def batch(b):
         x, y, v = b

@@ -4,18 +4,20 @@ genotype p's channels at `[p·C, (p+1)·C)`, from one convolution to the next.
 vmap runs a convolution over P genotypes as one grouped convolution on exactly this layout, but
 gives every other op (bias, ReLU, residual add, masks, the slots' scan and conditionals) the
 genotype-major `[P, batch, h, w, C]`: each convolution of the vmapped program sits between two
-transposes (on an H200, the fusions holding them took a fifth of W1's bf16 time). Here every
-op is written for the grouped layout: the same grouped convolutions, no transpose between
-them. Each op gives, genotype by genotype, exactly what its registered op gives on one genotype
-(`tests/test_population.py`); params come stacked over the group, in their inference form
-(BatchNorm folded). Ops with a grouped form: `GROUPED_OPS` (the CIFAR ResNets so far).
+transposes (on an H200, the fusions holding them took a fifth of W1's bf16 time). Here the
+registered ops themselves run with `groups=P` (`GROUPED_OPS`: the CIFAR ResNets so far), on
+params stacked over the group and reshaped for it (`grouped_params`), with per-genotype stitches
+and masks around them: the same grouped convolutions, no transpose between them. Genotype by
+genotype they give exactly what the op gives on one genotype (`tests/test_grouped.py`; the whole
+scoring: `tests/test_population.py`).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from modulenet_jax.zoo import layers
+from modulenet_jax.zoo import layers, run_op
 
 
 def to_grouped(x):
@@ -33,13 +35,18 @@ def where_genotype(mask, a, b, groups: int):
     return jnp.where(mask[:, None], per_genotype(a, groups), per_genotype(b, groups)).reshape(a.shape)
 
 
-def conv(params, x, groups: int, stride: int = 1, padding: int = 1):
-    """Every genotype's folded convolution (kernel `[P, k, k, C, O]`, bias `[P, O]`) as one
-    grouped call (`zoo.layers.conv`)."""
-    kernel = params["kernel"]
-    kernel = jnp.moveaxis(kernel, 0, 3).reshape(kernel.shape[1:4] + (groups * kernel.shape[4],))
-    return layers.conv({"kernel": kernel, "bias": params["bias"].reshape(-1)}, x, stride=stride, padding=padding,
-                       groups=groups)
+def grouped_params(params):
+    """Params stacked over P genotypes in the form an op run with `groups=P` takes: each
+    convolution kernel `[P, k, k, C, O]` -> `[k, k, C, P·O]` (genotype p's output channels at
+    `[p·O, (p+1)·O)`), each per-channel vector `[P, O]` -> `[P·O]`."""
+    def one(a):
+        if a.ndim == 5:
+            return jnp.moveaxis(a, 0, 3).reshape(a.shape[1:4] + (-1,))
+        if a.ndim == 2:
+            return a.reshape(-1)
+        raise ValueError(f"no grouped form of a stacked param of shape {a.shape}")
+
+    return jax.tree_util.tree_map(one, params)
 
 
 def linear(params, x, groups: int):
@@ -58,25 +65,9 @@ def stitched(stitch, x, junction, groups: int):
     return y if junction is True else where_genotype(junction, y, x, groups)
 
 
-def cifar_stem(params, x, groups: int):
-    """`cifar_resnet.stem`, folded."""
-    return layers.relu(conv(params["conv"], x, groups))
-
-
-def cifar_block(params, x, groups: int, stride: int = 1, pad_channels: int = 0):
-    """`cifar_resnet.basic_block`, folded: the option-A shortcut pads each genotype's channels,
-    not the ends of the whole axis."""
-    h = layers.relu(conv(params["conv1"], x, groups, stride))
-    h = conv(params["conv2"], h, groups)
-    shortcut = x[:, ::stride, ::stride, :] if stride > 1 else x
-    if pad_channels:
-        shortcut = jnp.pad(per_genotype(shortcut, groups),
-                           ((0, 0), (0, 0), (0, 0), (0, 0), (pad_channels, pad_channels)))
-        shortcut = shortcut.reshape(shortcut.shape[:3] + (-1,))
-    return layers.relu(h + shortcut)
-
-
-GROUPED_OPS = {"cifar_resnet.stem": cifar_stem, "cifar_resnet.basic_block": cifar_block}
+# Registered ops whose code also runs `groups` networks at once in the grouped layout (each with
+# a `groups` keyword, default 1: the one-network op is the same code).
+GROUPED_OPS = frozenset({"cifar_resnet.stem", "cifar_resnet.basic_block"})
 
 
 def missing(ops) -> list[str]:
@@ -85,7 +76,10 @@ def missing(ops) -> list[str]:
 
 
 def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None):
-    """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), module,
-    and where `active` (`[P]`) is False the input passed through."""
-    y = GROUPED_OPS[op[0]](fit.params, stitched(fit.stitch, x, junction, groups), groups, **dict(op[1]))
+    """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), the
+    registered op itself run with `groups`, and where `active` (`[P]`) is False the input passed
+    through."""
+    name, static = op
+    y, _ = run_op((name, tuple(sorted({**dict(static), "groups": groups}.items()))), grouped_params(fit.params),
+                  stitched(fit.stitch, x, junction, groups))
     return y if active is None else where_genotype(active, y, x, groups)

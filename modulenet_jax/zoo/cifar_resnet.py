@@ -23,23 +23,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Both ops also run `groups` networks at once, each in its own block of channels (`grouped.py`:
+# the fused program's grouped layout), with params in that form (`grouped.grouped_params`).
+
 @register_op("cifar_resnet.stem", folds=(("conv", "bn"),))
-def stem(params, x, calibrate=False, *, eps=BN_EPS):
-    h, bn = layers.conv_bn(params, "conv", "bn", x, eps, calibrate, stride=1, padding=1)
+def stem(params, x, calibrate=False, *, eps=BN_EPS, groups=1):
+    h, bn = layers.conv_bn(params, "conv", "bn", x, eps, calibrate, stride=1, padding=1, groups=groups)
     return layers.relu(h), {**params, **bn}
 
 
 @register_op("cifar_resnet.basic_block", folds=(("conv1", "bn1"), ("conv2", "bn2")))
-def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS):
-    """BasicBlock; `pad_channels` > 0 means the option-A shortcut (subsample, zero-pad)."""
-    h, bn1 = layers.conv_bn(params, "conv1", "bn1", x, eps, calibrate, stride=stride, padding=1)
+def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS, groups=1):
+    """BasicBlock; `pad_channels` > 0 means the option-A shortcut (subsample, zero-pad each
+    group's channels on both sides)."""
+    h, bn1 = layers.conv_bn(params, "conv1", "bn1", x, eps, calibrate, stride=stride, padding=1, groups=groups)
     h = layers.relu(h)
-    h, bn2 = layers.conv_bn(params, "conv2", "bn2", h, eps, calibrate, stride=1, padding=1)
+    h, bn2 = layers.conv_bn(params, "conv2", "bn2", h, eps, calibrate, stride=1, padding=1, groups=groups)
     shortcut = x
     if stride > 1:
         shortcut = shortcut[:, ::stride, ::stride, :]
     if pad_channels:
-        shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (pad_channels, pad_channels)))
+        lead = shortcut.shape[:-1]
+        shortcut = jnp.pad(shortcut.reshape(lead + (groups, -1)),
+                           ((0, 0),) * (len(lead) + 1) + ((pad_channels, pad_channels),)).reshape(lead + (-1,))
     return layers.relu(h + shortcut), {**params, **bn1, **bn2}
 
 
