@@ -19,32 +19,26 @@ import jax
 import jax.numpy as jnp
 
 from modulenet_jax import grouped, protocol as core
-from modulenet_jax.population import inference_fits, walk
+from modulenet_jax.population import group_fits, group_head_logits, group_inputs, walk
 
 
 def grouped_probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, valid):
     """(correct predictions, all logits finite) per genotype of a chunk of W1 networks
     (`PopulationEvaluator.stacked_slots` indices `idx`, `published_fits`-shaped `fits` and
     stacked `heads`), scored batch by batch in the grouped layout (`modulenet_jax.grouped`)."""
-    ops = [layout.stem_op, *layout.first_ops, *(op for op in layout.other_ops if op)]
-    if grouped.missing(ops):
-        raise ValueError(f"the grouped probe has no grouped form of {grouped.missing(ops)}")
+    if grouped.missing(layout.ops):
+        raise ValueError(f"the grouped probe has no grouped form of {grouped.missing(layout.ops)}")
     P = idx.shape[0]
     mean, std = banks["mean"][idx[:, 0]], banks["std"][idx[:, 0]]
-    folded = jax.vmap(lambda f: inference_fits(layout, f))(fits)
-    # walk scans a stage's other slots over the leading axis: slots first, then genotypes
-    folded["stages"] = [{k: (jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), v) if k == "other" else v)
-                         for k, v in stage.items()} for stage in folded["stages"]]
+    folded = group_fits(layout, fits)
 
     def visit(op, slot, fit, x):
         return grouped.apply_fitted(op, fit, x, P, junction=False), None
 
     def batch(b):
         x, y, v = b
-        x = grouped.to_grouped(jax.vmap(lambda m, s: core.prepare(protocol, x, m, s))(mean, std))
-        x, _ = walk(layout, folded, x, visit)
-        features = core.pool(x).reshape(x.shape[0], P, -1).swapaxes(0, 1)  # [P, batch, C]
-        return jax.vmap(lambda h, f: core.score_logits(core.head_logits(h, f), y, v))(heads, features)
+        x, _ = walk(layout, folded, group_inputs(protocol, x, mean, std), visit)
+        return jax.vmap(core.score_logits, in_axes=(0, None, None))(group_head_logits(heads, x), y, v)
 
     with core.numerics(protocol):
         hits, finite = jax.lax.map(batch, (images, labels, valid))

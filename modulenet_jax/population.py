@@ -73,6 +73,11 @@ class Layout:
     depths: tuple[int, ...]
 
     @property
+    def ops(self) -> tuple:
+        """Every op the program runs (stem, each stage's first and other slots)."""
+        return (self.stem_op, *self.first_ops, *(op for op in self.other_ops if op))
+
+    @property
     def num_slots(self) -> int:
         return 1 + sum(self.depths)
 
@@ -267,11 +272,37 @@ def score_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
     return jnp.sum(hits), jnp.all(finite)
 
 
+def group_fits(layout: Layout, fits):
+    """A group's fits (`Layout.per_slot`'s structure, stacked over the group) in their inference
+    form, each stage's other slots on the first axis (the group's inside), as `walk` scans them."""
+    fits = jax.vmap(lambda f: inference_fits(layout, f))(fits)
+
+    def scanned(tree):
+        return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+
+    return {"stem": fits["stem"], "stages": [{k: scanned(v) if k == "other" else v for k, v in stage.items()}
+                                             for stage in fits["stages"]]}
+
+
+def group_inputs(protocol: Protocol, images, mean, std):
+    """A batch of uint8 images as a group's first input: preprocessed with each genotype's
+    normalisation (`mean`, `std`: `[P, 3]`), in the grouped layout `[batch, h, w, P·3]`."""
+    return grouped.to_grouped(jax.vmap(lambda m, s: core.prepare(protocol, images, m, s))(mean, std))
+
+
+def group_head_logits(heads, x):
+    """Each genotype's head (stacked) on its pooled features of `x` (grouped layout):
+    `[P, batch, classes]`."""
+    P = jax.tree_util.tree_leaves(heads)[0].shape[0]
+    return jax.vmap(core.head_logits)(heads, core.pool(x).reshape(x.shape[0], P, -1).swapaxes(0, 1))
+
+
 def group_logits(layout: Layout, slots, fits, heads, xs, present):
-    """`network_logits` of a whole group at once in the grouped layout (`grouped.py`): `slots`,
-    `fits` (inference form) and `heads` stacked over the group, `xs` a tuple of batches
-    `[batch, h, w, P·C]` moving through the network together; logits `[P, batch, classes]` per
-    batch. The chunk's conditionals (`present`) are the group's, as in the vmapped program."""
+    """`network_logits` of a whole group at once in the grouped layout (`grouped.py`): `slots`
+    and `heads` stacked over the group, `fits` as `group_fits` gives them, `xs` a tuple of
+    batches `[batch, h, w, P·C]` moving through the network together; logits
+    `[P, batch, classes]` per batch. The chunk's conditionals (`present`) are the group's, as
+    in the vmapped program."""
     P = slots[0].shape[0]
 
     def visit(op, slot, data, xs):
@@ -283,14 +314,8 @@ def group_logits(layout: Layout, slots, fits, heads, xs, present):
 
         return when_present(slot[0], here, run, lambda: xs), None
 
-    def scanned(tree):  # a stage's other slots: scanned over the slot axis, the group's axis inside
-        return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
-
-    fits = {"stem": fits["stem"], "stages": [{k: scanned(v) if k == "other" else v for k, v in stage.items()}
-                                             for stage in fits["stages"]]}
     xs, _ = walk(layout, _slot_data(layout, fits, [m.T for m in slots[1:]], present), xs, visit)
-    return tuple(jax.vmap(core.head_logits)(heads, core.pool(x).reshape(x.shape[0], P, -1).swapaxes(0, 1))
-                 for x in xs)
+    return tuple(group_head_logits(heads, x) for x in xs)
 
 
 def score_group(layout: Layout, protocol: Protocol, banks, slots, fits, heads, images, labels, valid, present=None,
@@ -298,13 +323,12 @@ def score_group(layout: Layout, protocol: Protocol, banks, slots, fits, heads, i
     """`score_network` for every genotype of a group at once, in the grouped layout: per
     genotype (correct predictions, all logits finite), `[P]` each."""
     mean, std = banks["mean"][slots[0][:, 0]], banks["std"][slots[0][:, 0]]
-    fits = jax.vmap(lambda f: inference_fits(layout, f))(fits)
+    fits = group_fits(layout, fits)
     k = divisor_at_most(len(images), carry)
 
     def together(batches):
         x, y, v = batches
-        xs = tuple(grouped.to_grouped(jax.vmap(lambda m, s: core.prepare(protocol, x[j], m, s))(mean, std))
-                   for j in range(k))
+        xs = tuple(group_inputs(protocol, x[j], mean, std) for j in range(k))
         logits = jnp.stack(group_logits(layout, slots, fits, heads, xs, present), axis=1)  # [P, k, batch, classes]
         return jax.vmap(jax.vmap(core.score_logits), in_axes=(0, None, None))(logits, y, v)
 
@@ -505,8 +529,7 @@ class PopulationEvaluator:
 
     def without_grouped_form(self) -> list[str]:
         """The space's ops that `grouped_layout` cannot run (none: it can score this space)."""
-        return grouped.missing([self.layout.stem_op, *self.layout.first_ops,
-                                *(op for op in self.layout.other_ops if op)])
+        return grouped.missing(self.layout.ops)
 
     # -- banks ------------------------------------------------------------------------------
 

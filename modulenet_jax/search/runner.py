@@ -122,8 +122,9 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
         log(f"evaluating module by module: the fused program cannot run this space ({e})")
         return None
     if setting(config, "evaluator.grouped_layout"):
-        if population.without_grouped_form():
-            raise UserError(f"evaluator.grouped_layout=True: no grouped form of {population.without_grouped_form()} "
+        lacking = population.without_grouped_form()
+        if lacking:
+            raise UserError(f"evaluator.grouped_layout=True: no grouped form of {lacking} "
                             "(only the CIFAR ResNet ops have one); set it False")
         population.grouped_layout = True
     return population
