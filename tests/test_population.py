@@ -231,6 +231,41 @@ def test_the_grouped_layout_counts_what_the_per_module_path_counts(tiny_kb, tiny
     assert fused == one_by_one
 
 
+def test_the_grouped_layout_transposes_only_its_input_and_its_features(tiny_kb, tiny_dataset):
+    """What the grouped layout is for: in the lowered scoring program of a chunk, the vmapped
+    form transposes activations around every convolution (between `[P, batch, h, w, C]` and the
+    grouped convolution's `[batch, h, w, P·C]`); the grouped form only the input images into the
+    layout and the pooled features out of it."""
+    import re
+
+    from modulenet_jax.population import score_group, score_network
+
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, n=4)
+    pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4)
+    slots = tuple(jnp.asarray(a) for a in pe.stacked_slots(archs[:4]))
+    fits, present = pe.published_fits(archs[:4]), chunk_presence(PROTOCOL, slots)
+    heads = {"kernel": jnp.zeros((4, 64, 10)), "bias": jnp.zeros((4, 10))}
+    images, labels, valid = pe.device_split(val)
+    B = PROTOCOL.batch_size
+
+    def vmapped():
+        return jax.vmap(lambda s, f, h: score_network(pe.layout, PROTOCOL, pe.banks, s, f, h, images, labels, valid,
+                                                      present))(slots, fits, heads)
+
+    def grouped():
+        return score_group(pe.layout, PROTOCOL, pe.banks, slots, fits, heads, images, labels, valid, present)
+
+    def activation_transposes(f):
+        text = jax.jit(f).lower().as_text()
+        operands = re.findall(r"stablehlo\.transpose %\S+, dims = \[[^\]]*\] : \(tensor<([^>]*)>", text)
+        return [o for o in operands if f"x{B}x" in o or o.startswith(f"{B}x")], text.count("stablehlo.convolution")
+
+    moved, convolutions = activation_transposes(grouped)
+    assert moved == [f"4x{B}x32x32x3xf32", f"{B}x4x64xf32"]
+    moved, vmapped_convolutions = activation_transposes(vmapped)
+    assert vmapped_convolutions == convolutions and len(moved) >= 2 * convolutions, (len(moved), convolutions)
+
+
 def test_the_grouped_layout_needs_a_grouped_form_of_every_op(tiny_kb, tiny_dataset, monkeypatch):
     from modulenet_jax import grouped
     from modulenet_jax.population import FusionError
