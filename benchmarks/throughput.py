@@ -194,7 +194,7 @@ def paired_figures(t_jax, t_torch, images: int) -> dict:
 def fused_impl(group: int | None, grouped_layout: bool = False) -> str:
     """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
     genotypes side by side at a time (`population.by_group`), `jax-grouped` the chunk at once
-    in the grouped layout (`population.score_group`)."""
+    in the grouped layout (W2 fits and scores in it, W1 scores)."""
     if grouped_layout:
         return "jax-grouped"
     return "jax-fused" if group is None else f"jax-fused-g{group}"
@@ -317,7 +317,7 @@ class Bench:
     def _w2_fused(self, dtype, P, group=None, grouped_layout=False):
         """W2's fused evaluator of a dtype (made once), set to equal chunks covering `P` within
         what the device's memory allows (`PopulationEvaluator.chunk_for`), run in `group`s (or
-        scored in the grouped layout)."""
+        fitted and scored in the grouped layout)."""
         pe = self._once(("w2-fused", dtype), lambda: PopulationEvaluator(self.space, self._protocol(dtype), self.fit))
         memory_chunk = self._once(("w2-chunk", dtype), lambda: pe.chunk_size)
         pe.group, pe.grouped_layout = group, grouped_layout

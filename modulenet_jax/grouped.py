@@ -1,5 +1,5 @@
-"""Fitted modules of a group of genotypes in the grouped layout: activations `[batch, h, w, P·C]`,
-genotype p's channels at `[p·C, (p+1)·C)`, from one convolution to the next.
+"""A group of genotypes' modules, fitted and scored in the grouped layout: activations
+`[batch, h, w, P·C]`, genotype p's channels at `[p·C, (p+1)·C)`, from one convolution to the next.
 
 vmap runs a convolution over P genotypes as one grouped convolution on exactly this layout, but
 gives every other op (bias, ReLU, residual add, masks, the slots' scan and conditionals) the
@@ -7,16 +7,20 @@ genotype-major `[P, batch, h, w, C]`: each convolution of the vmapped program si
 transposes (on an H200, the fusions holding them took a fifth of W1's bf16 time). Here the
 registered ops themselves run with `groups=P` (`GROUPED_OPS`: the CIFAR ResNets so far), on
 params stacked over the group and reshaped for it (`grouped_params`), with per-genotype stitches
-and masks around them: the same grouped convolutions, no transpose between them. Genotype by
-genotype they give exactly what the op gives on one genotype (`tests/test_grouped.py`; the whole
-scoring: `tests/test_population.py`).
+and masks around them: the same grouped convolutions, no transpose between them. Fitting needs
+nothing more: BatchNorm statistics are per channel, so per genotype, and each stitch is solved on
+its genotype's channels. Genotype by genotype they give exactly what the op gives on one genotype
+(`tests/test_grouped.py`; the whole protocol: `tests/test_population.py`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from modulenet_jax import protocol as core
 from modulenet_jax.zoo import layers, run_op
 
 
@@ -49,11 +53,15 @@ def grouped_params(params):
     return jax.tree_util.tree_map(one, params)
 
 
-def linear(params, x, groups: int):
-    """Every genotype's `layers.linear` (a stitch: kernel `[P, C, D]`, bias `[P, D]`) over the
-    channels, as one batched product in the layout (`layers.grouped_linear`)."""
-    y = layers.grouped_linear(per_genotype(x, groups), params)
-    return y.reshape(y.shape[:3] + (-1,))
+def stacked_params(params, groups: int):
+    """The inverse of `grouped_params`: params of an op run with `groups` (what it returns as
+    used: recalibrated statistics) stacked over the group again, `[P, ...]`."""
+    def one(a):
+        if a.ndim == 4:
+            return jnp.moveaxis(a.reshape(a.shape[:3] + (groups, -1)), 3, 0)
+        return a.reshape(groups, -1)
+
+    return jax.tree_util.tree_map(one, params)
 
 
 def stitched(stitch, x, junction, groups: int):
@@ -61,7 +69,7 @@ def stitched(stitch, x, junction, groups: int):
     Python bool) holds."""
     if stitch is None or junction is False:
         return x
-    y = linear(stitch, x, groups)
+    y = layers.grouped_linear(x, stitch)
     return y if junction is True else where_genotype(junction, y, x, groups)
 
 
@@ -75,11 +83,33 @@ def missing(ops) -> list[str]:
     return sorted({name for name, _ in ops} - set(GROUPED_OPS))
 
 
+def run(op: tuple, params, x, groups: int, calibrate=False):
+    """The registered op itself run with `groups` on params stacked over the group (`calibrate`:
+    a bool, or one flag per genotype): `(y, params used, stacked)`."""
+    name, static = op
+    y, used = run_op((name, tuple(sorted({**dict(static), "groups": groups}.items()))), grouped_params(params), x,
+                     calibrate)
+    return y, stacked_params(used, groups)
+
+
+def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False, *,
+               groups: int):
+    """`protocol.fit_module` for the group, in the layout: each genotype's stitch solved on its
+    own channels towards its target (`target`: `[P, ...]`), the op run with `groups` (its
+    BatchNorm statistics are per channel, so each genotype's own), masks per genotype."""
+    stitch = None
+    if protocol.stitch and junction is not False:
+        solve = jax.vmap(functools.partial(core.solve_stitch, protocol), in_axes=(3, 0))
+        stitch = solve(per_genotype(x, groups), target)
+        if junction is not True:
+            stitch = jax.vmap(core.unused_as_zeros)(stitch, junction, active)
+    y, used = run(op, params, stitched(stitch, x, junction, groups), groups, calibrate)
+    return (y if active is None else where_genotype(active, y, x, groups)), core.ModuleFit(used, stitch)
+
+
 def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None):
     """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), the
     registered op itself run with `groups`, and where `active` (`[P]`) is False the input passed
     through."""
-    name, static = op
-    y, _ = run_op((name, tuple(sorted({**dict(static), "groups": groups}.items()))), grouped_params(fit.params),
-                  stitched(fit.stitch, x, junction, groups))
+    y, _ = run(op, fit.params, stitched(fit.stitch, x, junction, groups), groups)
     return y if active is None else where_genotype(active, y, x, groups)

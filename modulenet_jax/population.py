@@ -7,9 +7,9 @@ network's depth pass their input through (`active`), and a stitch is used only a
 (`junction`); both are exact masks, so one program serves every genotype of the space. A
 chunk runs in groups (`by_group`): the genotypes of a group side by side (`vmap`, whose
 convolutions become grouped ones), the groups one after another (`lax.map`); a group of one
-runs plain convolutions; with `grouped_layout` a group is scored with its genotypes inside the
-channel axis instead of vmapped (`score_group`, `grouped.py`: no transposes around each
-convolution). What no genotype of a group needs is not computed: a conditional on
+runs plain convolutions; with `grouped_layout` a group is fitted and scored with its genotypes
+inside the channel axis instead of vmapped (`fit_modules` with `groups`, `score_group`,
+`grouped.py`: no transposes around each convolution). What no genotype of a group needs is not computed: a conditional on
 the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
 none has a junction, and populations are chunked by structure so that chunks share depths
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
@@ -160,7 +160,7 @@ def when_present(kind: str, present, run: Callable, skip: Callable):
         def one(o, like):
             if o is None:
                 return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), like)
-            return jnp.asarray(o, like.dtype)
+            return jnp.broadcast_to(jnp.asarray(o, like.dtype), like.shape)
 
         return jax.tree_util.tree_map(one, out, full, is_leaf=lambda n: n is None)
 
@@ -174,13 +174,22 @@ def when_present(kind: str, present, run: Callable, skip: Callable):
     return jax.lax.cond(some_active, module, lambda: fill(skip()))
 
 
-def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None):
+def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None, groups: int | None = None):
     """One genotype's modules through the protocol on the fit images, slot by slot: `(state,
     fits)`, the state after the last slot and the `ModuleFit` of every slot in
     `Layout.per_slot`'s structure. `slots` = (idx, active, junction), each a vector over the
-    layout's slots; `present`: the chunk's `chunk_presence` (None: every slot runs in full)."""
+    layout's slots; `present`: the chunk's `chunk_presence` (None: every slot runs in full).
+    With `groups`, `slots` are stacked over a group of that many genotypes, fitted together in
+    the grouped layout (`grouped.fit_module`): the state in that layout, fits stacked."""
     idx = slots[0]
-    mean, std = banks["mean"][idx[0]], banks["std"][idx[0]]
+    mean, std = banks["mean"][idx[..., 0]], banks["std"][idx[..., 0]]
+    hooks, begin = {}, core.start
+    if groups is not None:
+        hooks = {"fit": functools.partial(grouped.fit_module, groups=groups),
+                 "apply": lambda op, fit, x, junction, active: grouped.apply_fitted(op, fit, x, groups, junction,
+                                                                                     active),
+                 "fold": lambda op, fit: jax.vmap(functools.partial(core.folded, op))(fit)}
+        begin = functools.partial(core.start, prepare=group_inputs)
 
     def visit(op, slot, data, state):
         (i, active, junction), here = data
@@ -190,11 +199,12 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
         params = _take(bank["params"], i)
 
         def run(stitch: bool):
-            return core.step(protocol, op, params, state, target, junction if stitch else False, active)
+            return core.step(protocol, op, params, state, target, junction if stitch else False, active, **hooks)
 
         return when_present(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
 
-    return walk(layout, layout.per_slot((tuple(slots), present)), core.start(protocol, images, mean, std), visit)
+    per_slot = layout.per_slot((tuple(jnp.moveaxis(jnp.asarray(m), -1, 0) for m in slots), present))
+    return walk(layout, per_slot, begin(protocol, images, mean, std), visit)
 
 
 def tune_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, present=None):
@@ -275,12 +285,17 @@ def score_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
 def group_fits(layout: Layout, fits):
     """A group's fits (`Layout.per_slot`'s structure, stacked over the group) in their inference
     form, each stage's other slots on the first axis (the group's inside), as `walk` scans them."""
-    fits = jax.vmap(lambda f: inference_fits(layout, f))(fits)
+    return other_slots_swapped(jax.vmap(lambda f: inference_fits(layout, f))(fits))
 
-    def scanned(tree):
+
+def other_slots_swapped(fits):
+    """A group's fits (`Layout.per_slot`'s structure) with the first two axes of each stage's
+    other slots swapped: genotype first (stacked over the group) <-> slot first (as `walk`
+    scans them)."""
+    def swapped(tree):
         return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
-    return {"stem": fits["stem"], "stages": [{k: scanned(v) if k == "other" else v for k, v in stage.items()}
+    return {"stem": fits["stem"], "stages": [{k: swapped(v) if k == "other" else v for k, v in stage.items()}
                                              for stage in fits["stages"]]}
 
 
@@ -378,13 +393,19 @@ def over_devices(mesh: Mesh, local: Callable, per_genotype, shared):
                          out_specs=PartitionSpec("pop"), check_vma=False)(per_genotype, shared)
 
 
-def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images):
+def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images, grouped_layout: bool = False):
     """The first phase for every genotype of a chunk (`by_group`): `(fits, features)`, its
-    modules fitted on the fit images and the head's pooled features of them."""
+    modules fitted on the fit images and the head's pooled features of them (with
+    `grouped_layout`, a group's fitted together in the grouped layout)."""
     def fit(slots, present):
         state, fits = fit_modules(layout, protocol, banks, slots, images, present)
         return fits, core.head_features(protocol, state, len(images))
-    return by_group(protocol, group, fit, slots)
+
+    def fit_all(slots, present):
+        P = slots[0].shape[0]
+        state, fits = fit_modules(layout, protocol, banks, slots, images, present, groups=P)
+        return other_slots_swapped(fits), core.head_features(protocol, state, len(images)).reshape(len(images), P, -1).swapaxes(0, 1)
+    return by_group(protocol, group, fit, slots, many=fit_all if grouped_layout else None)
 
 
 def fit_heads(protocol: Protocol, num_classes: int, features, labels):
@@ -397,9 +418,9 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
                    images, labels, valid, carry: int = 1, grouped_layout: bool = False):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
     protocol, phase by phase: `fit_chunk`, `fit_heads`, the optional tuning and the scoring
-    (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's scoring in
-    the grouped layout, `score_group`)."""
-    fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x)
+    (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's fit pass and
+    scoring in the grouped layout)."""
+    fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x, grouped_layout)
     heads = fit_heads(protocol, num_classes, features, fit_y)
     if protocol.stitch_steps:
         def tune(slots, fits, head, present):
@@ -493,8 +514,9 @@ class PopulationEvaluator:
     on each device `group` of them side by side, the groups one after another (`by_group`;
     None: all of the device's share, one vmap; `default_group` says what suits a platform);
     scored batches move through a network `carry` at a time at most (None: `batch_carry`);
-    `grouped_layout`: a group of several genotypes is scored in the grouped layout (`score_group`,
-    ops of `grouped.GROUPED_OPS` only) instead of vmapped.
+    `grouped_layout`: a group of several genotypes is fitted and scored in the grouped layout
+    (`fit_modules` with `groups`, `score_group`; ops of `grouped.GROUPED_OPS` only) instead of
+    vmapped (the heads and any tuning stay vmapped: they run on pooled features and stitches).
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`
     it wraps supplies the stitch targets, the normalisation and the costs.
     """

@@ -195,9 +195,10 @@ def source_inputs(protocol: Protocol, kb, source: str, fit_images) -> dict:
     return inputs
 
 
-def start(protocol: Protocol, fit_images, mean, std, scored=()) -> State:
+def start(protocol: Protocol, fit_images, mean, std, scored=(), *, prepare=prepare) -> State:
     """The state before the first module: the fit pass, the head's feature batches (without
-    recalibration) and the scored batches (`scored`: uint8 batches), preprocessed."""
+    recalibration) and the scored batches (`scored`: uint8 batches), preprocessed (by
+    `prepare`: the fused program's grouped layout passes its own, `population.group_inputs`)."""
     if protocol.fit_pass_all:
         return State(prepare(protocol, fit_images, mean, std), (), tuple(prepare(protocol, b, mean, std) for b in scored))
     batches = pad_batches(protocol.batch_size, fit_images)[0]
@@ -216,6 +217,13 @@ def _masked(y, x, active):
     return y if active is None else jnp.where(active, y, x)
 
 
+def unused_as_zeros(stitch, junction, active=None):
+    """A stitch solved inside the fused program, zero where it is not used (no junction, or the
+    slot past the network's depth): what a fit holds there does not depend on its input."""
+    used = junction if active is None else junction & active
+    return jax.tree_util.tree_map(lambda a: jnp.where(used, a, jnp.zeros_like(a)), stitch)
+
+
 def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False):
     """One module on the fit pass `x`: its stitch (solved where `junction` may hold; a stitch
     that is not used is zero), BatchNorm statistics (recalibrated where `calibrate` holds), and
@@ -226,8 +234,7 @@ def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, activ
     if protocol.stitch and junction is not False:
         stitch = solve_stitch(protocol, x, target)
         if junction is not True:
-            used = junction if active is None else junction & active
-            stitch = jax.tree_util.tree_map(lambda a: jnp.where(used, a, jnp.zeros_like(a)), stitch)
+            stitch = unused_as_zeros(stitch, junction, active)
     y, params_used = run_op(op, params, stitched(stitch, x, junction), calibrate)
     return _masked(y, x, active), ModuleFit(params_used, stitch)
 

@@ -190,7 +190,7 @@ FIELDS = (
           "fused path: genotypes of a chunk run side by side (vmapped), the groups one after another (None: one "
           "on a CPU, the whole chunk on GPU/TPU)"),
     Field("evaluator.grouped_layout", FLAG, False,
-          "fused path: score each group with its genotypes inside the channel axis (no transposes between "
+          "fused path: fit and score each group with its genotypes inside the channel axis (no transposes between "
           "convolutions; CIFAR ResNet ops) instead of vmapped: the same counts; not yet measured faster"),
     Field("evaluator.prefix_memory_mb", integer(0), PREFIX_MEMORY_MB,
           "module path: most memory kept for the states of module prefixes a generation shares (0: no sharing)"),

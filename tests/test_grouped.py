@@ -12,9 +12,11 @@ from modulenet_jax.zoo import fold_batch_norms, get_model, layers, run_op
 P = 3
 
 
-def _per_genotype_equal(grouped_out, own):
-    """`grouped_out` `[batch, h, w, P·C]` against `own` `[P, batch, h, w, C]`, exactly."""
-    return np.array_equal(np.asarray(grouped_out).reshape(own.shape[1:4] + (P, -1)), np.moveaxis(np.asarray(own), 0, 3))
+def _per_genotype_equal(grouped_out, own, rtol=0.0):
+    """`grouped_out` `[batch, h, w, P·C]` against `own` `[P, batch, h, w, C]`, exactly (or
+    within `rtol`)."""
+    a, b = np.asarray(grouped_out).reshape(own.shape[1:4] + (P, -1)), np.moveaxis(np.asarray(own), 0, 3)
+    return np.array_equal(a, b) if rtol == 0 else np.allclose(a, b, rtol=rtol, atol=rtol)
 
 
 def test_a_cifar_op_runs_each_genotype_in_the_grouped_layout():
@@ -38,15 +40,17 @@ def test_a_cifar_op_runs_each_genotype_in_the_grouped_layout():
 
 
 def test_stitches_and_masks_per_genotype():
-    """A stitch is used only at the genotypes whose junction holds, and a slot a genotype does
-    not reach passes its input through, each genotype in its own channels."""
+    """A stitch is used only at the genotypes whose junction holds (the products to fp32
+    rounding: XLA:CPU tiles a batched product by the machine's vector width), and a slot a
+    genotype does not reach passes its input through (exactly), each genotype in its own
+    channels."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
     x = jax.random.normal(k1, (P, 2, 4, 4, 8))
     stitch = {"kernel": jax.random.normal(k2, (P, 8, 8)), "bias": jax.random.normal(k3, (P, 8))}
     junction = jnp.array([True, False, True])
     own = jnp.stack([layers.linear(x[p], {k: v[p] for k, v in stitch.items()}) if junction[p] else x[p]
                      for p in range(P)])
-    assert _per_genotype_equal(grouped.stitched(stitch, grouped.to_grouped(x), junction, P), own)
+    assert _per_genotype_equal(grouped.stitched(stitch, grouped.to_grouped(x), junction, P), own, rtol=1e-6)
     active = jnp.array([False, True, True])
     y = jax.random.normal(k3, x.shape)
     assert _per_genotype_equal(grouped.where_genotype(active, grouped.to_grouped(y), grouped.to_grouped(x), P),
@@ -54,3 +58,28 @@ def test_stitches_and_masks_per_genotype():
     assert grouped.missing([("cifar_resnet.stem", ()), ("tv_resnet.bottleneck", ())]) == ["tv_resnet.bottleneck"]
     with pytest.raises(ValueError, match="no grouped form of a stacked param"):
         grouped.grouped_params({"w": jnp.zeros((P, 2, 2))})
+
+
+def test_each_genotype_recalibrates_where_its_flag_says():
+    """`grouped.run` with one calibration flag per genotype: BatchNorm statistics recomputed from
+    each recalibrated genotype's own channels (to fp32 rounding: the sums run over wider rows),
+    the others' kept, and the params used come back stacked over the group as each genotype's
+    own op returns them (the kernels bit for bit: `stacked_params` inverts `grouped_params`)."""
+    key = jax.random.PRNGKey(2)
+    model = get_model("cifar_resnet14")
+    spec = next(s for s in model.modules if s.name == "stage2.block0")
+    op = (spec.op, spec.static)
+    x = jax.random.normal(key, (P, 6, 16, 16, spec.in_channels))
+    params = [model.init(k)[spec.name] for k in jax.random.split(key, P)]
+    flags = jnp.array([True, False, True])
+    own = [run_op(op, p, xi, bool(f)) for p, xi, f in zip(params, x, flags)]
+    out, used = grouped.run(op, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params), grouped.to_grouped(x), P,
+                            flags)
+    np.testing.assert_allclose(np.asarray(out).reshape(6, 8, 8, P, -1), np.moveaxis(np.stack([y for y, _ in own]), 0, 3),
+                               rtol=1e-5, atol=1e-5)
+    own_used = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[u for _, u in own])
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(used), jax.tree_util.tree_leaves(own_used)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=0 if a.ndim == 5 else 1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert np.array_equal(used["bn1"]["mean"][1], params[1]["bn1"]["mean"])
+    assert not np.allclose(used["bn1"]["mean"][0], params[0]["bn1"]["mean"])

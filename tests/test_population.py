@@ -231,14 +231,39 @@ def test_the_grouped_layout_counts_what_the_per_module_path_counts(tiny_kb, tiny
     assert fused == one_by_one
 
 
+@pytest.mark.parametrize("variant", ["logistic+stitch+from_junction", "ridge+stitch+source"])
+def test_a_group_fitted_in_the_grouped_layout_equals_its_genotypes_fitted_side_by_side(tiny_kb, tiny_dataset, variant):
+    """The fit pass in the grouped layout (`fit_modules` with `groups`: stitches solved on each
+    genotype's channels, BatchNorm statistics per channel, recalibrated where each genotype's
+    junctions say) gives each genotype the fits and head features the vmapped fit pass gives it,
+    to fp32 rounding (the statistics' and the stitches' sums run in another order; a stitch, a
+    least-squares solve, enlarges that by its Gram matrix's condition): with recalibration on
+    the whole fit pass, and with published statistics and the head's feature batches."""
+    from modulenet_jax.population import fit_chunk
+
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
+    space, fit, archs, _ = population_setup(tiny_kb, tiny_dataset, protocol=protocol, n=3)
+    pe = PopulationEvaluator(space, protocol, fit, chunk_size=4)
+    slots = tuple(jnp.asarray(a) for a in pe.stacked_slots(archs[:3] + [Architecture(SHALLOW[1])]))
+    assert slots[2].any(axis=1).sum() >= 2 and not slots[1].all()  # junctions and skipped slots in the group
+    run = jax.jit(fit_chunk, static_argnames=("layout", "protocol", "group", "grouped_layout"))
+    grouped, side_by_side = (run(pe.layout, protocol, 4, pe.banks, slots, jnp.asarray(pe.evaluator.fit_images),
+                                 grouped_layout=g) for g in (True, False))
+    assert jax.tree_util.tree_structure(grouped) == jax.tree_util.tree_structure(side_by_side)
+    for (path, g), v in zip(jax.tree_util.tree_leaves_with_path(grouped), jax.tree_util.tree_leaves(side_by_side)):
+        tol = 2e-4 * np.abs(v).max() if ".stitch" in jax.tree_util.keystr(path) else 2e-5
+        np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path))
+
+
 def test_the_grouped_layout_transposes_only_its_input_and_its_features(tiny_kb, tiny_dataset):
-    """What the grouped layout is for: in the lowered scoring program of a chunk, the vmapped
-    form transposes activations around every convolution (between `[P, batch, h, w, C]` and the
-    grouped convolution's `[batch, h, w, P·C]`); the grouped form only the input images into the
-    layout and the pooled features out of it."""
+    """What the grouped layout is for: in the lowered programs of a chunk, the vmapped form
+    transposes activations around every convolution (between `[P, batch, h, w, C]` and the
+    grouped convolution's `[batch, h, w, P·C]`); the grouped form, scoring, only the input
+    images into the layout and the pooled features out of it (its stitches are grouped 1x1
+    convolutions), and fitting besides only each junction's stitch images into the solve."""
     import re
 
-    from modulenet_jax.population import score_group, score_network
+    from modulenet_jax.population import fit_chunk, score_group, score_network
 
     space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, n=4)
     pe = PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4)
@@ -246,7 +271,7 @@ def test_the_grouped_layout_transposes_only_its_input_and_its_features(tiny_kb, 
     fits, present = pe.published_fits(archs[:4]), chunk_presence(PROTOCOL, slots)
     heads = {"kernel": jnp.zeros((4, 64, 10)), "bias": jnp.zeros((4, 10))}
     images, labels, valid = pe.device_split(val)
-    B = PROTOCOL.batch_size
+    B, N, S = PROTOCOL.batch_size, PROTOCOL.fit_images, PROTOCOL.stitch_images
 
     def vmapped():
         return jax.vmap(lambda s, f, h: score_network(pe.layout, PROTOCOL, pe.banks, s, f, h, images, labels, valid,
@@ -255,14 +280,25 @@ def test_the_grouped_layout_transposes_only_its_input_and_its_features(tiny_kb, 
     def grouped():
         return score_group(pe.layout, PROTOCOL, pe.banks, slots, fits, heads, images, labels, valid, present)
 
-    def activation_transposes(f):
+    def fitted(grouped_layout):
+        return lambda: fit_chunk(pe.layout, PROTOCOL, 4, pe.banks, slots, jnp.asarray(pe.evaluator.fit_images),
+                                 grouped_layout)
+
+    def activation_transposes(f, batches):  # transposes of batches' activations, their rows flattened or not
         text = jax.jit(f).lower().as_text()
         operands = re.findall(r"stablehlo\.transpose %\S+, dims = \[[^\]]*\] : \(tensor<([^>]*)>", text)
-        return [o for o in operands if f"x{B}x" in o or o.startswith(f"{B}x")], text.count("stablehlo.convolution")
+        rows = {b * side * side for b in batches for side in (1, 8, 16, 32)}
+        return ([o for o in operands if rows & {int(d) for d in o.split("x")[:-1]}],
+                len(re.findall(r"stablehlo\.convolution.*\(tensor<[^>]*>, tensor<3x3x", text)))
 
-    moved, convolutions = activation_transposes(grouped)
+    moved, convolutions = activation_transposes(grouped, [B])
     assert moved == [f"4x{B}x32x32x3xf32", f"{B}x4x64xf32"]
-    moved, vmapped_convolutions = activation_transposes(vmapped)
+    moved, vmapped_convolutions = activation_transposes(vmapped, [B])
+    assert vmapped_convolutions == convolutions and len(moved) >= 2 * convolutions, (len(moved), convolutions)
+    moved, convolutions = activation_transposes(fitted(True), [N, S])
+    solves = activation_transposes(fitted(True), [S])[0]  # the stitch images in the least-squares solves
+    assert sorted(m for m in moved if m not in solves) == [f"4x{N}x32x32x3xf32", f"{N}x4x64xf32"] and solves
+    moved, vmapped_convolutions = activation_transposes(fitted(False), [N, S])
     assert vmapped_convolutions == convolutions and len(moved) >= 2 * convolutions, (len(moved), convolutions)
 
 

@@ -106,7 +106,7 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
     the per-module path. The fused program needs a staged space whose slot candidates share
     their shapes and ops: under `auto` another space falls back to the per-module path (the
     reason logged), under `fused` it is an error. `evaluator.grouped_layout` asks for its
-    scoring in the grouped layout: an error where an op has no grouped form."""
+    fit pass and scoring in the grouped layout: an error where an op has no grouped form."""
     strategy = config.evaluator.strategy
     if choose_strategy(strategy) != "fused":
         return None

@@ -51,14 +51,18 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1):
 
 
 def grouped_linear(x, params):
-    """`linear` of G groups at once: `x` `[..., G, C]`, kernel `[G, C, D]`, bias `[G, D]`, each group
-    through its own kernel, in one batched product (no transposes of `x`)."""
-    lead = x.shape[:-2]
-    y = jnp.einsum("ngc,gcd->ngd", x.reshape((-1,) + x.shape[-2:]), params["kernel"].astype(x.dtype),
-                   precision=_precision(x.dtype), preferred_element_type=jnp.float32)
+    """`linear` of G groups at once on NHWC `x` holding the groups side by side in its channels
+    (`[n, h, w, G·C]`): kernel `[G, C, D]`, bias `[G, D]`, each group through its own kernel,
+    as a 1x1 convolution with G groups, so that `x` and the output keep that layout (a batched
+    product would transpose one of them). Accumulates and adds the bias in float32, as `linear`."""
+    groups, c, d = params["kernel"].shape
+    kernel = jnp.moveaxis(params["kernel"], 0, 1).reshape(1, 1, c, groups * d)
+    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((0, 0), (0, 0)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+                                 precision=_precision(x.dtype), preferred_element_type=jnp.float32)
     if "bias" in params:
-        y = y + params["bias"]
-    return y.astype(x.dtype).reshape(lead + y.shape[-2:])
+        y = y + params["bias"].reshape(-1)
+    return y.astype(x.dtype)
 
 
 def linear(x, params):
@@ -122,13 +126,16 @@ def batch_stats(x, chunk_bytes: int | None = None):
 
 def batch_norm(params, x, eps: float, calibrate=False):
     """Inference BatchNorm; with `calibrate`, first replace the running statistics by `x`'s
-    (`calibrate` may be a boolean array, as in a vmapped population: then where it holds).
+    (`calibrate` may be a boolean array, as in a vmapped population: then where it holds; a
+    vector holds one flag per group of channels, as in the fused program's grouped layout).
 
     Returns `(y, params_used)` so a caller can collect recalibrated statistics purely.
     """
     if calibrate is not False:
         mean, var = batch_stats(x)
         if calibrate is not True:
+            if jnp.ndim(calibrate):
+                calibrate = jnp.repeat(calibrate, mean.shape[-1] // calibrate.shape[-1])
             mean, var = jnp.where(calibrate, mean, params["mean"]), jnp.where(calibrate, var, params["var"])
         params = {**params, "mean": mean, "var": var}
     inv = params["scale"] * lax.rsqrt(params["var"] + eps)
