@@ -459,7 +459,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_device(one_device_counts):
+def test_two_processes_equal_one_device(one_device_counts, tmp_path):
     """`jax.distributed` as on several hosts: two processes of two CPU devices each (gloo
     collectives) shard one population chunk over all four devices, and every process gets
     the fitness that one device computes alone, to the last bit (fp32)."""
@@ -469,13 +469,23 @@ def test_two_processes_equal_one_device(one_device_counts):
         jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=int(role))
         assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
     """) + _EVALUATE
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", code, role, port], cwd=ROOT, env=_subprocess_env(2), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for role in ("0", "1")]
-    for p in procs:
-        out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
-        assert _result(out) == one_device_counts
+    for attempt in range(2):
+        port = str(_free_port())
+        logs = [(tmp_path / f"process{role}.{attempt}.out", tmp_path / f"process{role}.{attempt}.err") for role in "01"]
+        procs = [subprocess.Popen([sys.executable, "-u", "-c", code, role, port], cwd=ROOT, env=_subprocess_env(2),
+                                  text=True, stdout=out.open("w"), stderr=err.open("w"))
+                 for role, (out, err) in zip("01", logs)]
+        codes = [p.wait(timeout=900) for p in procs]
+        # Gloo's rendezvous waits 30 s, fixed: on two shared cores one process at times compiled the chunk more
+        # than 30 s after the other (2026-11-30, on a 2-core AMD machine: most runs under load). Only that is
+        # retried, once: the slower process still finishes its compile within the shutdown barrier's 300 s, so
+        # the retry finds the program in the compile cache and both processes reach the gather together.
+        if codes == [0, 0] or not any("Gloo context initialization failed" in err.read_text() for _, err in logs):
+            break
+    # each process's log on a failure: one waiting on the other shows only a barrier's timeout
+    assert codes == [0, 0], "\n".join(f"process {i} exited {c}:\n{err.read_text()[:3000]}"
+                                       for i, (c, (_, err)) in enumerate(zip(codes, logs)))
+    assert [_result(out.read_text()) for out, _ in logs] == [one_device_counts] * 2
 
 
 def test_a_population_smaller_than_a_group_is_not_padded_to_the_group(tiny_kb, tiny_dataset, monkeypatch):
