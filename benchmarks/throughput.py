@@ -910,8 +910,8 @@ def markdown(report: dict) -> str:
              "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
              "speed reference for `jax-fused`, not the protocol); `jax-probe-grouped`: the same networks with the "
              "genotypes inside the channel axis from stem to pooling, no transpose between convolutions "
-             "(`benchmarks/grouped_probe.py`); `jax-grouped`: the fused program scoring its chunk in that layout "
-             "(`population.score_group`), the protocol's counts.", "",
+             "(`benchmarks/grouped_probe.py`); `jax-grouped`: the fused program in that layout (W1 scores its "
+             "chunk in it, W2 also fits it), the protocol's counts.", "",
              "| workload | impl | numerics | population | networks timed | rate | unit | TFLOP/s | % of peak "
              "| compile s | compiled | again | mean correct |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

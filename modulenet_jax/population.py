@@ -9,8 +9,8 @@ chunk runs in groups (`by_group`): the genotypes of a group side by side (`vmap`
 convolutions become grouped ones), the groups one after another (`lax.map`); a group of one
 runs plain convolutions; with `grouped_layout` a group is fitted and scored with its genotypes
 inside the channel axis instead of vmapped (`fit_modules` with `groups`, `score_group`,
-`grouped.py`: no transposes around each convolution). What no genotype of a group needs is not computed: a conditional on
-the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
+`grouped.py`: no transposes around each convolution). What no genotype of a group needs is
+not computed: a conditional on the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
 none has a junction, and populations are chunked by structure so that chunks share depths
 and junctions. Scoring runs each fitted module in its inference form, BatchNorm
 folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
@@ -305,11 +305,16 @@ def group_inputs(protocol: Protocol, images, mean, std):
     return grouped.to_grouped(jax.vmap(lambda m, s: core.prepare(protocol, images, m, s))(mean, std))
 
 
+def per_genotype_features(features, groups: int):
+    """Pooled features in the grouped layout, `[n, P·C]`, per genotype: `[P, n, C]`."""
+    return features.reshape(features.shape[0], groups, -1).swapaxes(0, 1)
+
+
 def group_head_logits(heads, x):
     """Each genotype's head (stacked) on its pooled features of `x` (grouped layout):
     `[P, batch, classes]`."""
     P = jax.tree_util.tree_leaves(heads)[0].shape[0]
-    return jax.vmap(core.head_logits)(heads, core.pool(x).reshape(x.shape[0], P, -1).swapaxes(0, 1))
+    return jax.vmap(core.head_logits)(heads, per_genotype_features(core.pool(x), P))
 
 
 def group_logits(layout: Layout, slots, fits, heads, xs, present):
@@ -404,7 +409,7 @@ def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, imag
     def fit_all(slots, present):
         P = slots[0].shape[0]
         state, fits = fit_modules(layout, protocol, banks, slots, images, present, groups=P)
-        return other_slots_swapped(fits), core.head_features(protocol, state, len(images)).reshape(len(images), P, -1).swapaxes(0, 1)
+        return other_slots_swapped(fits), per_genotype_features(core.head_features(protocol, state, len(images)), P)
     return by_group(protocol, group, fit, slots, many=fit_all if grouped_layout else None)
 
 

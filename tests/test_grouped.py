@@ -75,8 +75,8 @@ def test_each_genotype_recalibrates_where_its_flag_says():
     own = [run_op(op, p, xi, bool(f)) for p, xi, f in zip(params, x, flags)]
     out, used = grouped.run(op, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params), grouped.to_grouped(x), P,
                             flags)
-    np.testing.assert_allclose(np.asarray(out).reshape(6, 8, 8, P, -1), np.moveaxis(np.stack([y for y, _ in own]), 0, 3),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out).reshape(6, 8, 8, P, -1),
+                               np.moveaxis(np.stack([y for y, _ in own]), 0, 3), rtol=1e-5, atol=1e-5)
     own_used = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[u for _, u in own])
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(used), jax.tree_util.tree_leaves(own_used)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=0 if a.ndim == 5 else 1e-6,
