@@ -540,7 +540,7 @@ def _add_runs_commands(sub, common) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modulenet", description="ModuleNet: knowledge-inherited NAS in JAX.")
     p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host runs; see the README)")
+                   help="join a multi-host run first: jax.distributed.initialize(), then one all-gather (see the README)")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of an input error or an interrupt instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -682,17 +682,6 @@ def _add_overrides(parser) -> None:
                         help="config overrides (several --set add up)")
 
 
-def _initialize_distributed() -> None:
-    """`jax.distributed.initialize()`: coordinator, process count and id from the cluster's environment."""
-    import jax
-
-    try:
-        jax.distributed.initialize()
-    except ValueError as e:  # no cluster environment to read them from
-        raise UserError(f"--distributed found no cluster to join ({e}); run it under SLURM or on a Cloud TPU, set "
-                        f"JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or drop --distributed") from e
-
-
 def _one_line(text) -> str:
     return " ".join(str(text).split())  # one line, even where a wrapped library message had several
 
@@ -712,7 +701,9 @@ def main(argv=None) -> int:
                                      getattr(args, "runs_command", None))))
     try:
         if args.distributed:
-            _initialize_distributed()
+            from modulenet_jax import distributed
+
+            distributed.initialize()
         return args.fn(args)
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:

@@ -2,6 +2,7 @@
 bugs keep their traceback."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -75,6 +76,12 @@ def test_exit_statuses_of_the_command(tmp_path):
            f"sys.exit(cli.main(['kb', 'show', {str(tmp_path)!r}]))\n")
     crash = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True)
     assert crash.returncode == 1 and "Traceback" in crash.stderr and "TypeError: a bug" in crash.stderr
+    # --distributed joins the cluster before the command, in a process where JAX has not started yet
+    alone = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "SLURM"))}
+    lone = subprocess.run([sys.executable, "-m", "modulenet_jax.cli", "--distributed", "kb", "show", str(tmp_path)],
+                          capture_output=True, text=True, env=alone)
+    assert lone.returncode == 2 and lone.stderr.count("\n") == 1, lone.stderr
+    assert "--distributed found no cluster to join" in lone.stderr, lone.stderr
 
 
 @pytest.mark.parametrize("cmd", [[], ["convert"], ["kb", "build"], ["kb", "show"], ["search"], ["evaluate"],
