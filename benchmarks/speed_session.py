@@ -81,9 +81,13 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "tensorfloat32", "float32"],
                    choices=["bfloat16", "tensorfloat32", "float32"])
     p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
-    p.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
-    p.add_argument("--torch-fold-modes", nargs="*", default=["eager"], choices=["eager", "compile"],
+    modes = ["eager", "compile", "compile-network"]
+    p.add_argument("--torch-modes", nargs="*", default=modes, choices=modes,
+                   help="compile: graphs per module shape, reused; compile-network (W1): one graph per whole network")
+    p.add_argument("--torch-fold-modes", nargs="*", default=["eager"], choices=modes,
                    help="PyTorch modes also timed with BatchNorm folded (W1)")
+    p.add_argument("--torch-max-network", type=int, default=1,
+                   help="most networks a compile-network row compiles (tens of seconds each) and times")
     p.add_argument("--strategy", default="fused", choices=["auto", "fused", "loop"])
     p.add_argument("--groups", nargs="+", type=int, default=[0],
                    help="fused rows per group size: G genotypes side by side at a time (0: the chunk as one vmap, "
@@ -140,6 +144,7 @@ def main(argv=None):
     report = throughput.run(kb, dataset, protocol, granularity="run", val_size=val_size,
                             populations=tuple(populations), dtypes=tuple(args.dtypes), workloads=tuple(args.workloads),
                             torch_modes=tuple(args.torch_modes), torch_fold_modes=tuple(args.torch_fold_modes),
+                            torch_max_network=args.torch_max_network,
                             torch_max_w1=2 if args.quick else args.torch_max_w1,
                             torch_max_w2=2 if args.quick else args.torch_max_w2, strategy=args.strategy,
                             budget_s=budget, row_cap_s=row_cap, phase_population=phase_population,

@@ -7,9 +7,13 @@ protocol, evaluated one network after another as a PyTorch expert would write th
 - BatchNorm in evaluation mode, or (`fold=True`, a second row) folded into the convolution.
 - Numerics as PyTorch users run them (`NUMERICS`): fp32 with TF32 convolutions (PyTorch's
   default on GPUs), strict fp32 (TF32 off; what the JAX fp32 rows compute), bf16 autocast.
-- `torch.compile` compiles each module function once per shape (the weights are arguments, a
-  stitch or none, the stride and the padding specialise it) and reuses the graphs for every
-  network; `compiles()` counts the graphs dynamo made, so a table can show that it stays flat.
+- `torch.compile` (`COMPILED`), two ways: `modules` compiles each module function once per shape
+  (the weights are arguments, a stitch or none, the stride and the padding specialise it) and
+  reuses the graphs for every network, what a search can afford; `network` compiles a whole
+  network's forward on a batch as one graph (weights as arguments, specialised by the network's
+  structure: one graph per network, each compiled before it is timed), PyTorch's steady state
+  with no per-call overhead between modules (W1 only; a search would pay its compile per network).
+  `compiles()` counts the graphs dynamo made, so a table shows what each costs.
 
 W1 (forward only) runs fitted networks over the images; W2 (the whole protocol) fits the
 stitches and BatchNorm statistics module by module on the fit images, the logistic head with
@@ -20,6 +24,7 @@ reports the time of each phase.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import numpy as np
@@ -33,6 +38,8 @@ from modulenet_jax.space import Architecture
 EPS = 1e-5
 # name: (autocast dtype or None, TF32 convolutions and matrix products)
 NUMERICS = {"fp32-strict": (None, False), "fp32-tf32": (None, True), "bf16": (torch.bfloat16, False)}
+# what `torch.compile` compiles: None (eager), each module function, or each whole network
+COMPILED = (None, "modules", "network")
 
 
 def _t(a, device):
@@ -93,6 +100,15 @@ def block_forward(x, stitch, w, stride: int, pad: int):
     return F.relu(_conv_bn(h, w[n:]) + _shortcut(x, stride, pad))
 
 
+def network_features(x, weights, stitches, plan, stem=stem_forward, block=block_forward):
+    """A fitted network on one batch: the stem, its blocks (`plan`: (stride, pad) per block) and
+    the pooled fp32 features; `stem`/`block` as given (eager or each compiled)."""
+    x = stem(x, weights[0])
+    for (stride, pad), st, w in zip(plan, stitches, weights[1:]):
+        x = block(x, st, w, stride, pad)
+    return x.float().mean(dim=(2, 3))
+
+
 def _calibrated(h, scale, bias):
     """BN with the batch's own statistics (mean, unbiased variance, in fp32), as the JAX recalibration."""
     hf = h.float()
@@ -145,26 +161,35 @@ class Resident:
 
 class TorchRunner:
     """Evaluates networks of a knowledge base with PyTorch on one device, in one of `NUMERICS`,
-    eager or compiled (module functions compiled once per shape), BatchNorm as it is or folded."""
+    eager or compiled (`compiled`, one of `COMPILED`), BatchNorm as it is or folded."""
 
-    def __init__(self, kb: KnowledgeBase, device: str, numerics: str, compile_: bool, fold_bn: bool = False):
-        self.kb, self.device, self.numerics, self.compile, self.fold = kb, device, numerics, compile_, fold_bn
+    def __init__(self, kb: KnowledgeBase, device: str, numerics: str, compiled: str | None = None,
+                 fold_bn: bool = False):
+        if compiled not in COMPILED:
+            raise ValueError(f"compiled must be one of {COMPILED}, not {compiled!r}")
+        self.kb, self.device, self.numerics, self.compiled, self.fold = kb, device, numerics, compiled, fold_bn
         self.autocast, self.tf32 = NUMERICS[numerics]
-        self._weights = {}
+        self._weights, self._folded = {}, {}
         model = kb.source_model(next(iter(kb.sources)))
         self.mean = torch.tensor(model.mean, device=device)
         self.std = torch.tensor(model.std, device=device)
-        if compile_:
-            # one graph per (module shape, stitch or not, numerics, batch size): more than dynamo's default limit of 8
-            for name in ("recompile_limit", "cache_size_limit"):
+        if compiled:
+            # one graph per (module shape, stitch or not, numerics, batch size), or per network: more than
+            # dynamo's default limit of 8 per function
+            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                         "accumulated_cache_size_limit"):
                 if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, 256)
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
 
-        def compiled(fn):
-            return torch.compile(fn, dynamic=False) if compile_ else fn
+        def per_module(fn):
+            return torch.compile(fn, dynamic=False) if compiled == "modules" else fn
 
-        self.stem_fn, self.block_fn = compiled(stem_forward), compiled(block_forward)
-        self.stem_calibrate, self.block_calibrate = compiled(stem_calibrate), compiled(block_calibrate)
+        self.stem_fn, self.block_fn = per_module(stem_forward), per_module(block_forward)
+        self.stem_calibrate, self.block_calibrate = per_module(stem_calibrate), per_module(block_calibrate)
+        if compiled == "network":
+            self.network_fn = torch.compile(network_features, dynamic=False)
+        else:
+            self.network_fn = functools.partial(network_features, stem=self.stem_fn, block=self.block_fn)
 
     @staticmethod
     def compiles() -> int:
@@ -212,26 +237,25 @@ class TorchRunner:
     def head(self, params):
         return _t(params["kernel"], self.device), _t(params["bias"], self.device)
 
-    def _inference_weights(self, weights):
-        return fold(weights) if self.fold else weights
+    def inference_weights(self, module_id):
+        """A module's weights as W1 runs them: as they are, or BatchNorm folded (folded once per module)."""
+        if not self.fold:
+            return self.weights(module_id)
+        if module_id not in self._folded:
+            self._folded[module_id] = fold(self.weights(module_id))
+        return self._folded[module_id]
 
     # -- W1 -----------------------------------------------------------------------------------
 
     def features(self, arch, weights, stitches, data: Resident):
         """Pooled fp32 features of every image of `data` (weights used as given)."""
-        feats = []
         plan = self._plan(arch)
-        for x, _ in data.batches():
-            x = self.stem_fn(x, weights[0])
-            for (stride, pad), st, w in zip(plan, stitches, weights[1:]):
-                x = self.block_fn(x, st, w, stride, pad)
-            feats.append(x.float().mean(dim=(2, 3)))
-        return torch.cat(feats)
+        return torch.cat([self.network_fn(x, weights, stitches, plan) for x, _ in data.batches()])
 
     def forward_correct(self, arch, stitches, head, data: Resident) -> int:
         """Correct predictions of one fitted network over a resident split (one device sync)."""
         with self.context():
-            weights = [self._inference_weights(self.weights(m)) for m in arch.modules]
+            weights = [self.inference_weights(m) for m in arch.modules]
             return count_correct(self.features(arch, weights, stitches, data), head, data.labels)
 
     # -- W2 -----------------------------------------------------------------------------------

@@ -454,6 +454,7 @@ def cmd_bench(args) -> int:
                                 populations=tuple(args.populations), dtypes=tuple(args.dtypes or default_dtypes),
                                 workloads=tuple(args.workloads), torch_modes=tuple(args.torch_modes),
                                 torch_max_w1=args.torch_max_w1, torch_max_w2=args.torch_max_w2,
+                                torch_max_network=args.torch_max_network,
                                 strategy=args.strategy, budget_s=args.budget, row_cap_s=args.row_cap,
                                 seed=args.seed, paired=args.paired, paired_rounds=args.paired_rounds,
                                 phase_population=args.phase_population,
@@ -649,8 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JAX numerics timed (default: float32 and bfloat16, and on a GPU tensorfloat32: TF32 "
                          "convolutions, against PyTorch's TF32 row)")
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
-    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"],
-                    help="PyTorch baselines to time (the torch extra); with no value, JAX alone")
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"],
+                    choices=["eager", "compile", "compile-network"],
+                    help="PyTorch baselines to time (the torch extra): eager, torch.compile per module shape, and "
+                         "(W1 only) each whole network compiled as one graph; with no value, JAX alone")
+    bn.add_argument("--torch-max-network", type=POSITIVE, default=2,
+                    help="most networks a compile-network row compiles and times (one graph each)")
     bn.add_argument("--torch-max-w1", type=COUNT, default=64, help="most networks PyTorch runs per W1 point")
     bn.add_argument("--torch-max-w2", type=COUNT, default=16, help="most networks PyTorch runs per W2 point")
     bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
