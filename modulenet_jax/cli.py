@@ -656,8 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(W1 only) each whole network compiled as one graph; with no value, JAX alone")
     bn.add_argument("--torch-max-network", type=POSITIVE, default=2,
                     help="most networks a compile-network row compiles and times (one graph each)")
-    bn.add_argument("--torch-max-w1", type=COUNT, default=64, help="most networks PyTorch runs per W1 point")
-    bn.add_argument("--torch-max-w2", type=COUNT, default=16, help="most networks PyTorch runs per W2 point")
+    bn.add_argument("--torch-max-w1", type=POSITIVE, default=64, help="most networks PyTorch runs per W1 point")
+    bn.add_argument("--torch-max-w2", type=POSITIVE, default=16, help="most networks PyTorch runs per W2 point")
     bn.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"],
                     help="JAX path: fused (one vmapped program per chunk) or loop (a call per module)")
     bn.add_argument("--val-size", type=POSITIVE, default=5000, help="validation images (of the 5,000 even positions)")

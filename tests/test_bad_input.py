@@ -260,6 +260,8 @@ BAD_INPUT = [
      "argument --seed: must be an integer >= 0, got '-1'"),
     ("bench --budget 0", lambda d, n: ["bench", "--budget", "0"],
      "argument --budget: must be a positive number, got '0'"),
+    ("bench --torch-max-w1 0", lambda d, n: ["bench", "--torch-max-w1", "0"],
+     "argument --torch-max-w1: must be a positive integer, got '0'"),
     ("bench --name with a folder", lambda d, n: ["bench", "--config", CONFIG, "--name", "a/b", "--torch-modes"],
      "--name 'a/b' must be a file stem in --out"),
     ("runs compare with a corrupt run", lambda d, n: ["runs", "compare", str(d / "run"),
