@@ -215,7 +215,7 @@ def fastest_group(results: list[Result], workload: str, dtype: str, groups: tupl
     return (max((r for r in rows if r.population == largest), key=lambda r: r.rate).group,)
 
 
-def graph_counts(compiled, before: int, warm: int, runner) -> tuple[int | None, int | None]:
+def graph_counts(compiled: str | None, before: int, warm: int, runner) -> tuple[int | None, int | None]:
     """(graphs dynamo compiled in the warm-up call, in the timed calls) of a `torch.compile` row."""
     return (warm - before, runner.compiles() - warm) if compiled else (None, None)
 
