@@ -650,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="JAX numerics timed (default: float32 and bfloat16, and on a GPU tensorfloat32: TF32 "
                          "convolutions, against PyTorch's TF32 row)")
     bn.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
-    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile"],
+    bn.add_argument("--torch-modes", nargs="*", default=["eager", "compile", "compile-network"],
                     choices=["eager", "compile", "compile-network"],
                     help="PyTorch baselines to time (the torch extra): eager, torch.compile per module shape, and "
                          "(W1 only) each whole network compiled as one graph; with no value, JAX alone")

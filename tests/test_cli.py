@@ -105,3 +105,5 @@ def test_bench_passes_its_options_and_prints_json(tmp_path, monkeypatch, capsys,
                  "--populations", "2", "4", "--budget", "30", "--json", "--quiet"]) == 0
     assert seen["protocol"].batch_size == 16 and seen["populations"] == (2, 4) and seen["budget_s"] == 30.0
     assert seen["torch_modes"] == () and json.loads(capsys.readouterr().out) == {"results": [], "device": "d"}
+    assert main(["bench", "--out", str(tmp_path), "--name", "x", "--json", "--quiet"]) == 0  # PyTorch at its best
+    assert seen["torch_modes"] == ("eager", "compile", "compile-network") and seen["torch_max_network"] == 2
