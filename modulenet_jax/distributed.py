@@ -28,16 +28,14 @@ def initialize(**kwargs) -> None:
 
 
 def meet() -> None:
-    """One all-gather of a value per device over all of `jax.devices()`, the collective (and devices)
-    with which `PopulationEvaluator` gathers its results; every process must call it."""
+    """One all-gather of a value per device over all of `jax.devices()`: `population.gathered` on
+    `population.on_mesh`, the collective and devices with which `PopulationEvaluator` gathers its
+    results. Every process must call it."""
     import jax
-    from jax.experimental import multihost_utils
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = jax.devices()
-    sharding = NamedSharding(Mesh(np.array(devices), ("pop",)), PartitionSpec("pop"))
-    ids = np.arange(len(devices), dtype=np.int32)
-    gathered = multihost_utils.process_allgather(jax.make_array_from_callback(ids.shape, sharding,
-                                                                              lambda index: ids[index]), tiled=True)
-    if not np.array_equal(np.asarray(gathered), ids):
-        raise RuntimeError(f"the processes' first all-gather returned {np.asarray(gathered)}, not {ids}")
+    from modulenet_jax.population import gathered, on_mesh, population_mesh
+
+    ids = np.arange(jax.device_count(), dtype=np.int32)
+    out, = gathered(on_mesh(population_mesh(jax.devices()), ids, True))
+    if not np.array_equal(out, ids):
+        raise RuntimeError(f"the processes' first all-gather returned {out}, not {ids}")

@@ -10,9 +10,9 @@ convolutions become grouped ones), the groups one after another (`lax.map`); a g
 runs plain convolutions; with `grouped_layout` a group is fitted and scored with its genotypes
 inside the channel axis instead of vmapped (`fit_modules` with `groups`, `score_group`,
 `grouped.py`: no transposes around each convolution). What no genotype of a group needs is
-not computed: a conditional on the group (`chunk_presence`, outside the vmap) skips a slot none reaches and a stitch where
-none has a junction, and populations are chunked by structure so that chunks share depths
-and junctions. Scoring runs each fitted module in its inference form, BatchNorm
+not computed: a conditional on the group (`chunk_presence`, outside the vmap) skips a slot
+none reaches and a stitch where none has a junction, and populations are chunked by structure
+so that chunks share depths and junctions. Scoring runs each fitted module in its inference form, BatchNorm
 folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
 slot together (`batch_carry`: each conditional there waits for the device). Chunks have a
 fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs its
@@ -471,6 +471,27 @@ def _score_chunk(layout, protocol, group, carry, mesh, grouped_layout, banks, sl
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 
 
+def population_mesh(devices) -> Mesh:
+    """The 1-D mesh a population chunk is sharded over, genotype by genotype."""
+    return Mesh(np.array(devices), ("pop",))
+
+
+def on_mesh(mesh: Mesh, array, axis_sharded: bool):
+    """`array` on the mesh's devices: its first axis sharded over them, or replicated."""
+    sharding = NamedSharding(mesh, PartitionSpec("pop") if axis_sharded else PartitionSpec())
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def gathered(*arrays) -> tuple:
+    """Results sharded over the mesh, whole on every process (an all-gather where there are several)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        arrays = multihost_utils.process_allgather(arrays, tiled=True)
+    return tuple(np.asarray(jax.device_get(a)) for a in arrays)
+
+
 def balanced_chunk(n: int, limit: int, multiple: int = 1) -> int:
     """The chunk size for `n` genotypes when at most `limit` fit in one call: the fewest chunks
     of equal size (a multiple of `multiple`: the devices times the group) within `limit`, so the
@@ -535,7 +556,7 @@ class PopulationEvaluator:
         self.protocol = protocol
         self.evaluator = evaluator or Evaluator(space.kb, protocol, fit)
         self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.array(self.devices), ("pop",))
+        self.mesh = population_mesh(self.devices)
         self.layout, self.banks, self.pools = self._build_banks()
         if group is not None and group < 1:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
@@ -680,23 +701,10 @@ class PopulationEvaluator:
             return self.carry
         return max(1, min(self.carry, int(0.25 * self.free_memory // (2 * group * self._scored_batch_bytes()))))
 
-    def _sharded(self, array, axis_sharded: bool):
-        spec = PartitionSpec("pop") if axis_sharded else PartitionSpec()
-        sharding = NamedSharding(self.mesh, spec)
-        array = np.asarray(array)
-        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
     def device_split(self, split: Split) -> tuple:
         """A split on the devices (replicated) in `protocol.pad_batches` form: images, labels, valid."""
-        return tuple(self._sharded(a, False) for a in core.pad_batches(self.protocol.batch_size, split.images,
-                                                                         split.labels))
-
-    def _gathered(self, *arrays):
-        if jax.process_count() > 1:  # results sharded over hosts: every process gets all of them
-            from jax.experimental import multihost_utils
-
-            arrays = multihost_utils.process_allgather(arrays, tiled=True)
-        return tuple(np.asarray(jax.device_get(a)) for a in arrays)
+        return tuple(on_mesh(self.mesh, a, False)
+                     for a in core.pad_batches(self.protocol.batch_size, split.images, split.labels))
 
     def chunk_for(self, n: int, limit: int) -> int:
         """`balanced_chunk` of `n` networks under `limit`, a multiple of the devices and, where
@@ -714,19 +722,19 @@ class PopulationEvaluator:
     def run_chunk(self, slots, fit_x, fit_y, scored):
         """One chunk through the whole protocol on the devices: (correct counts, all finite)."""
         group = self.group_of(len(slots[0]))
-        slots = tuple(self._sharded(a, True) for a in slots)
-        return self._gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
-                                               self.carry_for(group), self.mesh, self.grouped_layout, self.banks,
-                                               slots, fit_x, fit_y, *scored))
+        slots = tuple(on_mesh(self.mesh, a, True) for a in slots)
+        return gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
+                                         self.carry_for(group), self.mesh, self.grouped_layout, self.banks,
+                                         slots, fit_x, fit_y, *scored))
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
         stacked `heads`) on a `device_split`: the forward pass alone, one program."""
         group = self.group_of(len(slots[0]))
-        slots = tuple(self._sharded(a, True) for a in slots)
-        correct, finite = self._gathered(*_score_chunk(self.layout, self.protocol, group, self.carry_for(group),
-                                                       self.mesh, self.grouped_layout, self.banks, slots, fits, heads,
-                                                       *scored))
+        slots = tuple(on_mesh(self.mesh, a, True) for a in slots)
+        correct, finite = gathered(*_score_chunk(self.layout, self.protocol, group, self.carry_for(group),
+                                                 self.mesh, self.grouped_layout, self.banks, slots, fits, heads,
+                                                 *scored))
         if not finite.all():
             raise EvaluationError("non-finite logits")
         return correct
@@ -745,8 +753,8 @@ class PopulationEvaluator:
 
     def _evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         slots = [self.slots(a) for a in archs]
-        fit_x = self._sharded(np.asarray(self.evaluator.fit_images), False)
-        fit_y = self._sharded(np.asarray(self.evaluator.fit_labels), False)
+        fit_x = on_mesh(self.mesh, np.asarray(self.evaluator.fit_images), False)
+        fit_y = on_mesh(self.mesh, np.asarray(self.evaluator.fit_labels), False)
         scored = self.device_split(split)
         correct = np.zeros(len(archs), np.int64)
         start = 0
