@@ -42,6 +42,19 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what the command kept and how to go on."""
 
 
+def ctrl_c(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind `error`, if any. Python raises KeyboardInterrupt at whatever line runs,
+    and one raised inside a C extension's callback (numpy's dtype lookup, for one) reaches us as
+    that extension's SystemError with the KeyboardInterrupt as its cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors raised (one line, status 2, like every other bad input)."""
 
@@ -204,7 +217,9 @@ def cmd_search(args) -> int:
     try:
         with _reporting(args) as (log, progress):
             result = run_all(config, out, resume=not args.restart, log=log, progress=progress)
-    except KeyboardInterrupt as e:
+    except BaseException as e:
+        if ctrl_c(e) is None:
+            raise
         pending = args.restart and folder is not None and _identity(out) == folder  # a restart replaces the folder
         raise Interrupted(_resume_hint(args, out, pending)) from e
 
@@ -715,10 +730,10 @@ def main(argv=None) -> int:
             raise
         print(f"modulenet {command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as e:
-        if args.debug:
+    except BaseException as e:
+        if args.debug or ctrl_c(e) is None:
             raise
-        said = f": {_one_line(e)}" if str(e) else ""
+        said = f": {_one_line(e)}" if isinstance(e, Interrupted) else ""
         print(f"modulenet {command}: interrupted{said}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
