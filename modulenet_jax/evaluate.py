@@ -141,7 +141,7 @@ class Evaluator:
         specs = tuple(self.kb.record(m).spec for m in arch.modules)
         fits = tuple(fits)
         head = core.finish(p, state, self.fit_labels, self.num_classes)
-        if p.stitch_steps and any(f.stitch is not None for f in fits):
+        if p.stitch_steps:  # every network, as the fused program: one without stitches tunes its head
             x = core.prepare(p, self.fit_images[:p.stitch_images], mean, std)
             fits, head = _tune_chain(p, tuple(op_of(s) for s in specs), tuple(f.stitch is not None for f in fits),
                                      fits, head, x, self.fit_labels[:p.stitch_images])

@@ -64,8 +64,8 @@ class Protocol:
       solves, BN statistics and the head stay in fp32 in every case);
     - `stitch_steps`: after the least-squares fits, Adam steps (learning rate `stitch_lr`) on
       the stitches and the head together, on the cross-entropy of the first `stitch_images`
-      fit images, every module param frozen (see `tune.py`); 0 (the default) keeps the
-      closed-form fits;
+      fit images, every module param frozen (see `tune.py`); in every network alike (one
+      without a junction tunes its head alone); 0 (the default) keeps the closed-form fits;
     - `input_size`: resize the (normalised) images to this size before the first module, for
       sources trained at another resolution (e.g. torchvision's 224 px models on 32 px
       CIFAR); None (the default) feeds them as they are.
