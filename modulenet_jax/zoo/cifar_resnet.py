@@ -9,18 +9,14 @@ Modules: `stem`, `stage{s}.block{i}`, `head`.
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
 from modulenet_jax.zoo import layers
+from modulenet_jax.zoo.common import BN, Conv, Linear, make_model
 from modulenet_jax.zoo.registry import ModelDef, ModuleSpec, register_model, register_op
 
 BN_EPS = 1e-5
 WIDTHS = (16, 32, 64)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # Both ops also run `groups` networks at once, each in its own block of channels (`grouped.py`:
@@ -54,22 +50,6 @@ def head(params, x, calibrate=False):
     return layers.linear(layers.global_avg_pool(x), params["fc"]), params
 
 
-def _conv_init(key, k, cin, cout):
-    std = (2.0 / (k * k * cout)) ** 0.5
-    return {"kernel": std * jax.random.normal(key, (k, k, cin, cout), jnp.float32)}
-
-
-def _bn_init(key, c):
-    """Random affine parameters and running statistics, so BN is really exercised."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    return {
-        "scale": 1.0 + 0.1 * jax.random.normal(k1, (c,)),
-        "bias": 0.1 * jax.random.normal(k2, (c,)),
-        "mean": 0.1 * jax.random.normal(k3, (c,)),
-        "var": jax.random.uniform(k4, (c,), minval=0.5, maxval=1.5),
-    }
-
-
 def _specs(depth: int, num_classes: int) -> tuple[ModuleSpec, ...]:
     n = (depth - 2) // 6
     specs = [ModuleSpec("stem", "stem", "cifar_resnet.stem", 0, 0, 3, WIDTHS[0], 1, 1)]
@@ -88,27 +68,19 @@ def _specs(depth: int, num_classes: int) -> tuple[ModuleSpec, ...]:
     return tuple(specs)
 
 
-def _init(specs, num_classes, key):
-    params = {}
-    keys = jax.random.split(key, len(specs))
-    for spec, k in zip(specs, keys):
-        k1, k2, k3, k4 = jax.random.split(k, 4)
+def _layouts(specs) -> dict:
+    """Each module's params as layer descriptors (`common.make_model`: one random draw for the
+    whole model, He-normal kernels, randomised BatchNorm statistics so BN is really exercised)."""
+    out = {}
+    for spec in specs:
+        c = spec.out_channels
         if spec.kind == "stem":
-            params[spec.name] = {"conv": _conv_init(k1, 3, 3, spec.out_channels),
-                                 "bn": _bn_init(k2, spec.out_channels)}
+            out[spec.name] = {"conv": Conv(3, 3, c), "bn": BN(c)}
         elif spec.kind == "block":
-            params[spec.name] = {
-                "conv1": _conv_init(k1, 3, spec.in_channels, spec.out_channels),
-                "bn1": _bn_init(k2, spec.out_channels),
-                "conv2": _conv_init(k3, 3, spec.out_channels, spec.out_channels),
-                "bn2": _bn_init(k4, spec.out_channels),
-            }
+            out[spec.name] = {"conv1": Conv(3, spec.in_channels, c), "bn1": BN(c), "conv2": Conv(3, c, c), "bn2": BN(c)}
         else:
-            bound = 1.0 / spec.in_channels ** 0.5
-            params[spec.name] = {"fc": {
-                "kernel": jax.random.uniform(k1, (spec.in_channels, num_classes), minval=-bound, maxval=bound),
-                "bias": jax.random.uniform(k2, (num_classes,), minval=-bound, maxval=bound)}}
-    return params
+            out[spec.name] = {"fc": Linear(spec.in_channels, c)}
+    return out
 
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> ModelDef:
@@ -116,10 +88,7 @@ def cifar_resnet(depth: int, num_classes: int = 10) -> ModelDef:
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
     specs = _specs(depth, num_classes)
-    return ModelDef(
-        name=f"cifar_resnet{depth}", family="cifar_resnet", modules=specs,
-        init=functools.partial(_init, specs, num_classes),
-        input_size=32, num_classes=num_classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return make_model(f"cifar_resnet{depth}", "cifar_resnet", specs, _layouts(specs), num_classes, input_size=32)
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
