@@ -45,41 +45,69 @@ VARIANTS = {
 }
 
 
-def _both_paths(kb, dataset, protocol, group=None, carry=None, grouped_layout=False, extra=()):
+def _both_paths(kb, dataset, protocol, chunk=4, group=None, carry=None, grouped_layout=False, extra=()):
     space, fit, archs, val = population_setup(kb, dataset, protocol=protocol, n=4)
     archs += list(extra)
     loop = Evaluator(kb, protocol, fit)
     one_by_one = [loop.evaluate(a, val) for a in archs]
-    fused = PopulationEvaluator(space, protocol, fit, chunk_size=4, evaluator=loop, group=group,
-                                carry=carry, grouped_layout=grouped_layout).evaluate(archs, val)
-    return fused, one_by_one
+    pe = PopulationEvaluator(space, protocol, fit, chunk_size=chunk, evaluator=loop, group=group, carry=carry,
+                             grouped_layout=grouped_layout)
+    return pe.evaluate(archs, val), one_by_one, [pe.slots(a) for a in archs]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_population_equals_one_by_one(tiny_kb, tiny_dataset, variant):
+# One ResNet-8-deep block per stage: no network reaches a stage's second slot of the block
+# space's layout (depth 2 per stage). The second has a junction at stages 1 and 2, none at 3.
+SHALLOW = (("cifar_resnet8/stem", "cifar_resnet8/stage1.block0", "cifar_resnet8/stage2.block0",
+            "cifar_resnet8/stage3.block0"),
+           ("cifar_resnet8/stem", "cifar_resnet14/stage1.block0", "cifar_resnet8/stage2.block0",
+            "cifar_resnet8/stage3.block0"))
+
+# How the fused program may run a chunk, each once, across the protocol variants (every variant
+# at least once; one compiled program per case). `group`: None, the whole chunk as one vmap (a
+# GPU's default); 1, each genotype alone (a CPU's); 2 of a chunk of 4, groups one after another.
+# `carry` 2: the validation split's two batches moved through the network together. `shallow`:
+# chunks of 2 that hold the two SHALLOW networks and ResNet-8 (`structure_order` puts them
+# first), so whole chunks (group None) or single genotypes (group 1) skip slots and stitches.
+# `grouped_layout`: the genotypes inside the channel axis instead of a vmap (`score_group`).
+CASES = {
+    "recalibrate, whole chunk, shallow": dict(variant="logistic+stitch+recalibrate", shallow=True),
+    "ridge+stitch+source, groups of 2": dict(variant="ridge+stitch+source", group=2),
+    "logistic+plain+source, whole chunk": dict(variant="logistic+plain+source"),
+    "ridge+plain+recalibrate, batches carried": dict(variant="ridge+plain+recalibrate", carry=2),
+    "from_junction, alone, batches carried, shallow": dict(variant="logistic+stitch+from_junction", group=1,
+                                                           carry=2, shallow=True),
+    "tuned stitches, whole chunk, shallow": dict(variant="tuned-stitches+source", shallow=True),
+    "tuned stitches, alone, shallow": dict(variant="tuned-stitches+source", group=1, shallow=True),
+    "from_junction, grouped layout, shallow": dict(variant="logistic+stitch+from_junction", grouped_layout=True,
+                                                   shallow=True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_population_equals_one_by_one(tiny_kb, tiny_dataset, case):
     """The fused program and the per-module path are two drivers of one protocol: in fp32 they
-    count exactly the same correct predictions, for every head, stitch and BN setting."""
-    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]}))
+    count exactly the same correct predictions, for every head, stitch and BN setting, and however
+    the fused program runs a chunk (`CASES`): in groups (`by_group`: each group skipping what none
+    of its genotypes needs, `chunk_presence`), with scored batches carried together, in the grouped
+    layout (stitches used or not per genotype: its masks and conditionals), for fitted and tuned
+    stitches. (The bench's fused fixture checks the scoring of fitted networks alone,
+    `score_fitted`, against PyTorch.)"""
+    how = dict(CASES[case])
+    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[how.pop("variant")]})
+    shallow = how.pop("shallow", False)
+    fused, one_by_one, slots = _both_paths(tiny_kb, tiny_dataset, protocol, chunk=2 if shallow else 4,
+                                           extra=[Architecture(m) for m in SHALLOW] if shallow else (), **how)
     assert fused == one_by_one
+    if shallow:  # the first chunk reaches no stage's second slot and has no junction
+        first = [slots[i] for i in structure_order(slots)[:2]]
+        assert not any(active[2::2].any() or junction.any() for _, active, junction in first)
 
 
-@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("logistic+stitch+from_junction", 2),
-                                           ("tuned-stitches+source", 1)])
-def test_a_chunk_in_groups_equals_one_by_one(tiny_kb, tiny_dataset, variant, group):
-    """A chunk of 4 run 1 or 2 genotypes at a time (`by_group`: the groups one after another,
-    each skipping what none of its genotypes needs) counts what the per-module path counts."""
-    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
-    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group)
-    assert fused == one_by_one
-
-
-@pytest.mark.parametrize("variant,group", [("logistic+stitch+from_junction", 1), ("ridge+plain+recalibrate", None)])
-def test_scored_batches_carried_together_equal_one_by_one(tiny_kb, tiny_dataset, variant, group):
-    """Scored batches moved through the network together (`carry`, a GPU's default: the
-    validation split's two batches at once here) count what the per-module path counts."""
-    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
-    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, group=group, carry=2)
-    assert fused == one_by_one
+def test_the_cases_cover_every_variant_and_way_of_running_a_chunk():
+    assert {c["variant"] for c in CASES.values()} == set(VARIANTS)
+    for key, values in (("group", {None, 1, 2}), ("carry", {None, 2}), ("grouped_layout", {False, True})):
+        assert {c.get(key, None if key != "grouped_layout" else False) for c in CASES.values()} == values, key
+    assert {c.get("group") for c in CASES.values() if c.get("shallow")} == {None, 1}
 
 
 def test_the_forward_pass_alone_counts_the_same_with_batches_carried(tiny_kb, tiny_dataset):
@@ -105,14 +133,6 @@ def test_groups_divide_each_devices_share_of_the_chunk(tiny_kb, tiny_dataset):
         PopulationEvaluator(space, PROTOCOL, fit, chunk_size=4, group=0)
     with pytest.raises(ValueError, match="groups of 4"):
         by_group(PROTOCOL, 4, lambda s, present: s, (np.zeros((6, 7)),) * 3)
-
-
-# One block per stage, ResNet-8 deep: no network reaches a stage's second slot of the block
-# space's layout (depth 2 per stage). The second has a junction at stages 1 and 2, none at 3.
-SHALLOW = (("cifar_resnet8/stem", "cifar_resnet8/stage1.block0", "cifar_resnet8/stage2.block0",
-            "cifar_resnet8/stage3.block0"),
-           ("cifar_resnet8/stem", "cifar_resnet14/stage1.block0", "cifar_resnet8/stage2.block0",
-            "cifar_resnet8/stage3.block0"))
 
 
 @pytest.mark.parametrize("n,limit,multiple,size", [(64, 57, 1, 32), (256, 57, 1, 52), (256, 57, 8, 56), (12, 57, 1, 12),
@@ -204,33 +224,6 @@ def test_a_slot_runs_only_what_its_chunk_needs():
         assert np.array_equal(y, out) and ran == runs, (kind, active, junction, ran)
 
 
-@pytest.mark.parametrize("group", [None, 1])
-@pytest.mark.parametrize("variant", ["logistic+stitch+recalibrate", "tuned-stitches+source"])
-def test_a_chunk_that_skips_slots_and_stitches_equals_one_by_one(tiny_kb, tiny_dataset, variant, group):
-    """A chunk whose networks are all shallower than the layout and share junction-free slots
-    runs the cheaper branches of the fused program (`chunk_presence`), and a genotype run alone
-    (group 1) skips by its own slots and junctions: still exactly the per-module path's counts,
-    for the fitted and the tuned stitches."""
-    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS[variant]})
-    space, fit, _, val = population_setup(tiny_kb, tiny_dataset, protocol=protocol, n=0)
-    archs = [Architecture(m) for m in SHALLOW]
-    loop = Evaluator(tiny_kb, protocol, fit)
-    fused = PopulationEvaluator(space, protocol, fit, chunk_size=2, evaluator=loop, group=group).evaluate(archs, val)
-    assert fused == [loop.evaluate(a, val) for a in archs]
-
-
-def test_the_grouped_layout_counts_what_the_per_module_path_counts(tiny_kb, tiny_dataset):
-    """Chunks scored in the grouped layout (`score_group`: the genotypes inside the channel axis,
-    no vmap) count exactly the per-module path's correct predictions in fp32: random networks
-    (junctions, stitches used or not per genotype), the sources, and shallow networks whose
-    chunk skips slots and stitches (the masks and conditionals). (The bench's fused fixture
-    checks the scoring of fitted networks alone, `score_fitted`, against PyTorch.)"""
-    protocol = Protocol(**{**PROTOCOL.__dict__, **VARIANTS["logistic+stitch+from_junction"]})
-    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol, grouped_layout=True,
-                                    extra=[Architecture(m) for m in SHALLOW])
-    assert fused == one_by_one
-
-
 @pytest.mark.parametrize("variant", ["logistic+stitch+from_junction", "ridge+stitch+source"])
 def test_a_group_fitted_in_the_grouped_layout_equals_its_genotypes_fitted_side_by_side(tiny_kb, tiny_dataset, variant):
     """The fit pass in the grouped layout (`fit_modules` with `groups`: stitches solved on each
@@ -318,17 +311,18 @@ def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):
     from tests.conftest import random_models
 
     kb = KnowledgeBase.build(random_models(), input_size=40)
-    fused, one_by_one = _both_paths(kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "input_size": 40}))
+    fused, one_by_one, _ = _both_paths(kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "input_size": 40}))
     assert fused == one_by_one
     assert kb.record(kb.modules_of("cifar_resnet8")[0].id).input_resolution == 40
 
 
 def test_population_in_bfloat16_stays_close_to_one_by_one(tiny_kb, tiny_dataset):
     """bf16 rounds differently in the two programs (fusion changes where values are rounded to
-    bf16): the correct counts may differ, by at most 2 of 64 images per network here."""
-    fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "dtype": "bfloat16"}))
+    bf16): the correct counts may differ, by at most 3 of 64 images per network and 2% of all
+    here (random networks near chance: many images sit close to a tie between two classes)."""
+    fused, one_by_one, _ = _both_paths(tiny_kb, tiny_dataset, Protocol(**{**PROTOCOL.__dict__, "dtype": "bfloat16"}))
     diffs = [abs(f.correct - o.correct) for f, o in zip(fused, one_by_one)]
-    assert max(diffs) <= 2, diffs
+    assert max(diffs) <= 3 and sum(diffs) <= 0.02 * 64 * len(diffs), diffs
     assert [(f.params, f.flops) for f in fused] == [(o.params, o.flops) for o in one_by_one]
 
 
@@ -340,7 +334,7 @@ def test_tensorfloat32_reaches_every_convolution_of_both_drivers(tiny_kb, tiny_d
     protocol = Protocol(**{**PROTOCOL.__dict__, "dtype": "tensorfloat32", "head_steps": 13})  # compiled here only
     jax.config.update("jax_dump_ir_to", str(tmp_path))
     try:
-        fused, one_by_one = _both_paths(tiny_kb, tiny_dataset, protocol)
+        fused, one_by_one, _ = _both_paths(tiny_kb, tiny_dataset, protocol)
     finally:
         jax.config.update("jax_dump_ir_to", "")
     assert fused == one_by_one
