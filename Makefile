@@ -32,9 +32,10 @@ search: setup
 	$(BIN)/modulenet search --config $(CONFIG) --out $(OUT) $(if $(strip $(LOCAL)),--set $(LOCAL))
 
 # Two workers (pytest-xdist): XLA compiles on one core, so two test processes keep both cores
-# busy; compiled programs persist in .jax_cache between runs (tests/conftest.py).
+# busy; `--dist loadgroup` runs the tests of one `xdist_group` mark on one worker, so a costly
+# module fixture is built once; compiled programs persist in .jax_cache between runs (tests/conftest.py).
 test: setup
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .jax_cache

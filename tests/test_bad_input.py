@@ -17,6 +17,8 @@ from modulenet_jax.search.runner import Run, search
 from modulenet_jax.space import SearchSpace
 from tests.test_runner import SMALL
 
+pytestmark = pytest.mark.xdist_group("bad_input")  # module fixtures built once (make test: --dist loadgroup)
+
 CONFIG = "cifar10_resnet"
 
 

@@ -14,6 +14,8 @@ import types  # noqa: E402
 
 from modulenet_jax.benchmarks import profile_summary, throughput, torch_baseline  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("bench")  # module fixtures built once (make test: --dist loadgroup)
+
 BENCH_PROTOCOL = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
 
 
@@ -33,13 +35,15 @@ def _rows(report, **match):
 
 @pytest.fixture(scope="module")
 def fused_run(tiny_kb, tiny_dataset, tmp_path_factory):
-    """The accelerator path (`fused`), W2 also timed phase by phase, on a CPU: the report and
-    the reports checkpointed along the way."""
+    """The accelerator path (`fused`: the chunk as one vmap, and in the grouped layout), W2 also
+    timed phase by phase, on a CPU: the report and the reports checkpointed along the way. (One
+    genotype at a time, group 1, is the same call with another group: `test_population` counts
+    it against the per-module path, `test_above_groups_until_only_the_fastest_group_runs` times it.)"""
     protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
     checkpoints = []
     report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
                             dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
-                            strategy="fused", phase_population=2, groups=(None, 1), paired=2, paired_rounds=1,
+                            strategy="fused", phase_population=2, groups=(None,), paired=2, paired_rounds=1,
                             profile_population=2, trace_dir=tmp_path_factory.mktemp("traces"), log=lambda m: None,
                             checkpoint=checkpoints.append)
     return report, checkpoints
@@ -71,11 +75,11 @@ def test_whole_networks_compiled_count_what_eager_counts_one_graph_each(report):
 
 @pytest.mark.parametrize("workload", ["W1", "W2"])
 def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
-    """Each fused row (the chunk as one vmap, `jax-fused`, one genotype at a time, `jax-fused-g1`,
-    and the chunk in the grouped layout, `jax-grouped`) counts what PyTorch counts, compiled once."""
+    """Each fused row (the chunk as one vmap, `jax-fused`, and in the grouped layout,
+    `jax-grouped`) counts what PyTorch counts, compiled once."""
     fused_report, checkpoints = fused_run
     torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
-    for fused in ("jax-fused", "jax-fused-g1", "jax-grouped"):
+    for fused in ("jax-fused", "jax-grouped"):
         jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
                          impl=fused if workload == "W1" else f"{fused}/2")
         assert jax_row["correct"] == torch_row["correct"]
@@ -87,7 +91,7 @@ def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, w
         assert not [s for s in throughput.speedups(fused_report) if s["impl"].startswith("jax-probe")]
     if workload == "W2":
         phases = {(p["impl"], p["numerics"]): p["seconds"] for p in fused_report["phases"]}
-        for impl in ("jax-fused", "jax-fused-g1", "torch-eager"):
+        for impl in ("jax-fused", "torch-eager"):
             assert set(phases[impl, "fp32-strict"]) == {"fit pass", "head", "score"}
         assert torch_row["phases"] == phases["torch-eager", "fp32-strict"]
         assert "W2 by protocol phase" in throughput.markdown(fused_report)
@@ -247,7 +251,7 @@ def test_fused_rows_are_profiled(fused_run):
     fused_report, _ = fused_run
     titles = sorted(fused_report["profiles"])
     assert titles == sorted([f"{w} {impl} fp32-strict P=2" for w in ("W1", "W2")
-                             for impl in ("jax-fused", "jax-fused-g1", "jax-grouped")]
+                             for impl in ("jax-fused", "jax-grouped")]
                             + ["W1 jax-probe-grouped fp32-strict P=2"])
     for summary in fused_report["profiles"].values():
         assert summary["device_seconds"] > 0 and summary["kinds"] and summary["calls"] == 1

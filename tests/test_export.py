@@ -20,6 +20,8 @@ from modulenet_jax.protocol import Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 from tests.conftest import CIFAR_JPEG, needs_shared
 
+pytestmark = pytest.mark.xdist_group("export")  # module fixtures built once (make test: --dist loadgroup)
+
 SMALL = ["search.population=4", "search.generations=2", "protocol.fit_images=64", "protocol.stitch_images=32",
          "protocol.batch_size=32", "protocol.head_steps=10", "data.val_size=32", "final.size=64"]
 

@@ -17,6 +17,8 @@ from modulenet_jax.mixed_space import MixedSpace
 from modulenet_jax.search.runner import Run, make_space, search
 from modulenet_jax.space import Architecture, GenotypeError
 
+pytestmark = pytest.mark.xdist_group("mixed_space")  # module fixtures built once (make test: --dist loadgroup)
+
 SOURCES = ("tv_resnet18", "tv_mobilenet_v3_small", "cifar_resnet8")  # stems at reductions 4, 2 and 1
 
 

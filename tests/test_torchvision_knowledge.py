@@ -17,6 +17,8 @@ from modulenet_jax.cost import count_params
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 
+pytestmark = pytest.mark.xdist_group("torchvision_knowledge")  # module fixtures built once (make test: --dist loadgroup)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():

@@ -9,6 +9,8 @@ import pytest
 
 from modulenet_jax.data import save_bundle
 
+pytestmark = pytest.mark.xdist_group("without_torch")  # module fixtures built once (make test: --dist loadgroup)
+
 # Runs `modulenet` commands in a process where importing torch or torchvision fails as if they
 # were not installed (a finder that refuses them: `sys.modules` keeps no entry, as without the
 # packages, which scipy.stats checks); prints [exit status, stderr] per command as JSON.
