@@ -84,16 +84,24 @@ def test_modules_match_pytorch(depth, cifar_test):
 @needs_shared
 @pytest.mark.parametrize("depth", [20, 32, 44, 56])
 def test_reference_counts_exact(depth, real_kb, cifar_test):
-    """Each source model as published reproduces ../shared/README.md's counts in fp32."""
+    """Each source model as published reproduces ../shared/README.md's counts in fp32: ResNet-20
+    on all 10,000 test images (and so both halves), the deeper three on the odd half, the final
+    table's test set (half the CPU time: the four take 140 s of it on the whole split)."""
     from modulenet_jax.evaluate import published_logits
 
     images, labels, classes = cifar_test
     assert len(labels) == 10_000 and classes[0] == "airplane" and classes[-1] == "truck"
     logits_fn = published_logits(real_kb, f"cifar_resnet{depth}")
+    start, step = (0, 1) if depth == 20 else (1, 2)
+    images, labels = images[start::step], labels[start::step]
     preds = np.concatenate([np.asarray(jnp.argmax(logits_fn(jnp.asarray(images[i:i + 500])), -1))
-                            for i in range(0, 10_000, 500)])
+                            for i in range(0, len(labels), 500)])
     ok = preds == labels
-    assert (int(ok.sum()), int(ok[0::2].sum()), int(ok[1::2].sum())) == REFERENCE[depth]
+    total, even, odd = REFERENCE[depth]
+    if depth == 20:
+        assert (int(ok.sum()), int(ok[0::2].sum()), int(ok[1::2].sum())) == (total, even, odd)
+    else:
+        assert len(ok) == 5_000 and int(ok.sum()) == odd
     assert count_params(real_kb.params[f"cifar_resnet{depth}"]) == PARAMS[depth]
 
 
