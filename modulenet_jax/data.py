@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -134,9 +135,15 @@ def load_image_folder(root, progress: Progress = NO_PROGRESS) -> tuple[np.ndarra
                         f"decoded: {named}; replace or delete them")
     images = np.stack([image for _, image in images])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    tmp.replace(cache)
+    # a file of this call's own, then one atomic rename: two processes decoding the same folder at once
+    # (a fresh machine, two test workers) each move a whole file into place, whichever comes second
+    with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.stem, suffix=".tmp.npz", delete=False) as f:
+        try:
+            np.savez(f, images=images, labels=labels)
+        except BaseException:  # a full disk, Ctrl-C: no partial file left behind
+            Path(f.name).unlink()
+            raise
+    Path(f.name).replace(cache)
     return images, labels, classes
 
 

@@ -37,6 +37,36 @@ def test_train_and_test_with_other_class_folders_are_named(tmp_path, monkeypatch
         load_dataset(str(tmp_path / "data"))
 
 
+def test_two_processes_decoding_one_folder_at_once_both_get_it(tmp_path, monkeypatch):
+    """Two loaders of one folder on a machine whose decode cache is empty (two test workers, two
+    searches): each writes its own temporary file before moving it into place, so the one that
+    finishes second neither fails nor leaves a mixed file. Here the second loader runs to the end
+    while the first one is writing its file."""
+    from PIL import Image
+
+    from modulenet_jax import data
+
+    monkeypatch.setenv("MODULENET_CACHE", str(tmp_path / "cache"))
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4), (40, 80, 120)).save(tmp_path / "data" / c / "0.png")
+    savez, other = np.savez, []
+
+    def meanwhile(path, **arrays):
+        savez(path, **arrays)
+        if not other:  # the other process, from its decode to its rename, while this one has written
+            other.append(None)
+            other[0] = load_image_folder(tmp_path / "data")
+
+    monkeypatch.setattr(data.np, "savez", meanwhile)
+    images, labels, classes = load_image_folder(tmp_path / "data")
+    assert classes == other[0][2] == ["cat", "dog"] and labels.tolist() == [0, 1]
+    assert np.array_equal(images, other[0][0])
+    monkeypatch.setattr(data.np, "savez", savez)
+    cached = load_image_folder(tmp_path / "data")
+    assert np.array_equal(cached[0], images) and not list((tmp_path / "cache").glob("*.tmp*"))
+
+
 def test_protocol_splits():
     ds = _dataset()
     val, final, test = (protocol_split(ds, s) for s in ("val", "final", "test"))
