@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -84,15 +86,21 @@ def fetch(name: str, search_dirs=()) -> Path:
         return local
     dest = _weights_cache() / info.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
+    # a file of this call's own, renamed when whole and verified: two processes fetching the same
+    # checkpoint at once (two searches on a fresh machine) each move a whole file into place
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        urllib.request.urlretrieve(info.url, tmp)
-    except OSError as e:
-        raise UserError(f"could not download {info.url} ({e}); check the network, or put {info.filename} "
-                        f"into a folder of knowledge.weights_dirs / --weights-dir") from None
-    if not _sha256(tmp).startswith(info.sha256_prefix):
-        tmp.unlink()
-        raise UserError(f"downloaded {info.url} does not match SHA-256 prefix {info.sha256_prefix}; fetch the "
-                        f"file by hand and put it into a folder of knowledge.weights_dirs / --weights-dir")
-    tmp.replace(dest)
+        try:
+            urllib.request.urlretrieve(info.url, tmp)
+        except OSError as e:
+            raise UserError(f"could not download {info.url} ({e}); check the network, or put {info.filename} "
+                            f"into a folder of knowledge.weights_dirs / --weights-dir") from None
+        if not _sha256(tmp).startswith(info.sha256_prefix):
+            raise UserError(f"downloaded {info.url} does not match SHA-256 prefix {info.sha256_prefix}; fetch the "
+                            f"file by hand and put it into a folder of knowledge.weights_dirs / --weights-dir")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest
