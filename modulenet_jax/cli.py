@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import shlex
 import sys
 from pathlib import Path
@@ -53,6 +54,34 @@ def ctrl_c(error: BaseException) -> KeyboardInterrupt | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+@contextlib.contextmanager
+def ctrl_c_stops():
+    """A first Ctrl-C as a request: the `stop()` this yields raises KeyboardInterrupt once one
+    came (the search calls it after every network); a second Ctrl-C raises at once. Python's own
+    KeyboardInterrupt lands wherever the program is, also inside a C extension's callback (a jit
+    cache comparing its keys), which may wrap it or lose it; the flag this handler sets cannot be lost."""
+    requested = []
+
+    def request(signum, frame):
+        requested.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("stopping after the network in progress (Ctrl-C again: at once)", file=sys.stderr, flush=True)
+
+    def stop():
+        if requested:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, request)
+    except ValueError:  # not the main thread, which alone receives signals: Python's own handling stays
+        yield lambda: None
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -215,8 +244,8 @@ def cmd_search(args) -> int:
     out = args.out or str(Path("runs") / Path(args.config).stem)
     folder = _identity(out)
     try:
-        with _reporting(args) as (log, progress):
-            result = run_all(config, out, resume=not args.restart, log=log, progress=progress)
+        with _reporting(args) as (log, progress), ctrl_c_stops() as stop:
+            result = run_all(config, out, resume=not args.restart, log=log, progress=progress, stop=stop)
     except BaseException as e:
         if ctrl_c(e) is None:
             raise

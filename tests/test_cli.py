@@ -107,3 +107,26 @@ def test_bench_passes_its_options_and_prints_json(tmp_path, monkeypatch, capsys,
     assert seen["torch_modes"] == () and json.loads(capsys.readouterr().out) == {"results": [], "device": "d"}
     assert main(["bench", "--out", str(tmp_path), "--name", "x", "--json", "--quiet"]) == 0  # PyTorch at its best
     assert seen["torch_modes"] == ("eager", "compile", "compile-network") and seen["torch_max_network"] == 2
+
+
+def test_a_first_ctrl_c_is_a_request_the_search_honours_and_a_second_stops_at_once(capsys):
+    """`cli.ctrl_c_stops`: the first SIGINT only sets a flag (it cannot be lost inside a C
+    extension's callback) that `stop()` turns into KeyboardInterrupt; the second raises at once;
+    the previous handler comes back."""
+    import os
+    import signal
+
+    from modulenet_jax.cli import ctrl_c_stops
+
+    before = signal.getsignal(signal.SIGINT)
+    with ctrl_c_stops() as stop:
+        stop()  # nothing asked yet
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            stop()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "stopping after the network in progress (Ctrl-C again: at once)" in capsys.readouterr().err

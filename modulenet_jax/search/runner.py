@@ -203,8 +203,12 @@ def _record(generation, genotype, space, ev: Evaluation, seconds) -> dict:
             "modules": list(arch.modules), **ev.to_json(), "error": ev.error, "seconds": round(seconds, 3)}
 
 
+def go_on() -> None:
+    """The default `stop` check of `search`, `final_table` and `run_all`: never stops."""
+
+
 def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = print,
-           progress: Progress = NO_PROGRESS) -> dict:
+           progress: Progress = NO_PROGRESS, stop: Callable[[], None] = go_on) -> dict:
     """Runs (or resumes, or extends) the configured number of generations in the run folder
     `out_dir`; returns the front on `val`. `resume=False` starts the folder over (the old run
     stays whole until the new one has evaluated its first network). A state the algorithm cannot
@@ -212,7 +216,7 @@ def search(run: Run, out_dir, resume: bool = True, log: Callable[[str], None] = 
     folder = RunFolder.open(out_dir, to_dict(run.config), restart=not resume, log=log,
                             resume=lambda state: _restore(run.algorithm, state, Path(out_dir) / STATE))
     try:
-        return _search(run, folder, folder.teed(log), progress)
+        return _search(run, folder, folder.teed(log), progress, stop)
     except BaseException:
         folder.abandon()  # only while nothing is evaluated: a new run leaves nothing, a restart the old run
         raise
@@ -242,7 +246,8 @@ def search_generation(algorithm: SearchAlgorithm, space, known: Callable[[tuple]
     return X, keys, list(new)
 
 
-def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress) -> dict:
+def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: Progress,
+            stop: Callable[[], None]) -> dict:
     log(f"space: {run.space.describe()}")
     cache = {tuple(r["canonical"]): r for r in folder.history()}
     if run.algorithm.generation:  # restored by `search`
@@ -262,6 +267,7 @@ def _search(run: Run, folder: RunFolder, log: Callable[[str], None], progress: P
                         cache[keys[i]] = _record(gen, todo[i], run.space, ev, seconds)
                         folder.append_history(cache[keys[i]])
                         advance()
+                        stop()  # where an interruption loses nothing: the network is in the history
 
             X, _, new = search_generation(run.algorithm, run.space, cache.__contains__, evaluate,
                                        lambda key: [cache[key][o] for o in run.objectives])
@@ -290,17 +296,18 @@ def front_records(records: list[dict], objectives) -> list[dict]:
     return sorted(front, key=lambda r: (r["params"], r["error"]))
 
 
-def _evaluate_all(run: Run, archs, split, advance) -> list[Evaluation]:
-    """`run.evaluate_iter`'s evaluations in the order of `archs`, `advance()` after each."""
+def _evaluate_all(run: Run, archs, split, advance, stop: Callable[[], None]) -> list[Evaluation]:
+    """`run.evaluate_iter`'s evaluations in the order of `archs`, `advance()` and `stop()` after each."""
     out: list[Evaluation | None] = [None] * len(archs)
     for i, ev, _ in run.evaluate_iter(archs, split):
         out[i] = ev
         advance()
+        stop()
     return out
 
 
 def final_table(run: Run, result: dict, out_dir, log: Callable[[str], None] = print,
-                progress: Progress = NO_PROGRESS) -> list[dict]:
+                progress: Progress = NO_PROGRESS, stop: Callable[[], None] = go_on) -> list[dict]:
     """Every source model and the found networks' own front (`search`'s `found_front`: the found
     networks no other found network dominates on `val`), under the same protocol, on the final
     split. The found networks' front, not the joint one, so that a found network just behind a
@@ -320,13 +327,15 @@ def final_table(run: Run, result: dict, out_dir, log: Callable[[str], None] = pr
     missing_val = [a for a in source_archs if a.modules not in by_modules]
     published = [s for s in sources if classes_differ(run.kb, s, run.dataset) is None]
     with progress.task("final table", len(archs) + len(missing_val) + len(published), "networks") as advance:
-        evs = _evaluate_all(run, archs, final, advance)
-        val_of = {a.modules: e.accuracy for a, e in zip(missing_val, _evaluate_all(run, missing_val, run.val, advance))}
+        evs = _evaluate_all(run, archs, final, advance, stop)
+        val_of = {a.modules: e.accuracy
+                  for a, e in zip(missing_val, _evaluate_all(run, missing_val, run.val, advance, stop))}
         pub = {}
         for source in published:
             pub[source] = evaluate_published(run.kb, source, final, run.evaluator.protocol.batch_size,
                                              input_size=run.evaluator.protocol.input_size)[0] / len(final)
             advance()
+            stop()
     for source, arch, ev in zip(sources, source_archs, evs):
         rec = by_modules.get(arch.modules)
         rows.append({"name": source, "kind": "source", "architecture": arch.describe(), "modules": list(arch.modules),
@@ -456,14 +465,16 @@ def plot_front(history: list[dict], front: list[dict], rows: list[dict], path, o
 
 
 def run_all(config, out_dir, resume: bool = True, log: Callable[[str], None] = print,
-            progress: Progress = NO_PROGRESS) -> dict:
+            progress: Progress = NO_PROGRESS, stop: Callable[[], None] = go_on) -> dict:
     """Search, then the final table and the plot: the main job. The run folder is checked
-    before anything is loaded (a different config, a corrupt state: an error at once)."""
+    before anything is loaded (a different config, a corrupt state: an error at once). `stop()`
+    is called after every network (raising there stops the job where it loses nothing: `modulenet
+    search` raises KeyboardInterrupt after a Ctrl-C)."""
     RunFolder.check(out_dir, to_dict(config), restart=not resume)
     run = Run.from_config(config, log=log, progress=progress)
-    result = search(run, out_dir, resume, log, progress)
+    result = search(run, out_dir, resume, log, progress, stop)
     say = RunFolder(Path(out_dir), staged=False).teed(log)
-    rows = final_table(run, result, out_dir, say, progress)
+    rows = final_table(run, result, out_dir, say, progress, stop)
     history = read_history(Path(out_dir) / HISTORY)
     plot_front(history, result["front"], rows, Path(out_dir) / "front.png", run.objectives)
     say(f"done: {result['evaluated']} networks evaluated, {len(result['front'])} on the front")
