@@ -15,12 +15,12 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from modulenet_jax.atomic import replacing
 from modulenet_jax.errors import UserError
 from modulenet_jax.progress import NO_PROGRESS, Progress
 
@@ -135,15 +135,8 @@ def load_image_folder(root, progress: Progress = NO_PROGRESS) -> tuple[np.ndarra
                         f"decoded: {named}; replace or delete them")
     images = np.stack([image for _, image in images])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    # a file of this call's own, then one atomic rename: two processes decoding the same folder at once
-    # (a fresh machine, two test workers) each move a whole file into place, whichever comes second
-    with tempfile.NamedTemporaryFile(dir=cache.parent, prefix=cache.stem, suffix=".tmp.npz", delete=False) as f:
-        try:
-            np.savez(f, images=images, labels=labels)
-        except BaseException:  # a full disk, Ctrl-C: no partial file left behind
-            Path(f.name).unlink()
-            raise
-    Path(f.name).replace(cache)
+    with replacing(cache) as tmp, open(tmp, "wb") as f:  # two processes decoding at once: both whole
+        np.savez(f, images=images, labels=labels)
     return images, labels, classes
 
 

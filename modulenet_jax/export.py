@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from modulenet_jax.assemble import stitch_cost
+from modulenet_jax.atomic import write_atomic
 from modulenet_jax.checkpoints import load_tree, save_tree
 from modulenet_jax.errors import UserError
 from modulenet_jax.jsonfile import read_json
@@ -85,10 +86,7 @@ def save(path, model: Network, variables: dict, records: list[ModuleRecord], des
 
 def write_description(path, description: dict) -> None:
     """(Re)writes `model.json` atomically."""
-    target = Path(path) / MODEL_FILE
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(description, indent=1) + "\n")
-    tmp.replace(target)
+    write_atomic(Path(path) / MODEL_FILE, json.dumps(description, indent=1) + "\n")
 
 
 def read_description(path) -> dict:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from modulenet_jax.atomic import replacing
 from modulenet_jax.data import cache_dir
 from modulenet_jax.errors import UserError
 
@@ -86,12 +85,7 @@ def fetch(name: str, search_dirs=()) -> Path:
         return local
     dest = _weights_cache() / info.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # a file of this call's own, renamed when whole and verified: two processes fetching the same
-    # checkpoint at once (two searches on a fresh machine) each move a whole file into place
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f"{dest.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with replacing(dest) as tmp:  # in place only when whole and verified; two fetches at once: both whole
         try:
             urllib.request.urlretrieve(info.url, tmp)
         except OSError as e:
@@ -100,7 +94,4 @@ def fetch(name: str, search_dirs=()) -> Path:
         if not _sha256(tmp).startswith(info.sha256_prefix):
             raise UserError(f"downloaded {info.url} does not match SHA-256 prefix {info.sha256_prefix}; fetch the "
                             f"file by hand and put it into a folder of knowledge.weights_dirs / --weights-dir")
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest

@@ -31,6 +31,7 @@ from typing import Callable
 import ml_collections
 
 from modulenet_jax import jsonfile
+from modulenet_jax.atomic import write_atomic
 from modulenet_jax.checks import check_writable
 from modulenet_jax.config import from_dict
 from modulenet_jax.errors import UserError
@@ -39,13 +40,6 @@ from modulenet_jax.schema import BUDGET_KEYS, BY_KEY, REQUIRED
 CONFIG, STATE, HISTORY, LOG = "config.json", "state.json", "history.jsonl", "log.txt"
 RESULTS = ("front.json", "front.png", "final.json", "final.md")
 RESTART_HINT = "start the run over with `modulenet search --restart`"
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Writes a file so that a reader sees the old content or the new one, never a part."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -42,7 +42,8 @@ from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.models import finetune_rows
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
-from modulenet_jax.search.run_folder import HISTORY, RESTART_HINT, STATE, RunFolder, read_history, write_atomic
+from modulenet_jax.atomic import write_atomic
+from modulenet_jax.search.run_folder import HISTORY, RESTART_HINT, STATE, RunFolder, read_history
 from modulenet_jax.space import Architecture, SearchSpace
 
 TIMING_KEYS = ("seconds",)
