@@ -11,7 +11,7 @@ from modulenet_jax.converters.cifar_resnet import convert_file
 from modulenet_jax import zoo
 from modulenet_jax.assemble import preprocess
 from modulenet_jax.cost import count_flops, count_params
-from tests.conftest import CHECKPOINTS, needs_shared
+from tests.conftest import CHECKPOINTS, needs_shared, normal
 from tests.torch_cifar_resnet import CifarResNet, load
 
 # Reference: ../shared/README.md (correct of 10,000 / even / odd test positions, fp32).
@@ -55,7 +55,7 @@ def test_flops_of_resnet20():
 def test_jit_and_no_jit_agree():
     model = zoo.get_model("cifar_resnet14")
     params = model.init(jax.random.PRNGKey(1))
-    x = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
+    x = normal(2, (2, 32, 32, 3))
     a = zoo.forward(model, params, x)
     b = jax.jit(lambda p, x: zoo.forward(model, p, x))(params, x)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
@@ -113,7 +113,7 @@ def test_folded_batch_norm_is_the_same_function(name):
     params = model.init(jax.random.PRNGKey(3))
     spec = model.module(name)
     side = 32 * spec.stride // spec.reduction  # the module's input resolution
-    x = jax.random.normal(jax.random.PRNGKey(4), (4, side, side, spec.in_channels))
+    x = normal(4, (4, side, side, spec.in_channels))
     folded = zoo.fold_batch_norms(spec.op, spec.static, params[name])
     assert not any(k.startswith("bn") for k in folded) and all("bias" in folded[k] for k in folded)
     y, _ = zoo.apply_module(spec, params[name], x)

@@ -15,14 +15,11 @@ from modulenet_jax.protocol import EvaluationError, Protocol, count_correct, pad
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo import layers
-from tests.conftest import random_models
+from tests.conftest import normal, random_models, uint8_images
 
 
 def test_stitch_recovers_a_known_linear_map():
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    a = jax.random.normal(k1, (64, 8, 8, 16))
-    kernel = jax.random.normal(k2, (16, 24))
-    bias = jax.random.normal(k3, (24,))
+    a, kernel, bias = normal(0, (64, 8, 8, 16)), normal(1, (16, 24)), normal(2, (24,))
     b = jnp.einsum("nhwc,cd->nhwd", a, kernel, precision="highest") + bias
     fit = fit_linear_map(a, b, ridge=0.0)
     np.testing.assert_allclose(np.asarray(fit["kernel"]), np.asarray(kernel), atol=1e-4)
@@ -104,14 +101,13 @@ def test_the_logistic_heads_logits_do_not_depend_on_a_feature_offset():
 
 
 def test_a_stitch_between_different_widths_costs_what_its_fitted_params_count():
-    a = jax.random.normal(jax.random.PRNGKey(0), (64, 16))
-    b = jax.random.normal(jax.random.PRNGKey(1), (64, 32))
+    a, b = normal(0, (64, 16)), normal(1, (64, 32))
     stitch = fit_linear_map(a, b, 1e-3)  # 16 channels out of one module, 32 into the next
     assert stitch_cost(16, 32, 8) == (count_params(stitch), 2 * 8 * 8 * 16 * 32) == (16 * 32 + 32, 2 * 8 * 8 * 16 * 32)
 
 
 def test_batch_norm_recalibration_uses_the_fit_statistics():
-    x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 3)) * 3 + 1
+    x = normal(0, (8, 4, 4, 3)) * 3 + 1
     p = {"scale": jnp.ones(3), "bias": jnp.zeros(3), "mean": jnp.zeros(3), "var": jnp.ones(3)}
     y, used = layers.batch_norm(p, x, 1e-5, calibrate=True)
     flat = np.asarray(x).reshape(-1, 3)
@@ -303,7 +299,7 @@ def test_published_logits_resize_to_the_input_size():
     name, model_name, params, _ = random_models((8,))[0]
     kb = KnowledgeBase.build([(name, model_name, params, "random")], input_size=40)
     model = zoo.get_model(model_name)
-    images = jax.random.randint(jax.random.PRNGKey(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    images = uint8_images(0, 4)
     mean, std = jnp.asarray(model.mean), jnp.asarray(model.std)
     expected = zoo.forward(model, kb.params[name], preprocess(images, mean, std, jnp.float32, 40))
     got = published_logits(kb, name, 40)(images)
@@ -333,7 +329,7 @@ def test_tune_takes_the_protocols_number_of_adam_steps():
     from modulenet_jax import protocol as core
     from modulenet_jax.tune import tune_stitches
     p = Protocol(fit_images=8, stitch_images=8, stitch_steps=4, stitch_lr=0.1)
-    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    x = normal(0, (8, 3))
     labels = jnp.arange(8) % 2
     stitch = {"kernel": jnp.eye(3), "bias": jnp.zeros(3)}
     head = {"kernel": jnp.full((3, 2), 0.1), "bias": jnp.zeros(2)}

@@ -8,6 +8,7 @@ import pytest
 
 from modulenet_jax import grouped
 from modulenet_jax.zoo import fold_batch_norms, get_model, layers, run_op
+from tests.conftest import normal
 
 P = 3
 
@@ -30,7 +31,7 @@ def test_a_cifar_op_runs_each_genotype_in_the_grouped_layout():
         op = (spec.op, spec.static)
         with_groups = (spec.op, tuple(sorted({**dict(spec.static), "groups": P}.items())))
         size = 16 if spec.kind == "stem" else 16 // spec.reduction * spec.stride
-        x = jax.random.normal(key, (P, 4, size, size, spec.in_channels))
+        x = normal(0, (P, 4, size, size, spec.in_channels))
         raw = [model.init(k)[name] for k in jax.random.split(key, P)]
         for params in (raw, [fold_batch_norms(*op, p) for p in raw]):
             own = jnp.stack([run_op(op, p, xi)[0] for p, xi in zip(params, x)])
@@ -44,15 +45,14 @@ def test_stitches_and_masks_per_genotype():
     rounding: XLA:CPU tiles a batched product by the machine's vector width), and a slot a
     genotype does not reach passes its input through (exactly), each genotype in its own
     channels."""
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
-    x = jax.random.normal(k1, (P, 2, 4, 4, 8))
-    stitch = {"kernel": jax.random.normal(k2, (P, 8, 8)), "bias": jax.random.normal(k3, (P, 8))}
+    x = normal(1, (P, 2, 4, 4, 8))
+    stitch = {"kernel": normal(2, (P, 8, 8)), "bias": normal(3, (P, 8))}
     junction = jnp.array([True, False, True])
     own = jnp.stack([layers.linear(x[p], {k: v[p] for k, v in stitch.items()}) if junction[p] else x[p]
                      for p in range(P)])
     assert _per_genotype_equal(grouped.stitched(stitch, grouped.to_grouped(x), junction, P), own, rtol=1e-6)
     active = jnp.array([False, True, True])
-    y = jax.random.normal(k3, x.shape)
+    y = normal(4, x.shape)
     assert _per_genotype_equal(grouped.where_genotype(active, grouped.to_grouped(y), grouped.to_grouped(x), P),
                                jnp.where(active[:, None, None, None, None], y, x))
     assert grouped.missing([("cifar_resnet.stem", ()), ("tv_resnet.bottleneck", ())]) == ["tv_resnet.bottleneck"]
@@ -69,7 +69,7 @@ def test_each_genotype_recalibrates_where_its_flag_says():
     model = get_model("cifar_resnet14")
     spec = next(s for s in model.modules if s.name == "stage2.block0")
     op = (spec.op, spec.static)
-    x = jax.random.normal(key, (P, 6, 16, 16, spec.in_channels))
+    x = normal(2, (P, 6, 16, 16, spec.in_channels))
     params = [model.init(k)[spec.name] for k in jax.random.split(key, P)]
     flags = jnp.array([True, False, True])
     own = [run_op(op, p, xi, bool(f)) for p, xi, f in zip(params, x, flags)]

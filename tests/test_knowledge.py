@@ -14,7 +14,7 @@ from modulenet_jax.errors import UserError
 from modulenet_jax.protocol import FittedNetwork
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
-from tests.conftest import random_models
+from tests.conftest import random_models, uint8_images
 
 
 def test_records_metadata(tiny_kb):
@@ -96,7 +96,7 @@ def test_source_modules_in_order_reproduce_the_model(tiny_kb):
     mean, std = jnp.asarray(model.mean), jnp.asarray(model.std)
     net = FittedNetwork(tuple(r.spec for r in recs), tuple(tiny_kb.module_params(m) for m in arch.modules),
                         (None,) * len(recs), head, mean, std)
-    images = jax.random.randint(jax.random.PRNGKey(0), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    images = uint8_images(0, 4)
     expected = zoo.forward(model, tiny_kb.params[source], preprocess(images, mean, std))
     np.testing.assert_allclose(np.asarray(net.logits(images)), np.asarray(expected), rtol=1e-5, atol=1e-5)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax.zoo.layers import batch_stats, conv2d
+from tests.conftest import normal
 
 
 @pytest.mark.parametrize("shape", [(64, 8, 8, 16), (37, 5, 5, 40), (9, 3, 3, 200), (1, 1, 1, 7), (13, 24)])
@@ -28,7 +29,7 @@ def test_batch_stats_are_the_mean_and_unbiased_variance(shape, chunk_bytes):
 
 def test_batch_stats_gradient_does_not_depend_on_the_slices():
     """Fine-tuning differentiates through recalibrated statistics: many slices or one, the same gradient."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 4, 8)) * 2 + 1
+    x = normal(0, (16, 4, 4, 8)) * 2 + 1
 
     def loss(a, chunk_bytes):
         mean, var = batch_stats(a, chunk_bytes)
@@ -42,10 +43,9 @@ def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():
     """`conv2d` on bf16 activations returns bf16 straight from the convolution: equal to the
     float32 convolution of the same bf16 values rounded once (a bf16 accumulator would differ
     in a large share of the outputs), grouped convolutions (the fused program's vmap) too."""
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     for cin, groups in ((16, 1), (32, 2)):
-        x = jax.random.normal(k1, (8, 16, 16, cin)).astype(jnp.bfloat16)
-        w = jax.random.normal(k2, (3, 3, cin // groups, 32)).astype(jnp.bfloat16)
+        x = normal(0, (8, 16, 16, cin)).astype(jnp.bfloat16)
+        w = normal(1, (3, 3, cin // groups, 32)).astype(jnp.bfloat16)
         y = conv2d(x, w, padding=1, groups=groups)
         ref = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), padding=1, groups=groups).astype(jnp.bfloat16)
         assert y.dtype == jnp.bfloat16

@@ -15,6 +15,7 @@ from modulenet_jax.converters.torchvision_models import (convert, load_params, l
 from modulenet_jax import zoo
 from modulenet_jax.cost import count_flops, count_params
 from modulenet_jax.zoo import layers
+from tests.conftest import normal
 
 TV_MODELS = zoo.list_models("tv_*")
 
@@ -201,7 +202,7 @@ def test_jit_and_eager_forward_agree():
 
     model = zoo.get_model("tv_resnet18")
     params = model.init(jax.random.PRNGKey(0))
-    x = jax.random.normal(jax.random.PRNGKey(1), (1, 32, 32, 3))
+    x = normal(1, (1, 32, 32, 3))
     eager = zoo.forward(model, params, x)
     h = x
     for spec in model.modules:

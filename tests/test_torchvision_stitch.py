@@ -16,15 +16,14 @@ from modulenet_jax.protocol import ModuleFit, Protocol, chain_logits
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.space import Architecture
 from modulenet_jax.tune import optimizer, tune_stitches
+from tests.conftest import normal
 
 
 @pytest.mark.parametrize("c_out,c_in", [(24, 40), (40, 24), (16, 16)])
 def test_stitch_recovers_a_known_linear_map(c_out, c_in):
     """B = A M + b on NHWC activations with C_out != C_in: the fit returns M and b."""
-    ka, km, kb = jax.random.split(jax.random.PRNGKey(c_out * c_in), 3)
-    a = jax.random.normal(ka, (16, 6, 6, c_out)) * 3.0 + 1.0
-    m = jax.random.normal(km, (c_out, c_in))
-    b = jax.random.normal(kb, (c_in,))
+    a = normal(c_out * c_in, (16, 6, 6, c_out)) * 3.0 + 1.0
+    m, b = normal(1, (c_out, c_in)), normal(2, (c_in,))
     target = jnp.einsum("nhwc,cd->nhwd", a, m, precision="highest") + b
     stitch = fit_linear_map(a, target, 0.0)
     assert stitch["kernel"].shape == (c_out, c_in) and stitch["bias"].shape == (c_in,)
@@ -34,8 +33,7 @@ def test_stitch_recovers_a_known_linear_map(c_out, c_in):
 
 
 def test_ridge_shrinks_towards_zero():
-    a = jax.random.normal(jax.random.PRNGKey(0), (200, 8))
-    m = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    a, m = normal(0, (200, 8)), normal(1, (8, 3))
     exact = fit_linear_map(a, a @ m, 0.0)["kernel"]
     shrunk = fit_linear_map(a, a @ m, 10.0)["kernel"]
     assert float(jnp.linalg.norm(shrunk)) < 0.5 * float(jnp.linalg.norm(exact))
