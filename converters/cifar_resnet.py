@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from modulenet_jax.errors import UserError
+
 from .common import BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$")
@@ -52,9 +54,28 @@ def infer_depth(state_dict: dict[str, np.ndarray]) -> int:
 
 
 def convert(state_dict: dict[str, np.ndarray], model_name: str | None = None):
-    """Returns `(model_name, params)`; the name is inferred from the block count if omitted."""
-    model_name = model_name or f"cifar_resnet{infer_depth(state_dict)}"
-    return model_name, map_state_dict(state_dict, model_name, rule)
+    """Returns `(model_name, params)`; the name is inferred from the block count if omitted.
+    A checkpoint of another depth than the name given is refused naming the model it holds."""
+    if model_name is None:
+        model_name = f"cifar_resnet{infer_depth(state_dict)}"
+    try:
+        return model_name, map_state_dict(state_dict, model_name, rule)
+    except ConversionError as e:
+        held = _held_model(state_dict)
+        if held is None or held == model_name:
+            raise
+        raise ConversionError(f"{e}: it holds {held} ({(int(held[12:]) - 2) // 6} blocks per stage), not "
+                              f"{model_name}; name {held} instead") from None
+
+
+def _held_model(state_dict) -> str | None:
+    """The registered CIFAR ResNet whose params the state_dict fills exactly, if any."""
+    try:
+        name = f"cifar_resnet{infer_depth(state_dict)}"
+        map_state_dict(state_dict, name, rule)
+    except UserError:  # not a CIFAR ResNet, not registered, or not whole
+        return None
+    return name
 
 
 def convert_file(path, model_name: str | None = None):

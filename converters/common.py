@@ -96,6 +96,6 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
     missing = [p for p in flat_expected if p not in flat]
     if missing:
         raise ConversionError(f"{model_name}: the state_dict has no tensor for {'/'.join(missing[0])} "
-                              f"({len(missing)} params missing); is it another model's checkpoint? give that model "
-                              f"with --model")
+                              f"({len(missing)} params missing); is it another model's checkpoint? name the model "
+                              f"it was saved from")
     return unflatten(flat.items())
