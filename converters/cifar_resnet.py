@@ -14,9 +14,8 @@ import re
 
 import numpy as np
 
-from modulenet_jax.errors import UserError
-
-from .common import BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from .common import (BN_FIELDS, ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict,
+                     naming_the_held_model)
 
 _BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)$")
 
@@ -61,21 +60,12 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str | None = None):
     try:
         return model_name, map_state_dict(state_dict, model_name, rule)
     except ConversionError as e:
-        held = _held_model(state_dict)
-        if held is None or held == model_name:
-            raise
-        raise ConversionError(f"{e}: it holds {held} ({(int(held[12:]) - 2) // 6} blocks per stage), not "
-                              f"{model_name}; name {held} instead") from None
-
-
-def _held_model(state_dict) -> str | None:
-    """The registered CIFAR ResNet whose params the state_dict fills exactly, if any."""
-    try:
-        name = f"cifar_resnet{infer_depth(state_dict)}"
-        map_state_dict(state_dict, name, rule)
-    except UserError:  # not a CIFAR ResNet, not registered, or not whole
-        return None
-    return name
+        try:
+            held = [f"cifar_resnet{infer_depth(state_dict)}"]
+        except ConversionError:
+            held = []
+        raise naming_the_held_model(e, state_dict, model_name, held,
+                                    lambda sd, name: map_state_dict(sd, name, rule)) from None
 
 
 def convert_file(path, model_name: str | None = None):

@@ -96,6 +96,20 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
     missing = [p for p in flat_expected if p not in flat]
     if missing:
         raise ConversionError(f"{model_name}: the state_dict has no tensor for {'/'.join(missing[0])} "
-                              f"({len(missing)} params missing); is it another model's checkpoint? name the model "
-                              f"it was saved from")
+                              f"({len(missing)} params missing)")
     return unflatten(flat.items())
+
+
+def naming_the_held_model(error: ConversionError, state_dict: dict[str, np.ndarray], model_name: str,
+                          candidates, convert: Callable) -> ConversionError:
+    """`error` (the state_dict does not fit `model_name`), saying which of the `candidates`
+    (model names) it fits exactly, when one does: the fix a user needs."""
+    for other in candidates:
+        if other == model_name:
+            continue
+        try:
+            convert(state_dict, other)
+        except UserError:  # not this model either (or not registered)
+            continue
+        return ConversionError(f"{error}: it holds {other}, not {model_name}; name {other} instead")
+    return error

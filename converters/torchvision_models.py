@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torchvision
 
-from .common import ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict
+from .common import (ConversionError, conv_kernel, linear_kernel, load_state_dict, map_state_dict,
+                     naming_the_held_model)
 from modulenet_jax.errors import UserError
 from modulenet_jax.pretrained import find_verified
-from modulenet_jax.zoo import flat_param_shapes, get_model, tv_efficientnet, tv_vgg
+from modulenet_jax.zoo import flat_param_shapes, get_model, list_models, tv_efficientnet, tv_vgg
 
 PREFIX = "tv_"
 FIELDS = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -348,7 +349,12 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str) -> dict:
     if family not in CONVERTERS:
         raise ConversionError(f"{model_name} (family {family}) is not a torchvision family: "
                               f"{', '.join(FAMILIES)}")
-    return CONVERTERS[family](state_dict, model_name)
+    try:
+        return CONVERTERS[family](state_dict, model_name)
+    except ConversionError as e:
+        others = [m for m in list_models("tv_*") if get_model(m).family in CONVERTERS]
+        raise naming_the_held_model(e, state_dict, model_name, others,
+                                    lambda sd, name: CONVERTERS[get_model(name).family](sd, name)) from None
 
 
 def convert_file(path, model_name: str | None = None):

@@ -82,14 +82,20 @@ def test_wrong_shape_is_named(resnet18_state_dict):
         convert(sd, "tv_resnet18")
 
 
-def test_other_architecture_is_refused(resnet18_state_dict):
-    with pytest.raises(ConversionError, match=r"tv_resnet34: the state_dict has no tensor for stage1\.block2"):
+def test_other_architecture_is_refused_naming_the_model_it_holds(resnet18_state_dict):
+    held = r": it holds tv_resnet18, not {0}; name tv_resnet18 instead$"
+    with pytest.raises(ConversionError, match=r"tv_resnet34: the state_dict has no tensor for stage1\.block2.*"
+                                              + held.format("tv_resnet34")):
         convert(resnet18_state_dict, "tv_resnet34")
-    with pytest.raises(ConversionError, match=r"tv_resnet50: key 'fc\.weight' has shape \(1000, 512\)"):
+    with pytest.raises(ConversionError, match=r"tv_resnet50: key 'fc\.weight' has shape \(1000, 512\).*"
+                                              + held.format("tv_resnet50")):
         convert(resnet18_state_dict, "tv_resnet50")
     torch.manual_seed(0)
     vgg = torch_state_dict(torchvision.models.vgg11())
-    with pytest.raises(ConversionError, match=r"tv_vgg11_bn: .*features\.\d+\."):
+    with pytest.raises(ConversionError, match=r"tv_vgg11_bn: .*features\.\d+\..*: it holds tv_vgg11, not tv_vgg11_bn"):
+        convert(vgg, "tv_vgg11_bn")
+    del vgg["classifier.6.bias"]  # of no registered model: none named
+    with pytest.raises(ConversionError, match=r"tv_vgg11_bn: [^;]*$"):
         convert(vgg, "tv_vgg11_bn")
 
 
