@@ -103,11 +103,15 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
 def naming_the_held_model(error: ConversionError, state_dict: dict[str, np.ndarray], model_name: str,
                           candidates, convert: Callable) -> ConversionError:
     """`error` (the state_dict does not fit `model_name`), saying which of the `candidates`
-    (model names) it fits exactly, when one does: the fix a user needs."""
+    (model names) it fits exactly, when one does: the fix a user needs. Only a model with one
+    param per tensor is converted (the others are told apart by their shapes alone)."""
+    tensors = sum(not key.endswith(IGNORED_SUFFIXES) for key in state_dict)
     for other in candidates:
         if other == model_name:
             continue
         try:
+            if len(flat_param_shapes(other)) != tensors:
+                continue
             convert(state_dict, other)
         except UserError:  # not this model either (or not registered)
             continue

@@ -352,9 +352,8 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str) -> dict:
     try:
         return CONVERTERS[family](state_dict, model_name)
     except ConversionError as e:
-        others = [m for m in list_models("tv_*") if get_model(m).family in CONVERTERS]
-        raise naming_the_held_model(e, state_dict, model_name, others,
-                                    lambda sd, name: CONVERTERS[get_model(name).family](sd, name)) from None
+        kin = [m for m in list_models("tv_*") if get_model(m).family == family]  # another depth or width
+        raise naming_the_held_model(e, state_dict, model_name, kin, CONVERTERS[family]) from None
 
 
 def convert_file(path, model_name: str | None = None):
