@@ -60,11 +60,7 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str | None = None):
     try:
         return model_name, map_state_dict(state_dict, model_name, rule)
     except ConversionError as e:
-        try:
-            held = [f"cifar_resnet{infer_depth(state_dict)}"]
-        except ConversionError:
-            held = []
-        raise naming_the_held_model(e, state_dict, model_name, held,
+        raise naming_the_held_model(e, state_dict, model_name,
                                     lambda sd, name: map_state_dict(sd, name, rule)) from None
 
 

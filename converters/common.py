@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from modulenet_jax.errors import UserError
-from modulenet_jax.zoo import flat_param_shapes
+from modulenet_jax.zoo import flat_param_shapes, get_model, list_models
 from modulenet_jax.zoo.common import unflatten
 
 
@@ -101,19 +101,19 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
 
 
 def naming_the_held_model(error: ConversionError, state_dict: dict[str, np.ndarray], model_name: str,
-                          candidates, convert: Callable) -> ConversionError:
-    """`error` (the state_dict does not fit `model_name`), saying which of the `candidates`
-    (model names) it fits exactly, when one does: the fix a user needs. Only a model with one
-    param per tensor is converted (the others are told apart by their shapes alone)."""
+                          convert: Callable) -> ConversionError:
+    """`error` (the state_dict does not fit `model_name`), saying which other model of its family
+    (another depth or width) the state_dict fits exactly, when one does: the fix a user needs.
+    `convert(state_dict, name)` is the family's converter. Only a model with one param per tensor
+    is converted (the others are told apart by their param count alone)."""
+    family = get_model(model_name).family
     tensors = sum(not key.endswith(IGNORED_SUFFIXES) for key in state_dict)
-    for other in candidates:
-        if other == model_name:
+    for other in list_models():
+        if other == model_name or get_model(other).family != family or len(flat_param_shapes(other)) != tensors:
             continue
         try:
-            if len(flat_param_shapes(other)) != tensors:
-                continue
             convert(state_dict, other)
-        except UserError:  # not this model either (or not registered)
+        except UserError:  # not this model either
             continue
         return ConversionError(f"{error}: it holds {other}, not {model_name}; name {other} instead")
     return error

@@ -31,7 +31,7 @@ from .common import (ConversionError, conv_kernel, linear_kernel, load_state_dic
                      naming_the_held_model)
 from modulenet_jax.errors import UserError
 from modulenet_jax.pretrained import find_verified
-from modulenet_jax.zoo import flat_param_shapes, get_model, list_models, tv_efficientnet, tv_vgg
+from modulenet_jax.zoo import flat_param_shapes, get_model, tv_efficientnet, tv_vgg
 
 PREFIX = "tv_"
 FIELDS = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -352,8 +352,7 @@ def convert(state_dict: dict[str, np.ndarray], model_name: str) -> dict:
     try:
         return CONVERTERS[family](state_dict, model_name)
     except ConversionError as e:
-        kin = [m for m in list_models("tv_*") if get_model(m).family == family]  # another depth or width
-        raise naming_the_held_model(e, state_dict, model_name, kin, CONVERTERS[family]) from None
+        raise naming_the_held_model(e, state_dict, model_name, CONVERTERS[family]) from None
 
 
 def convert_file(path, model_name: str | None = None):

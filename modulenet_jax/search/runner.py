@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from modulenet_jax import schema
+from modulenet_jax.atomic import write_atomic
 from modulenet_jax.checks import check_images, check_sizes, classes_differ
 from modulenet_jax.config import to_dict
 from modulenet_jax.data import Dataset, fit_split, load_dataset, protocol_split
@@ -42,7 +43,6 @@ from modulenet_jax.search.base import SearchAlgorithm, pareto_indices
 from modulenet_jax.search.models import finetune_rows
 from modulenet_jax.search.nsga2 import NSGA2
 from modulenet_jax.search.random_search import RandomSearch
-from modulenet_jax.atomic import write_atomic
 from modulenet_jax.search.run_folder import HISTORY, RESTART_HINT, STATE, RunFolder, read_history
 from modulenet_jax.space import Architecture, SearchSpace
 
