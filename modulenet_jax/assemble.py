@@ -49,12 +49,34 @@ def stitch_cost(in_channels: int, out_channels: int, resolution: int) -> tuple[i
 
 def stitched(stitch, x, junction=True):
     """`x` through a stitch where there is one: `junction` is True/False when known while
-    tracing, or a boolean array (one per genotype inside the fused population program)."""
+    tracing, or a boolean array (one per genotype inside the fused population program): there a
+    genotype without a junction goes through the identity stitch where that gives `x` exactly
+    (`identity_where_unused`), else a select picks `x`."""
     if stitch is None or junction is False:
         return x
     if junction is True:
         return apply_stitch(stitch, x)
-    return jnp.where(junction, apply_stitch(stitch, x), x)
+    used = identity_where_unused(stitch, junction, x.dtype)
+    return jnp.where(junction, apply_stitch(stitch, x), x) if used is None else apply_stitch(used, x)
+
+
+def identity_where_unused(stitch, junction, dtype):
+    """`stitch` where `junction` holds and the identity stitch (kernel I, bias 0) elsewhere,
+    `junction` holding one flag per leading index of the stitch's params (none inside a vmap,
+    a group's genotypes in the grouped layout): the stitch a slot applies to every genotype
+    instead of a select over the activations after it (on a GPU a memory pass as long as the
+    stitch's own). None where the identity would not return the input exactly: a non-square
+    stitch, or numerics that round the input (TF32: `layers.exact_identity`)."""
+    c_in, c_out = stitch["kernel"].shape[-2:]
+    if c_in != c_out or not layers.exact_identity(dtype):
+        return None
+    identity = {"kernel": jnp.eye(c_in, dtype=stitch["kernel"].dtype),
+                "bias": jnp.zeros((c_out,), stitch["bias"].dtype)}
+
+    def one(a, i):
+        return jnp.where(jnp.reshape(junction, jnp.shape(junction) + (1,) * (a.ndim - jnp.ndim(junction))), a, i)
+
+    return jax.tree_util.tree_map(one, stitch, identity)
 
 
 _run = jax.jit(run_op, static_argnames=("op", "calibrate"))

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from modulenet_jax import protocol as core
-from modulenet_jax.zoo import layers, run_op
+from modulenet_jax.assemble import identity_where_unused
+from modulenet_jax.zoo import layers, run_op, zeroed_residual
 
 
 def to_grouped(x):
@@ -66,11 +67,15 @@ def stacked_params(params, groups: int):
 
 def stitched(stitch, x, junction, groups: int):
     """`assemble.stitched` per genotype: `x` through its stitch where `junction` (`[P]`, or a
-    Python bool) holds."""
+    Python bool) holds, the identity stitch elsewhere where that is exact."""
     if stitch is None or junction is False:
         return x
-    y = layers.grouped_linear(x, stitch)
-    return y if junction is True else where_genotype(junction, y, x, groups)
+    if junction is True:
+        return layers.grouped_linear(x, stitch)
+    used = identity_where_unused(stitch, junction, x.dtype)
+    if used is None:
+        return where_genotype(junction, layers.grouped_linear(x, stitch), x, groups)
+    return layers.grouped_linear(x, used)
 
 
 # Registered ops whose code also runs `groups` networks at once in the grouped layout (each with
@@ -110,6 +115,7 @@ def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, 
 def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None):
     """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), the
     registered op itself run with `groups`, and where `active` (`[P]`) is False the input passed
-    through."""
-    y, _ = run(op, fit.params, stitched(fit.stitch, x, junction, groups), groups)
-    return y if active is None else where_genotype(active, y, x, groups)
+    through (by the op's zeroed residual, as there)."""
+    zeroed = None if active is None else jax.vmap(functools.partial(zeroed_residual, op[0]))(fit.params, active)
+    y, _ = run(op, fit.params if zeroed is None else zeroed, stitched(fit.stitch, x, junction, groups), groups)
+    return y if zeroed is not None or active is None else where_genotype(active, y, x, groups)

@@ -29,7 +29,7 @@ from modulenet_jax.assemble import fit_linear_map, head_logits, pool, preprocess
 from modulenet_jax.errors import UserError
 from modulenet_jax.heads import fit_logistic_head, fit_ridge_head
 from modulenet_jax.tune import tune_stitches
-from modulenet_jax.zoo import fold_batch_norms, op_of, run_op
+from modulenet_jax.zoo import fold_batch_norms, op_of, run_op, zeroed_residual
 from modulenet_jax.zoo.layers import ACTIVATION_DTYPES, numerics as layer_numerics
 
 BN_MODES = ("source", "recalibrate", "from_junction")
@@ -249,9 +249,12 @@ def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
 
 def apply_fitted(op: tuple, fit: ModuleFit, x, junction=True, active=None):
     """One fitted module on a batch: its stitch (at a junction) and forward. (`fit` as fitted,
-    or `folded`: the same function; `zoo.apply_module` is a raw module, without a fit.)"""
-    y, _ = run_op(op, fit.params, stitched(fit.stitch, x, junction))
-    return _masked(y, x, active)
+    or `folded`: the same function; `zoo.apply_module` is a raw module, without a fit.) Past a
+    genotype's depth (`active` False) the input passes through: by a residual branch of zeros
+    where the op declares one (`zoo.zeroed_residual`), else by a select."""
+    zeroed = None if active is None else zeroed_residual(op[0], fit.params, active)
+    y, _ = run_op(op, fit.params if zeroed is None else zeroed, stitched(fit.stitch, x, junction))
+    return y if zeroed is not None else _masked(y, x, active)
 
 
 def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,

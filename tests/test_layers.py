@@ -1,12 +1,13 @@
 """`zoo.layers`: `batch_stats`, the statistics BatchNorm recalibration stores, exact to float32
 rounding against float64 whatever the slices and columns it is computed in; `conv2d`'s bf16
-numerics."""
+numerics; the ops' zeroed residuals (`zoo.zeroed_residual`), which pass the input through."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from modulenet_jax import zoo
 from modulenet_jax.zoo.layers import batch_stats, conv2d
 from tests.conftest import normal
 
@@ -50,3 +51,42 @@ def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():
         ref = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), padding=1, groups=groups).astype(jnp.bfloat16)
         assert y.dtype == jnp.bfloat16
         assert float(jnp.mean(y != ref)) < 1e-3, float(jnp.mean(y != ref))
+
+
+# A block of a stage past its first (what a slot past a network's depth holds) of each op that
+# declares a residual; `signed`: the op passes any input through (no ReLU after the sum).
+RESIDUAL_BLOCKS = [("cifar_resnet20", "stage2.block1", False), ("tv_resnet18", "stage1.block1", False),
+                   ("tv_resnet50", "stage1.block1", False), ("tv_convnext_tiny", "stage1.block1", True)]
+
+
+def _random_params(model: str, module: str):
+    """Numpy-drawn params of one module (BatchNorm variances positive)."""
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray(np.abs(rng.standard_normal(s.shape, np.float32)) + 0.5
+                                    if path[-1].key == "var" else rng.standard_normal(s.shape, np.float32)),
+        zoo.param_shapes(model)[module])
+
+
+def test_every_op_that_declares_a_residual_is_checked():
+    declared = {s.op for m in zoo.list_models() for s in zoo.get_model(m).modules
+                if zoo.zeroed_residual(s.op, {}, True) is not None}
+    assert declared == {zoo.get_model(m).module(n).op for m, n, _ in RESIDUAL_BLOCKS}
+
+
+@pytest.mark.parametrize("model, module, signed", RESIDUAL_BLOCKS, ids=[m for m, _, _ in RESIDUAL_BLOCKS])
+def test_a_zeroed_residual_passes_the_input_through_exactly(model, module, signed):
+    """Where `keep` is False the block returns its input bit for bit (as published and with
+    BatchNorm folded), in float32 and bfloat16; where True its params are untouched."""
+    spec = zoo.get_model(model).module(module)
+    params = _random_params(model, module)
+    x = normal(1, (2, 8, 8, spec.in_channels))
+    x = x if signed else jax.nn.relu(x)
+    for p in (params, zoo.fold_batch_norms(spec.op, spec.static, params)):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, zoo.zeroed_residual(spec.op, p, True), p)
+        zeroed = zoo.zeroed_residual(spec.op, p, False)
+        for dtype in (jnp.float32, jnp.bfloat16):
+            y, _ = zoo.run_op((spec.op, spec.static), zeroed, x.astype(dtype))
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(x.astype(dtype)))
+        y, _ = zoo.run_op((spec.op, spec.static), p, x)
+        assert not np.array_equal(np.asarray(y), np.asarray(x))

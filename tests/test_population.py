@@ -2,6 +2,7 @@
 once per search, and splits a chunk that runs out of device memory."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import pytest
 
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
-from modulenet_jax.protocol import Protocol
-from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, structure_order,
-                                      when_present)
+from modulenet_jax.protocol import Protocol, numerics
+from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, group_fits,
+                                      group_logits, inference_fits, network_logits, structure_order, when_present)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -348,6 +349,37 @@ def test_tensorfloat32_reaches_every_convolution_of_both_drivers(tiny_kb, tiny_d
     solves = [line for text in programs for line in text.splitlines()  # the stitches' Gram matrices: sums over
               if "stablehlo.dot_general" in line and "x49152x" in line]  # 48 stitch images x 32 x 32 pixels
     assert solves and all("HIGHEST" in line for line in solves)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "tensorfloat32"])
+@pytest.mark.parametrize("grouped_layout", [False, True], ids=["vmap", "grouped layout"])
+def test_the_scoring_pass_selects_over_no_activations_where_exactness_allows(tiny_kb, tiny_dataset, dtype,
+                                                                            grouped_layout):
+    """A chunk's scoring pass, each slot run for every genotype (no `present`), vmapped or in the
+    grouped layout, moves a genotype past its depth by a zeroed residual (`zoo.zeroed_residual`)
+    and one without a junction through an identity stitch, not by a select over the activations
+    (a memory pass of its own on a GPU); only under TF32, where the identity stitch would round
+    the input, do the stitched slots select."""
+    space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=0)
+    protocol = Protocol(**{**QUICK.__dict__, "dtype": dtype})
+    pe = PopulationEvaluator(space, protocol, fit, chunk_size=2)
+    archs = [Architecture(m) for m in SHALLOW]  # slots past their depth, a junction at some slots only
+    slots, fits = pe.stacked_slots(archs), pe.published_fits(archs)
+    head = {"kernel": jnp.zeros((2, 64, 10)), "bias": jnp.zeros((2, 10))}
+    n = protocol.batch_size
+
+    def logits(slots, fits, head, x):
+        with numerics(protocol):
+            if grouped_layout:
+                return group_logits(pe.layout, slots, group_fits(pe.layout, fits), head, (x,), None)
+            return jax.vmap(lambda s, f, h, x: network_logits(pe.layout, s, inference_fits(pe.layout, f), h, x))(
+                slots, fits, head, x)
+
+    x = jnp.zeros((n, 32, 32, 2 * 3) if grouped_layout else (2, n, 32, 32, 3), protocol.jnp_dtype)
+    text = jax.jit(logits).lower(slots, fits, head, x).as_text()
+    on_activations = [line for line in text.splitlines()
+                      if "stablehlo.select" in line and re.search(rf"tensor<(\d+x)*{n}x", line)]
+    assert bool(on_activations) == (dtype == "tensorfloat32"), on_activations
 
 
 def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):

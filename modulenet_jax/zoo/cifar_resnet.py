@@ -28,7 +28,7 @@ def stem(params, x, calibrate=False, *, eps=BN_EPS, groups=1):
     return layers.relu(h), {**params, **bn}
 
 
-@register_op("cifar_resnet.basic_block", folds=(("conv1", "bn1"), ("conv2", "bn2")))
+@register_op("cifar_resnet.basic_block", folds=(("conv1", "bn1"), ("conv2", "bn2")), residual=("conv2", "bn2"))
 def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS, groups=1):
     """BasicBlock; `pad_channels` > 0 means the option-A shortcut (subsample, zero-pad each
     group's channels on both sides)."""

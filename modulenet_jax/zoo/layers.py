@@ -33,6 +33,13 @@ def _precision(dtype) -> lax.Precision | None:
     return None if jax.config.jax_default_matmul_precision is not None else lax.Precision.HIGHEST
 
 
+def exact_identity(dtype) -> bool:
+    """Whether a product with an identity matrix returns its input exactly under the current
+    numerics: float32 at `Precision.HIGHEST` and bfloat16 (products by 1 and 0, accumulated in
+    float32) do; TF32 rounds the input to a 10-bit mantissa first."""
+    return dtype == jnp.bfloat16 or _precision(dtype) == lax.Precision.HIGHEST
+
+
 def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1):
     """2-D convolution with PyTorch's symmetric zero padding (never XLA "SAME"). The output is in
     `x`'s dtype straight from the convolution: a bf16 one accumulates in float32 and rounds once

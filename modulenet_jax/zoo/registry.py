@@ -15,6 +15,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from modulenet_jax.errors import UserError
@@ -27,6 +28,7 @@ KINDS = ("stem", "block", "head")
 
 _OPS: dict[str, Op] = {}
 _FOLDS: dict[str, tuple[tuple[str, str], ...]] = {}
+_RESIDUALS: dict[str, tuple[str, ...]] = {}
 _MODELS: dict[str, "ModelDef"] = {}
 
 
@@ -117,17 +119,20 @@ class ModelDef:
         return names[i - 1] if i > 0 else None
 
 
-def register_op(name: str, folds: tuple[tuple[str, str], ...] = ()):
+def register_op(name: str, folds: tuple[tuple[str, str], ...] = (), residual: tuple[str, ...] = ()):
     """Decorator registering a module op under a unique name. `folds` names the op's
     (conv, BatchNorm) param pairs whose BatchNorm directly follows the conv: what
     `fold_batch_norms` folds (the op must then run without those BatchNorm params:
-    `layers.conv_bn`)."""
+    `layers.conv_bn`). `residual` names the params of the last layers of a residual branch
+    added to an identity shortcut: with them all zero the op returns its input exactly, on
+    the inputs a block of its stage receives (`zeroed_residual`)."""
 
     def wrap(fn: Op) -> Op:
         if name in _OPS:
             raise ValueError(f"op {name!r} is already registered")
         _OPS[name] = fn
         _FOLDS[name] = tuple(folds)
+        _RESIDUALS[name] = tuple(residual)
         return fn
 
     return wrap
@@ -144,6 +149,24 @@ def fold_batch_norms(op: str, static: tuple, params: Params) -> Params:
     out = dict(params)
     for conv, bn in pairs:
         out[conv] = layers.fold_batch_norm(out[conv], out.pop(bn), eps)
+    return out
+
+
+def zeroed_residual(op: str, params: Params, keep):
+    """`params` with the op's `register_op` `residual` params zero where `keep` (a boolean, a
+    traced one inside the fused program) is False: the op then passes its input through, as a
+    slot past a network's depth does, without a select over the activations (a memory pass as
+    long as a convolution's on a GPU). None for an op that declares no residual. The zeros
+    give exactly the input: the branch's convolution, bias and BatchNorm (folded or not) give
+    0, and `relu(0 + x) = x` for the non-negative output of the block before; a non-finite
+    activation in the branch gives NaN where the select gave the input."""
+    names = _RESIDUALS.get(op, ())
+    if not names:
+        return None
+    out = dict(params)
+    for name in names:
+        if name in out:
+            out[name] = jax.tree_util.tree_map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), out[name])
     return out
 
 

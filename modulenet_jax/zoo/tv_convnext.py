@@ -28,7 +28,7 @@ def stem(params, x, calibrate=False):
     return layers.layer_norm(params["norm"], h, LN_EPS), params
 
 
-@register_op("tv_convnext.block")
+@register_op("tv_convnext.block", residual=("layer_scale",))
 def block(params, x, calibrate=False):
     h = layers.conv(params["dwconv"], x, padding=3, groups=x.shape[-1])
     h = layers.layer_norm(params["norm"], h, LN_EPS)

@@ -55,7 +55,7 @@ def _shortcut(params, x, stride, calibrate, used):
     return h
 
 
-@register_op("tv_resnet.basic_block")
+@register_op("tv_resnet.basic_block", residual=("conv2", "bn2"))
 def basic_block(params, x, calibrate=False, *, stride=1):
     used = dict(params)
     h = layers.conv(params["conv1"], x, stride=stride, padding=1)
@@ -65,7 +65,7 @@ def basic_block(params, x, calibrate=False, *, stride=1):
     return layers.relu(h + _shortcut(params, x, stride, calibrate, used)), used
 
 
-@register_op("tv_resnet.bottleneck")
+@register_op("tv_resnet.bottleneck", residual=("conv3", "bn3"))
 def bottleneck(params, x, calibrate=False, *, stride=1, groups=1):
     used = dict(params)
     h = layers.relu(_bn(params, "bn1", layers.conv(params["conv1"], x), calibrate, used))
