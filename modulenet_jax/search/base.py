@@ -121,9 +121,41 @@ def check_told(genotypes, pending) -> np.ndarray:
 
 
 class SearchAlgorithm(abc.ABC):
-    """ask() -> genotypes; tell(genotypes, objectives); resumable through a JSON state."""
+    """ask() -> genotypes; tell(genotypes, objectives); resumable through a JSON state.
+
+    What every algorithm here keeps: the space, the seeds repaired into it (`initial`), its
+    seeded generator, the batch asked and not yet told (`pending`), every network asked
+    (`seen`, canonical keys) and the generations told; `state_dict`/`load_state_dict` write and
+    read them with `common_state`/`load_common_state`."""
 
     name = "base"
+
+    def __init__(self, space, seed: int, initial=()):
+        self.space = space
+        self.initial = [space.repair(g) for g in initial]
+        self.rng = np.random.default_rng(seed)
+        self.pending: np.ndarray | None = None
+        self.seen: set[tuple[int, ...]] = set()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """How many batches have been told."""
+        return self._generation
+
+    def common_state(self) -> dict:
+        """The shared part of `state_dict` (JSON-serialisable)."""
+        return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
+                "pending": None if self.pending is None else self.pending.tolist(),
+                "seen": sorted(list(k) for k in self.seen)}
+
+    def load_common_state(self, state: dict) -> None:
+        """Restores `common_state`'s part (a ValueError for another algorithm's state)."""
+        self.check_state(state)
+        self._generation = state["generation"]
+        self.rng = rng_from_state(state["rng"])
+        self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
+        self.seen = {tuple(k) for k in state["seen"]}
 
     @abc.abstractmethod
     def ask(self) -> np.ndarray:
@@ -145,8 +177,3 @@ class SearchAlgorithm(abc.ABC):
         """A ValueError unless `state` was written by this algorithm."""
         if state.get("algorithm") != self.name:
             raise ValueError(f"state is for {state.get('algorithm')!r}, not {self.name!r}")
-
-    @property
-    @abc.abstractmethod
-    def generation(self) -> int:
-        """How many batches have been told."""

@@ -21,7 +21,7 @@ import numpy as np
 from modulenet_jax.errors import UserError
 from modulenet_jax.search.base import (MAX_DUPLICATE_TRIES, SearchAlgorithm, check_objectives, check_told,
                                        crowding_distance, first_unseen, non_dominated_fronts, rank_and_crowding,
-                                       rng_from_state, rng_state, unseen, valid_genotypes)
+                                       unseen, valid_genotypes)
 from modulenet_jax.search.operators import (CROSSOVERS, binary_tournament, mutate, shrink, stage_crossover,
                                            uniform_crossover)
 from modulenet_jax.space import SearchSpace
@@ -60,7 +60,7 @@ class NSGA2(SearchAlgorithm):
         if len(initial) > population_size:
             raise UserError(f"{len(initial)} source models do not fit a population of {population_size}; raise "
                             f"search.population or set search.seed_sources=False")
-        self.space = space
+        super().__init__(space, seed, initial)
         self.population_size = population_size
         self.crossover_prob = crossover_prob
         self.crossover = crossover
@@ -68,17 +68,8 @@ class NSGA2(SearchAlgorithm):
         self.continue_run_prob = continue_run_prob
         self.immigrants = immigrants
         self.shrink_prob = shrink_prob
-        self.initial = [space.repair(g) for g in initial]
-        self.rng = np.random.default_rng(seed)
         self.pop_X: np.ndarray | None = None
         self.pop_F: np.ndarray | None = None
-        self.pending: np.ndarray | None = None
-        self.seen: set[tuple[int, ...]] = set()
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        return self._generation
 
     def _unique(self, make) -> np.ndarray:
         """A genotype from `make()` whose network was not asked before (best effort)."""
@@ -141,15 +132,9 @@ class NSGA2(SearchAlgorithm):
 
     def state_dict(self) -> dict:
         as_list = (lambda a: None if a is None else a.tolist())
-        return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
-                "pop_X": as_list(self.pop_X), "pop_F": as_list(self.pop_F),
-                "pending": as_list(self.pending), "seen": sorted(list(k) for k in self.seen)}
+        return {**self.common_state(), "pop_X": as_list(self.pop_X), "pop_F": as_list(self.pop_F)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.check_state(state)
-        self._generation = state["generation"]
-        self.rng = rng_from_state(state["rng"])
+        self.load_common_state(state)
         self.pop_X = None if state["pop_X"] is None else valid_genotypes(self.space, state["pop_X"])
         self.pop_F = None if state["pop_F"] is None else check_objectives(state["pop_F"], len(self.pop_X))
-        self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
-        self.seen = {tuple(k) for k in state["seen"]}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modulenet_jax.search.base import (SearchAlgorithm, check_objectives, check_told, first_unseen, rng_from_state,
-                                       rng_state, unseen, valid_genotypes)
+from modulenet_jax.search.base import SearchAlgorithm, check_objectives, check_told, first_unseen, unseen
 from modulenet_jax.space import SearchSpace
 
 class RandomSearch(SearchAlgorithm):
@@ -17,19 +16,10 @@ class RandomSearch(SearchAlgorithm):
 
     def __init__(self, space: SearchSpace, batch_size: int, seed: int, *,
                  initial: tuple[np.ndarray, ...] = (), continue_run_prob: float = 0.0):
-        self.space = space
+        super().__init__(space, seed, initial)
         self.continue_run_prob = continue_run_prob
         self.batch_size = batch_size
-        self.initial = [space.repair(g) for g in initial]
-        self.rng = np.random.default_rng(seed)
         self.objectives: int | None = None  # how many objectives each network has been told with
-        self.pending: np.ndarray | None = None
-        self.seen: set[tuple[int, ...]] = set()
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        return self._generation
 
     def ask(self) -> np.ndarray:
         if self.pending is not None:
@@ -50,19 +40,12 @@ class RandomSearch(SearchAlgorithm):
         self._generation += 1
 
     def state_dict(self) -> dict:
-        return {"algorithm": self.name, "generation": self._generation, "rng": rng_state(self.rng),
-                "objectives": self.objectives,
-                "pending": None if self.pending is None else self.pending.tolist(),
-                "seen": sorted(list(k) for k in self.seen)}
+        return {**self.common_state(), "objectives": self.objectives}
 
     def load_state_dict(self, state: dict) -> None:
-        self.check_state(state)
-        self._generation = state["generation"]
-        self.rng = rng_from_state(state["rng"])
+        self.load_common_state(state)
         if "F" in state:  # written before the state kept only the objectives' count
             state = {**state, "objectives": len(state["F"][0]) if state["F"] else None}
         self.objectives = state["objectives"]
         if not (self.objectives is None or isinstance(self.objectives, int) and self.objectives > 0):
             raise ValueError(f"objectives must be a positive count or None, got {self.objectives!r}")
-        self.pending = None if state["pending"] is None else valid_genotypes(self.space, state["pending"])
-        self.seen = {tuple(k) for k in state["seen"]}
