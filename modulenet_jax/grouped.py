@@ -97,6 +97,15 @@ def run(op: tuple, params, x, groups: int, calibrate=False):
     return y, stacked_params(used, groups)
 
 
+def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=False):
+    """`protocol.run_masked` for the group: `run` on `x_in`, `x` given back for the genotypes
+    where `active` (`[P]`) is False, by the op's zeroed residual (each genotype's params) where
+    it declares one, else by a select."""
+    zeroed = None if active is None else jax.vmap(functools.partial(zeroed_residual, op[0]))(params, active)
+    y, used = run(op, params if zeroed is None else zeroed, x_in, groups, calibrate)
+    return (y if zeroed is not None or active is None else where_genotype(active, y, x, groups)), used
+
+
 def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False, *,
                groups: int):
     """`protocol.fit_module` for the group, in the layout: each genotype's stitch solved on its
@@ -108,14 +117,12 @@ def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, 
         stitch = solve(per_genotype(x, groups), target)
         if junction is not True:
             stitch = jax.vmap(core.unused_as_zeros)(stitch, junction, active)
-    y, used = run(op, params, stitched(stitch, x, junction, groups), groups, calibrate)
-    return (y if active is None else where_genotype(active, y, x, groups)), core.ModuleFit(used, stitch)
+    y, used = run_masked(op, params, stitched(stitch, x, junction, groups), x, groups, active, calibrate)
+    return y, core.ModuleFit(used, stitch)
 
 
 def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None):
     """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), the
     registered op itself run with `groups`, and where `active` (`[P]`) is False the input passed
-    through (by the op's zeroed residual, as there)."""
-    zeroed = None if active is None else jax.vmap(functools.partial(zeroed_residual, op[0]))(fit.params, active)
-    y, _ = run(op, fit.params if zeroed is None else zeroed, stitched(fit.stitch, x, junction, groups), groups)
-    return y if zeroed is not None or active is None else where_genotype(active, y, x, groups)
+    through."""
+    return run_masked(op, fit.params, stitched(fit.stitch, x, junction, groups), x, groups, active)[0]

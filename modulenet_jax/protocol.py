@@ -217,6 +217,16 @@ def _masked(y, x, active):
     return y if active is None else jnp.where(active, y, x)
 
 
+def run_masked(op: tuple, params, x_in, x, active=None, calibrate=False):
+    """`run_op` of `op` on `x_in` (the slot's stitched input), `x` given back where `active`
+    (one flag per genotype, None: no mask) is False, as for a slot past a genotype's depth: by
+    the op's zeroed residual where it declares one (`zoo.zeroed_residual`: no select over the
+    activations, on a GPU a memory pass of its own), else by a select. `(y, params used)`."""
+    zeroed = None if active is None else zeroed_residual(op[0], params, active)
+    y, used = run_op(op, params if zeroed is None else zeroed, x_in, calibrate)
+    return (y if zeroed is not None else _masked(y, x, active)), used
+
+
 def unused_as_zeros(stitch, junction, active=None):
     """A stitch solved inside the fused program, zero where it is not used (no junction, or the
     slot past the network's depth): what a fit holds there does not depend on its input."""
@@ -235,8 +245,8 @@ def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, activ
         stitch = solve_stitch(protocol, x, target)
         if junction is not True:
             stitch = unused_as_zeros(stitch, junction, active)
-    y, params_used = run_op(op, params, stitched(stitch, x, junction), calibrate)
-    return _masked(y, x, active), ModuleFit(params_used, stitch)
+    y, params_used = run_masked(op, params, stitched(stitch, x, junction), x, active, calibrate)
+    return y, ModuleFit(params_used, stitch)
 
 
 def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
@@ -250,11 +260,8 @@ def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
 def apply_fitted(op: tuple, fit: ModuleFit, x, junction=True, active=None):
     """One fitted module on a batch: its stitch (at a junction) and forward. (`fit` as fitted,
     or `folded`: the same function; `zoo.apply_module` is a raw module, without a fit.) Past a
-    genotype's depth (`active` False) the input passes through: by a residual branch of zeros
-    where the op declares one (`zoo.zeroed_residual`), else by a select."""
-    zeroed = None if active is None else zeroed_residual(op[0], fit.params, active)
-    y, _ = run_op(op, fit.params if zeroed is None else zeroed, stitched(fit.stitch, x, junction))
-    return y if zeroed is not None else _masked(y, x, active)
+    genotype's depth (`active` False) the input passes through (`run_masked`)."""
+    return run_masked(op, fit.params, stitched(fit.stitch, x, junction), x, active)[0]
 
 
 def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,

@@ -17,8 +17,9 @@ import pytest
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol, numerics
-from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, group_fits,
-                                      group_logits, inference_fits, network_logits, structure_order, when_present)
+from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, fit_modules,
+                                      group_fits, group_logits, inference_fits, network_logits, structure_order,
+                                      when_present)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -353,13 +354,12 @@ def test_tensorfloat32_reaches_every_convolution_of_both_drivers(tiny_kb, tiny_d
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "tensorfloat32"])
 @pytest.mark.parametrize("grouped_layout", [False, True], ids=["vmap", "grouped layout"])
-def test_the_scoring_pass_selects_over_no_activations_where_exactness_allows(tiny_kb, tiny_dataset, dtype,
-                                                                            grouped_layout):
-    """A chunk's scoring pass, each slot run for every genotype (no `present`), vmapped or in the
-    grouped layout, moves a genotype past its depth by a zeroed residual (`zoo.zeroed_residual`)
-    and one without a junction through an identity stitch, not by a select over the activations
-    (a memory pass of its own on a GPU); only under TF32, where the identity stitch would round
-    the input, do the stitched slots select."""
+def test_no_select_over_activations_where_exactness_allows(tiny_kb, tiny_dataset, dtype, grouped_layout):
+    """A chunk's fit pass and scoring pass, each slot run for every genotype (no `present`),
+    vmapped or in the grouped layout, move a genotype past its depth by a zeroed residual
+    (`zoo.zeroed_residual`) and one without a junction through an identity stitch, not by a
+    select over the activations (a memory pass of its own on a GPU); only under TF32, where the
+    identity stitch would round the input, do the stitched slots select."""
     space, fit, _, _ = population_setup(tiny_kb, tiny_dataset, n=0)
     protocol = Protocol(**{**QUICK.__dict__, "dtype": dtype})
     pe = PopulationEvaluator(space, protocol, fit, chunk_size=2)
@@ -367,8 +367,14 @@ def test_the_scoring_pass_selects_over_no_activations_where_exactness_allows(tin
     slots, fits = pe.stacked_slots(archs), pe.published_fits(archs)
     head = {"kernel": jnp.zeros((2, 64, 10)), "bias": jnp.zeros((2, 10))}
     n = protocol.batch_size
+    images = jnp.zeros((protocol.fit_images, 32, 32, 3), jnp.uint8)
 
-    def logits(slots, fits, head, x):
+    def fit_pass(slots):
+        if grouped_layout:
+            return fit_modules(pe.layout, protocol, pe.banks, slots, images, groups=2)
+        return jax.vmap(lambda s: fit_modules(pe.layout, protocol, pe.banks, s, images))(slots)
+
+    def scoring(slots, fits, head, x):
         with numerics(protocol):
             if grouped_layout:
                 return group_logits(pe.layout, slots, group_fits(pe.layout, fits), head, (x,), None)
@@ -376,10 +382,10 @@ def test_the_scoring_pass_selects_over_no_activations_where_exactness_allows(tin
                 slots, fits, head, x)
 
     x = jnp.zeros((n, 32, 32, 2 * 3) if grouped_layout else (2, n, 32, 32, 3), protocol.jnp_dtype)
-    text = jax.jit(logits).lower(slots, fits, head, x).as_text()
-    on_activations = [line for line in text.splitlines()
-                      if "stablehlo.select" in line and re.search(rf"tensor<(\d+x)*{n}x", line)]
-    assert bool(on_activations) == (dtype == "tensorfloat32"), on_activations
+    for text in (jax.jit(fit_pass).lower(slots).as_text(), jax.jit(scoring).lower(slots, fits, head, x).as_text()):
+        on_activations = [line for line in text.splitlines() if "stablehlo.select" in line and re.search(
+            rf"tensor<(\d+x)*({n}|{protocol.fit_images}|{protocol.stitch_images})x\d+x\d+x\d+x", line)]
+        assert bool(on_activations) == (dtype == "tensorfloat32"), on_activations
 
 
 def test_slots_encode_depth_and_junctions(tiny_kb, tiny_dataset):
