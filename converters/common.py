@@ -59,9 +59,19 @@ def conv_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
 
 
+TRANSPOSE_TILE = 512
+
+
 def linear_kernel(w: np.ndarray) -> np.ndarray:
-    """(out, in) -> (in, out)."""
-    return np.ascontiguousarray(w.T)
+    """(out, in) -> (in, out), a new array. Copied tile by tile: VGG's 4096 x 25088 classifier
+    kernel takes 1.2-1.5 s as one strided copy (`ascontiguousarray(w.T)`) and 0.43 s in
+    512 x 512 tiles on the 2-core EPYC (256 x 256 tiles: 1.2 s, rows 16 KiB apart collide in
+    the cache)."""
+    out = np.empty(w.shape[::-1], w.dtype)
+    for i in range(0, w.shape[0], TRANSPOSE_TILE):
+        for j in range(0, w.shape[1], TRANSPOSE_TILE):
+            out[j:j + TRANSPOSE_TILE, i:i + TRANSPOSE_TILE] = w[i:i + TRANSPOSE_TILE, j:j + TRANSPOSE_TILE].T
+    return out
 
 
 BN_FIELDS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
@@ -86,7 +96,9 @@ def map_state_dict(state_dict: dict[str, np.ndarray], model_name: str, rule: Rul
         if mapped is None or mapped[0] not in flat_expected:
             raise ConversionError(f"{model_name}: unexpected key {key!r} in the state_dict")
         path, transform = mapped
-        value = transform(state_dict[key]).astype(np.float32)
+        value = transform(state_dict[key])
+        # float32, and never a view of the state_dict's tensor (copied only then: VGG's kernels are 400 MB)
+        value = value.astype(np.float32, copy=np.may_share_memory(value, state_dict[key]))
         want = flat_expected[path]
         if value.shape != want:
             raise ConversionError(

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision
@@ -223,9 +222,9 @@ def compare(model_name: str, size: int, *, seed: int, batch: int = 2, model: nn.
             h = tm(h)
             outputs.append(_nhwc(h))
         full = model(x).numpy()
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    got = [run_module(spec, params[spec.name], jnp.asarray(h))[0] for spec, h in zip(zoo_model.modules, inputs)]
-    h = jnp.asarray(inputs[0])
+    params = jax.device_put(params)
+    got = [run_module(spec, params[spec.name], jax.device_put(h))[0] for spec, h in zip(zoo_model.modules, inputs)]
+    h = jax.device_put(inputs[0])
     for spec in zoo_model.modules:
         h, _ = run_module(spec, params[spec.name], h)
     logits = np.asarray(h)

@@ -86,8 +86,8 @@ class Evaluator:
         self.kb = kb
         self.protocol = protocol
         self.num_classes = fit.num_classes
-        self.fit_images = jnp.asarray(fit.images[:protocol.fit_images])
-        self.fit_labels = jnp.asarray(fit.labels[:protocol.fit_images])
+        self.fit_images = jax.device_put(fit.images[:protocol.fit_images])
+        self.fit_labels = jax.device_put(fit.labels[:protocol.fit_images])
         self._targets: dict[str, dict[str, jax.Array]] = {}
         self.prefix_memory = prefix_memory  # bytes of shared-prefix states `evaluate_iter` may keep (None: any)
 

@@ -22,7 +22,6 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from modulenet_jax.assemble import stitch_cost
 from modulenet_jax.atomic import write_atomic
@@ -122,4 +121,4 @@ def load(path, finetuned: bool | None = None) -> tuple[Network, dict]:
         raise UserError(f"{path} holds no finished fine-tune; run `modulenet finetune {path}`")
     tree = load_tree(path / (FINETUNED_DIR if finetuned else VARIABLES_DIR),
                      "fine-tune it again (--restart)" if finetuned else "export the network again")
-    return model, jax.tree_util.tree_map(jnp.asarray, tree)
+    return model, jax.device_put(tree)

@@ -100,7 +100,7 @@ class KnowledgeBase:
                 if source in params:
                     raise UserError(f"duplicate source name {source!r}; give each source model its own name")
                 check_params(model_name, model_params)
-                params[source] = jax.tree_util.tree_map(jnp.asarray, model_params)
+                params[source] = jax.device_put(model_params)  # not jnp.asarray: see zoo.common._init_model
                 records += cls._cut(source, model_name, params[source], input_size, advance)
                 sources.append(Source(source, model_name, weights, (classes or {}).get(source)))
         if not sources:
@@ -196,7 +196,7 @@ class KnowledgeBase:
         params = load_tree(path / PARAMS_DIR, rebuild)
         for s in sources:
             check_params(s.model, params[s.name])
-        params = jax.tree_util.tree_map(jnp.asarray, params)
+        params = jax.device_put(params)
         return cls(sources, records, params, input_size)
 
     def table(self) -> list[dict]:

@@ -47,12 +47,12 @@ def real_kb():
 def normal(seed: int, shape) -> jax.Array:
     """Standard-normal float32 test data, drawn by numpy: XLA:CPU takes 2-5 s to compile
     `jax.random.normal` of a rank-4 shape, which data that needs no JAX should not cost."""
-    return jax.numpy.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+    return jax.device_put(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
 
 def uint8_images(seed: int, n: int, side: int = 32) -> jax.Array:
     """Random uint8 NHWC images (numpy-drawn, like `normal`)."""
-    return jax.numpy.asarray(np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), np.uint8))
+    return jax.device_put(np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), np.uint8))
 
 
 def random_models(depths=(8, 14), seed=0):

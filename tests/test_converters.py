@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modulenet_jax.converters.cifar_resnet import convert
-from modulenet_jax.converters.common import ConversionError, load_state_dict
+from modulenet_jax.converters.common import TRANSPOSE_TILE, ConversionError, linear_kernel, load_state_dict
 from tests.conftest import CHECKPOINTS, needs_shared
 from tests.torch_cifar_resnet import CifarResNet
 
@@ -25,6 +25,23 @@ def _state_dict(depth=20):
 def test_random_state_dict_converts():
     name, params = convert(_state_dict())
     assert name == "cifar_resnet20" and params["stage2.block0"]["conv1"]["kernel"].shape == (3, 3, 16, 32)
+
+
+@pytest.mark.parametrize("shape", [(10, 64), (TRANSPOSE_TILE, 3), (TRANSPOSE_TILE + 7, 2 * TRANSPOSE_TILE + 1)])
+def test_linear_kernels_are_transposed_tile_by_tile_into_a_new_array(shape):
+    w = np.random.default_rng(0).standard_normal(shape, np.float32)
+    k = linear_kernel(w)
+    assert np.array_equal(k, w.T) and k.flags.c_contiguous and not np.may_share_memory(k, w)
+
+
+def test_converted_params_never_alias_the_state_dict():
+    """Even where the transform is the identity (BatchNorm, biases): the state_dict's arrays are
+    the caller's (`tensor.numpy()` shares the tensor's memory)."""
+    state_dict = _state_dict()
+    _, params = convert(state_dict)
+    assert not np.may_share_memory(params["stem"]["bn"]["scale"], state_dict["bn1.weight"])
+    state_dict["bn1.weight"][:] = 7
+    assert not (params["stem"]["bn"]["scale"] == 7).any()
 
 
 def test_wrong_shape_names_the_key():

@@ -106,9 +106,11 @@ def unflatten(items) -> dict:
 
 def _init_model(layouts: tuple, key) -> dict:
     """Params of `{module: layout}`: one normal and one uniform draw for the whole model, cut
-    into the leaves. With a concrete key the cutting is done in numpy: an op (or an RNG call)
-    per leaf would compile one XLA program per shape, which takes minutes for a deep model on
-    a CPU. Traced (under `eval_shape` or `jit`) the same cuts are jax ops."""
+    into the leaves. With a concrete key the cutting is done in numpy and the tree goes to the
+    device in one `jax.device_put`: an op (or an RNG call) per leaf would compile one XLA
+    program per shape, which takes minutes for a deep model on a CPU, and with jax 0.10 even
+    `jnp.asarray` of a numpy array does (27 ms per new shape here; `device_put` only copies).
+    Traced (under `eval_shape` or `jit`) the same cuts are jax ops."""
     leaves = _flatten(dict(layouts))
     sizes = {"normal": 0, "uniform": 0}
     for _, (shape, dist, _, _) in leaves:
@@ -125,8 +127,9 @@ def _init_model(layouts: tuple, key) -> dict:
         offsets[dist] = o + n
         z = draws[dist][o:o + n]
         value = (a + b * z if dist == "normal" else a + (b - a) * z).reshape(shape)
-        items.append((path, value if traced else jnp.asarray(value)))
-    return unflatten(items)
+        items.append((path, value))
+    tree = unflatten(items)
+    return tree if traced else jax.device_put(tree)
 
 
 def make_model(name: str, family: str, specs, layouts: dict, num_classes: int,
