@@ -447,22 +447,22 @@ def one_device_counts(tiny_kb, tiny_dataset) -> str:
     return "RESULT " + json.dumps([e.correct for e in evs])
 
 
-# What a subprocess runs first: this process's XLA settings and compile cache, its own device count.
+# What a subprocess runs first: this process's XLA settings (the compile cache and its own
+# device count come in its environment, `_subprocess_env`).
 _SUBPROCESS_PRELUDE = """
 import json, os, sys
 from modulenet_jax import cpu_runtime
 cpu_runtime.configure()
 import jax
 import jax.numpy as jnp
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 """
 
 
 def _subprocess_env(devices: int) -> dict:
-    from tests.conftest import COMPILE_CACHE
+    from tests.conftest import COMPILE_CACHE_ENV
 
     return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-            "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE)}
+            "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **COMPILE_CACHE_ENV}
 
 
 _EVALUATE = """

@@ -8,7 +8,7 @@ import sys
 
 from modulenet_jax.config import load_config
 from modulenet_jax.schema import reference_table
-from tests.conftest import COMPILE_CACHE, ROOT, SHARED, needs_shared
+from tests.conftest import COMPILE_CACHE_ENV, ROOT, SHARED, needs_shared
 
 README = (ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
@@ -31,8 +31,7 @@ def test_the_python_blocks_run_as_written(tmp_path):
     (tmp_path / "checkout").mkdir()
     (tmp_path / "shared").symlink_to(SHARED)
     code = "\n".join(PYTHON_BLOCKS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **COMPILE_CACHE_ENV}
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "checkout", env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]

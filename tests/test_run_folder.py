@@ -19,7 +19,7 @@ from modulenet_jax.data import save_bundle
 from modulenet_jax.errors import UserError
 from modulenet_jax.search.run_folder import RunFolder
 from modulenet_jax.search.runner import final_table, search
-from tests.conftest import COMPILE_CACHE, ROOT
+from tests.conftest import COMPILE_CACHE_ENV, ROOT
 from tests.test_runner import SMALL, small_run, without_times
 
 
@@ -178,8 +178,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_files, tmp_path, ca
     args = ["search", "--config", "cifar10_resnet", "--out", str(out), "--set", *SMALL,
             "search.generations=8",  # generations left to interrupt even when a loaded machine polls late
             f"knowledge.path={tiny_files / 'kb'}", f"data.source={tiny_files / 'tiny.npz'}"]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(COMPILE_CACHE),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+    env = {**os.environ, **COMPILE_CACHE_ENV}
     def deliverable():  # a test worker's threads may block or ignore SIGINT, and a child inherits both
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -2,12 +2,14 @@
 names the extra (exit 2), and what does not need it (the library, JAX-only bench) still runs."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from modulenet_jax.data import save_bundle
+from tests.conftest import COMPILE_CACHE_ENV
 
 pytestmark = pytest.mark.xdist_group("without_torch")  # module fixtures built once (make test: --dist loadgroup)
 
@@ -38,7 +40,8 @@ EXTRA = "pip install 'modulenet-jax[torch]'"
 
 def without_torch(commands: list[list[str]]) -> list[list]:
     """[exit status, stderr] of each command, run in one process without torch."""
-    out = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, json.dumps(commands)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, json.dumps(commands)], capture_output=True, text=True,
+                         env={**os.environ, **COMPILE_CACHE_ENV})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
