@@ -450,7 +450,7 @@ def one_device_counts(tiny_kb, tiny_dataset) -> str:
 # What a subprocess runs first: this process's XLA settings (the compile cache and its own
 # device count come in its environment, `_subprocess_env`).
 _SUBPROCESS_PRELUDE = """
-import json, os, sys
+import json, sys
 from modulenet_jax import cpu_runtime
 cpu_runtime.configure()
 import jax
