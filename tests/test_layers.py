@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax import zoo
-from modulenet_jax.zoo.layers import batch_stats, conv2d
+from modulenet_jax.zoo.layers import batch_norm, batch_stats, conv2d
 from tests.conftest import normal
 
 
@@ -38,6 +38,18 @@ def test_batch_stats_gradient_does_not_depend_on_the_slices():
 
     many, one = (jax.grad(loss)(x, b) for b in (256, 1 << 30))
     np.testing.assert_allclose(np.asarray(many), np.asarray(one), rtol=1e-5, atol=1e-7)
+
+
+def test_recalibrated_batch_norm_rounds_alike_whether_its_flag_is_known_or_traced():
+    """The per-module driver recalibrates with `calibrate=True` known while tracing, the fused
+    program with a traced flag: outputs and statistics equal to the last bit. (XLA:CPU contracted
+    the new variance's last multiply and `+ eps` into one FMA in the first form only; `bn_scale`.)"""
+    x = normal(3, (64, 8, 8, 32)) * 3 + 1
+    bn = {"scale": normal(4, (32,)), "bias": normal(5, (32,)), "mean": normal(6, (32,)), "var": normal(7, (32,)) ** 2}
+    known = jax.jit(lambda bn, x: batch_norm(bn, x, 1e-5, True))(bn, x)
+    traced = jax.jit(lambda bn, x, flag: batch_norm(bn, x, 1e-5, flag))(bn, x, jnp.bool_(True))
+    for a, b in zip(jax.tree_util.tree_leaves(known), jax.tree_util.tree_leaves(traced)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():

@@ -131,6 +131,15 @@ def batch_stats(x, chunk_bytes: int | None = None):
     return mean, var
 
 
+def bn_scale(scale, var, eps: float):
+    """`scale / sqrt(var + eps)`, rounded alike wherever `var` comes from. XLA:CPU lets LLVM
+    contract a multiply and the add consuming it into one FMA, so `var + eps` right after the
+    multiply that ends a recalibrated variance (computed in the same program) rounds otherwise
+    than on a variance read from memory: the per-module and fused drivers then differed. The
+    max (a no-op on a variance) stands between them."""
+    return scale * lax.rsqrt(jnp.maximum(var, 0.0) + eps)
+
+
 def batch_norm(params, x, eps: float, calibrate=False):
     """Inference BatchNorm; with `calibrate`, first replace the running statistics by `x`'s
     (`calibrate` may be a boolean array, as in a vmapped population: then where it holds; a
@@ -145,7 +154,7 @@ def batch_norm(params, x, eps: float, calibrate=False):
                 calibrate = jnp.repeat(calibrate, mean.shape[-1] // calibrate.shape[-1])
             mean, var = jnp.where(calibrate, mean, params["mean"]), jnp.where(calibrate, var, params["var"])
         params = {**params, "mean": mean, "var": var}
-    inv = params["scale"] * lax.rsqrt(params["var"] + eps)
+    inv = bn_scale(params["scale"], params["var"], eps)
     shift = params["bias"] - params["mean"] * inv
     y = x.astype(jnp.float32) * inv + shift
     return y.astype(x.dtype), params
@@ -155,7 +164,7 @@ def fold_batch_norm(conv, bn, eps: float):
     """A conv `{"kernel": HWIO, "bias"?}` followed by inference BatchNorm `bn`, as one conv with a
     bias (in float32): kernel * inv, bias = (conv bias - mean) * inv + BN bias, inv = scale /
     sqrt(var + eps). Scoring runs this form: the BatchNorm pass disappears into the conv."""
-    inv = bn["scale"] * lax.rsqrt(bn["var"] + eps)
+    inv = bn_scale(bn["scale"], bn["var"], eps)
     bias = bn["bias"] + (conv.get("bias", 0.0) - bn["mean"]) * inv
     return {"kernel": conv["kernel"] * inv, "bias": bias}
 
