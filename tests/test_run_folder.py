@@ -139,6 +139,25 @@ def test_a_folder_made_before_a_field_existed_resumes_under_its_default(tmp_path
         RunFolder.check(tmp_path, config)
 
 
+def test_the_stitch_learning_rate_matters_only_where_a_run_tunes(tmp_path):
+    """`protocol.stitch_lr` changes nothing without `stitch_steps`: a folder of an untuned run
+    resumes under any rate (so under a changed default); a tuned run is refused, naming it."""
+    from modulenet_jax.config import load_config, to_dict
+
+    from tests.test_runner import CONFIG
+
+    config = to_dict(load_config(CONFIG))
+    config["protocol"]["stitch_lr"] = 0.001
+    tmp_path.joinpath("config.json").write_text(json.dumps(config))
+    config["protocol"]["stitch_lr"] = 0.0001
+    assert RunFolder.check(tmp_path, config) == {}
+    config["protocol"]["stitch_steps"] = 2
+    tmp_path.joinpath("config.json").write_text(json.dumps({**config, "protocol": {**config["protocol"],
+                                                                                     "stitch_lr": 0.001}}))
+    with pytest.raises(UserError, match=r"different config \(protocol.stitch_lr: 0.001 there, 0.0001 here\)"):
+        RunFolder.check(tmp_path, config)
+
+
 def test_more_generations_extend_a_finished_search_to_the_longer_run(tiny_kb, tiny_dataset, tmp_path):
     search(small_run(tiny_kb, tiny_dataset, ["search.generations=2"]), tmp_path / "short", log=quiet)
     assert (tmp_path / "short" / "front.json").is_file()

@@ -58,6 +58,14 @@ def _with_defaults(flat: dict) -> dict:
     return {**{k: f.default for k, f in BY_KEY.items() if f.absent is not REQUIRED}, **flat}
 
 
+def _inert(there: dict, here: dict) -> tuple[str, ...]:
+    """Fields that change nothing in either run, so a difference in them does not stop a resume:
+    the stitches' learning rate where neither run tunes them (a folder made before its default
+    changed resumes under the new one)."""
+    untuned = there.get("protocol.stitch_steps") == 0 == here.get("protocol.stitch_steps")
+    return ("protocol.stitch_lr",) if untuned else ()
+
+
 def read_json(path: Path, what: str, kind: type = dict):
     """A run folder's JSON file holding a `kind` (a dict: config, state, final table); anything
     else is a `UserError` naming the file."""
@@ -141,7 +149,7 @@ class RunFolder:
         if restart or not (path / CONFIG).is_file():
             return {}
         there, here = _with_defaults(_flat(read_json(path / CONFIG, "config"))), _with_defaults(_flat(config))
-        changed = jsonfile.difference(there, here, ignore=BUDGET_KEYS)
+        changed = jsonfile.difference(there, here, ignore=BUDGET_KEYS + _inert(there, here))
         if changed:
             raise UserError(f"{path} holds a run of a different config ({changed}); choose a new --out, or pass "
                             f"--restart to start this folder over")
