@@ -58,7 +58,7 @@ def get_config():
     c.protocol.stitch_images = 512
     c.protocol.stitch_ridge = 1e-3
     c.protocol.stitch_steps = 0          # > 0: Adam steps on stitches + head, convs frozen
-    c.protocol.stitch_lr = 1e-3
+    c.protocol.stitch_lr = 1e-4
     c.protocol.bn = "from_junction"      # as cifar10_resnet (chosen by the fidelity measurement)
     c.protocol.head = "logistic"
     c.protocol.head_l2 = 1e-3

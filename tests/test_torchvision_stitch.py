@@ -97,8 +97,8 @@ def test_evaluator_tunes_when_asked(two_sources):
     kb = two_sources
     fit = _split(64, seed=1)
     plain = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source"), fit).fit(ARCH)
-    tuned = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source", stitch_steps=20),
-                      fit).fit(ARCH)
+    tuned = Evaluator(kb, Protocol(fit_images=64, stitch_images=64, head="ridge", bn="source", stitch_steps=20,
+                                   stitch_lr=1e-3), fit).fit(ARCH)
     assert not np.allclose(np.asarray(plain.stitches[1]["kernel"]), np.asarray(tuned.stitches[1]["kernel"]))
     same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), plain.params, tuned.params)
     assert all(jax.tree_util.tree_leaves(same))
