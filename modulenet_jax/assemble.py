@@ -104,8 +104,14 @@ def head_logits(head, features):
 def preprocess(images, mean, std, dtype=jnp.float32, size=None):
     """uint8 NHWC -> normalised floats: (x / 255 - mean) / std, as torchvision does it; with
     `size`, then resized bilinearly to size x size (e.g. 32-px CIFAR images for models
-    trained at 224 px). Without it the images keep their size."""
-    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    trained at 224 px). Without it the images keep their size.
+
+    Computed as `x * (1 / (255 std)) - mean / std`: every per-pixel operation depends on the
+    network's normalisation, so none is hoisted out of the fused program's loop over genotypes
+    (`x / 255` was: the images are the same for all), and the one multiply-subtract pair is
+    contracted into an FMA alike in every program (XLA:CPU contracts only within one loop;
+    hoisting `x / 255` made the two drivers normalise the same image 1 ulp apart)."""
+    x = images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
     if size is not None and x.shape[1:3] != (size, size):
         x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method="bilinear")
     return x.astype(dtype)
