@@ -5,8 +5,9 @@ one compiled call per module: the CPU's driver (measured as fast as the fused pr
 genotype at a time, and it shares prefixes).
 Given many networks it walks the `PrefixSchedule`, so a module prefix several of them share
 is fitted and run once. `population.PopulationEvaluator` is the other driver of the same
-protocol (fused, vmapped: accelerators); both count the same correct predictions (to float rounding
-with recalibrated BatchNorm statistics: README, How it works).
+protocol (fused, vmapped: accelerators); both count the same correct predictions (checked on real
+networks by `benchmarks/driver_agreement.py`; where XLA contracts differently, to float rounding:
+README, How it works).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ retried.
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
 `protocol.py`'s, scanned over the slots here; `evaluate.Evaluator` is the per-module driver
 of the same functions (with the prefixes a generation shares computed once), and both count
-the same correct predictions (to float rounding with recalibrated BatchNorm statistics: README, How it works).
+the same correct predictions (checked on real networks by `benchmarks/driver_agreement.py`; where XLA
+contracts differently, to float rounding: README, How it works).
 """
 
 from __future__ import annotations
