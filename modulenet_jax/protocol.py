@@ -361,9 +361,23 @@ def chain_logits(ops: tuple, junctions: tuple, fits, head, x):
     return head_logits(head, pool(x))
 
 
-# The compiled forms the per-module driver calls: each compiles once per op (and protocol) and
-# is reused for every network and batch of that shape.
-compiled_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction", "calibrate"))
+def fit_settings(protocol: Protocol) -> Protocol:
+    """The protocol as far as `fit_module` reads it (the stitch, its images and ridge, and the
+    dtype, whose numerics the module runs in), every other field at its default: the static key
+    of `compiled_fit_module`, so protocols that differ only in the head, BatchNorm mode (passed
+    as `calibrate`), scoring batch or tuning share its programs."""
+    return Protocol(stitch=protocol.stitch, stitch_images=protocol.stitch_images, stitch_ridge=protocol.stitch_ridge,
+                    dtype=protocol.dtype, fit_images=max(protocol.stitch_images, Protocol.fit_images))
+
+
+def compiled_fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False):
+    """`fit_module`, compiled once per op and `fit_settings(protocol)`."""
+    return _jitted_fit_module(fit_settings(protocol), op, params, x, target, junction, active, calibrate)
+
+
+# The compiled forms the per-module driver calls: each compiles once per op (and, for the fit,
+# its fit settings) and is reused for every network and batch of that shape.
+_jitted_fit_module = jax.jit(fit_module, static_argnames=("protocol", "op", "junction", "calibrate"))
 compiled_apply_fitted = jax.jit(apply_fitted, static_argnames=("op", "junction"))
 compiled_folded = jax.jit(folded, static_argnames=("op",))
 compiled_score_batch = jax.jit(score_batch)

@@ -366,3 +366,33 @@ def test_preprocess_resizes_bilinearly():
     images = jnp.zeros((1, 2, 2, 3), jnp.uint8).at[:, :, 1].set(255)
     x = preprocess(images, jnp.zeros(3), jnp.ones(3), jnp.float32, 4)
     np.testing.assert_allclose(np.asarray(x)[0, 0, :, 0], [0, 0.25, 0.75, 1], atol=1e-6)
+
+
+def test_the_compiled_module_fit_is_keyed_by_what_it_reads(tiny_kb):
+    """`compiled_fit_module` compiles once per `fit_settings(protocol)`: for every protocol field
+    moved off its default, `fit_module` traces to the same program under the protocol as under
+    its fit settings (so no field it reads is dropped from the key), and the fields kept change
+    the program (so the key is no wider than it needs)."""
+    import dataclasses
+
+    from modulenet_jax.protocol import fit_module, fit_settings, numerics
+    from modulenet_jax.zoo import op_of
+
+    rec = next(r for r in tiny_kb.records if r.spec.kind == "block" and r.spec.in_channels == r.spec.out_channels)
+
+    def program(protocol):
+        x, target = (jnp.zeros((n, rec.input_resolution, rec.input_resolution, rec.spec.in_channels),
+                               protocol.jnp_dtype) for n in (32, protocol.stitch_images))
+        with numerics(protocol):
+            return str(jax.make_jaxpr(lambda p, x, t: fit_module(protocol, op_of(rec.spec), p, x, t, True, None, True))(
+                tiny_kb.module_params(rec.id), x, target))
+
+    moved = {"stitch": False, "stitch_images": 16, "stitch_ridge": 0.5, "bn": "source", "head": "ridge",
+             "head_l2": 0.5, "head_ridge": 0.5, "head_steps": 3, "fit_images": 32, "batch_size": 7,
+             "dtype": "bfloat16", "stitch_steps": 2, "stitch_lr": 0.5, "input_size": 64}
+    assert set(moved) == {f.name for f in dataclasses.fields(Protocol)}
+    base = Protocol(fit_images=32, stitch_images=24)
+    for name, value in moved.items():
+        protocol = dataclasses.replace(base, **{name: value})
+        assert program(protocol) == program(fit_settings(protocol)), name
+        assert (fit_settings(protocol) == fit_settings(base)) == (program(protocol) == program(base)), name
