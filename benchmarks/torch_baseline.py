@@ -141,6 +141,19 @@ def count_correct(feats, head, labels) -> int:
         return int(((feats.float() @ head[0] + head[1]).argmax(-1) == labels).sum().item())
 
 
+def unaliased(weights: list) -> list:
+    """Per module position its tensors, a module used twice copied at its later positions. A graph
+    compiled for a whole network guards that its inputs are distinct tensors; a network that
+    repeats a module would fail that guard and recompile (and torch 2.14's dynamo, explaining
+    the failure, evaluates the old graph's stitch inputs on the new call and raises a TypeError
+    where this network has no stitch)."""
+    seen, out = set(), []
+    for w in weights:
+        out.append([t.clone() for t in w] if id(w) in seen else w)
+        seen.add(id(w))
+    return out
+
+
 class Resident:
     """A split on the device: normalised fp32 images (channels-last) and labels, in batches (views)."""
 
@@ -256,6 +269,8 @@ class TorchRunner:
         """Correct predictions of one fitted network over a resident split (one device sync)."""
         with self.context():
             weights = [self.inference_weights(m) for m in arch.modules]
+            if self.compiled == "network":
+                weights = unaliased(weights)
             return count_correct(self.features(arch, weights, stitches, data), head, data.labels)
 
     # -- W2 -----------------------------------------------------------------------------------
