@@ -454,7 +454,6 @@ import json, sys
 from modulenet_jax import cpu_runtime
 cpu_runtime.configure()
 import jax
-import jax.numpy as jnp
 """
 
 
@@ -469,7 +468,7 @@ _EVALUATE = """
 from tests.conftest import random_models
 from modulenet_jax.knowledge import KnowledgeBase
 from tests.test_population import QUICK, population_setup
-from modulenet_jax.population import PopulationEvaluator, chunk_presence, structure_order
+from modulenet_jax.population import PopulationEvaluator
 import tests.conftest as c
 kb = KnowledgeBase.build(random_models())
 space, fit, archs, val = population_setup(kb, c.tiny_dataset.__wrapped__(), n=2)
