@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -270,9 +271,9 @@ class Bench:
         return reason is not None
 
     def attempt(self, row: tuple, measure: Callable, *args):
-        """`measure(*args)`; an exception ends that row (said in the report's `failed`, the row's
-        larger populations not tried) instead of the whole run: a session on a device keeps
-        measuring the other rows."""
+        """`measure(*args)`; an exception ends that row (said in the report's `failed` in a line, the
+        row's larger populations not tried) instead of the whole run: a session on a device keeps
+        measuring the other rows. The log gets the whole traceback: a device session has one try."""
         if row in self.broken:
             return
         try:
@@ -284,7 +285,7 @@ class Bench:
             first_line = (str(e).strip().splitlines() or [""])[0]
             message = f"{' '.join(map(str, row))} P={args[2]}: {type(e).__name__}: {first_line}"
             self.failed.append(message)
-            self.log(f"failed: {message}")
+            self.log(f"failed: {message}\n{traceback.format_exc().rstrip()}")
 
     def _protocol(self, dtype):
         return dataclasses.replace(self.protocol, dtype=dtype)

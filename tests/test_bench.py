@@ -413,6 +413,25 @@ def test_clock_adds_up_each_phase_over_networks():
 
 # -- throughput: counting, rates, FLOP/s -------------------------------------------------------------
 
+def test_a_failing_row_stops_alone_and_logs_its_traceback(tiny_kb, tiny_dataset):
+    """`Bench.attempt`: a row that raises is reported in one line, not tried again at larger
+    populations, and the log gets the whole traceback; the other rows go on."""
+    lines = []
+    bench = throughput.Bench(tiny_kb, tiny_dataset, BENCH_PROTOCOL, "block", 32, 0, "loop", None, log=lines.append)
+    ran = []
+
+    def broken(archs, dtype, P):
+        raise TypeError("'NoneType' object is not subscriptable\nsecond line")
+
+    for P in (1, 8):
+        bench.attempt(("W1 torch", "fp32-strict"), broken, [], "float32", P)
+        bench.attempt(("W1 jax", "float32"), lambda archs, dtype, P: ran.append(P), [], "float32", P)
+    assert bench.failed == ["W1 torch fp32-strict P=1: TypeError: 'NoneType' object is not subscriptable"]
+    assert ran == [1, 8]
+    assert len(lines) == 1 and lines[0].startswith("failed: W1 torch fp32-strict P=1")
+    assert "Traceback (most recent call last)" in lines[0] and "in broken" in lines[0]
+
+
 def test_graphs_split_warm_up_and_timed_compiles():
     runner = types.SimpleNamespace(compiles=lambda: 12)
     assert throughput.graph_counts(True, 5, 9, runner) == (4, 3)
