@@ -141,19 +141,6 @@ def count_correct(feats, head, labels) -> int:
         return int(((feats.float() @ head[0] + head[1]).argmax(-1) == labels).sum().item())
 
 
-def unaliased(weights: list) -> list:
-    """Per module position its tensors, a module used twice copied at its later positions. A graph
-    compiled for a whole network guards that its inputs are distinct tensors; a network that
-    repeats a module would fail that guard and recompile (and torch 2.14's dynamo, explaining
-    the failure, evaluates the old graph's stitch inputs on the new call and raises a TypeError
-    where this network has no stitch)."""
-    seen, out = set(), []
-    for w in weights:
-        out.append([t.clone() for t in w] if id(w) in seen else w)
-        seen.add(id(w))
-    return out
-
-
 class Resident:
     """A split on the device: normalised fp32 images (channels-last) and labels, in batches (views)."""
 
@@ -182,7 +169,7 @@ class TorchRunner:
             raise ValueError(f"compiled must be one of {COMPILED}, not {compiled!r}")
         self.kb, self.device, self.numerics, self.compiled, self.fold = kb, device, numerics, compiled, fold_bn
         self.autocast, self.tf32 = NUMERICS[numerics]
-        self._weights, self._folded = {}, {}
+        self._weights, self._folded, self._copies = {}, {}, {}
         model = kb.source_model(next(iter(kb.sources)))
         self.mean = torch.tensor(model.mean, device=device)
         self.std = torch.tensor(model.std, device=device)
@@ -260,6 +247,23 @@ class TorchRunner:
 
     # -- W1 -----------------------------------------------------------------------------------
 
+    def network_weights(self, arch):
+        """Per module position the weights W1 runs. In `compile-network` mode a module used again
+        gets a copy of its own at each later position (made once, kept): a graph compiled for a
+        whole network guards that its inputs are distinct tensors, and a network repeating a module
+        failed that guard (torch 2.14's dynamo, explaining the failure, then raised a TypeError
+        evaluating the old graph's stitch inputs where this network has no stitch)."""
+        out = []
+        for k, m in enumerate(arch.modules):
+            use = arch.modules[:k].count(m)
+            if use and self.compiled == "network":
+                if (m, use) not in self._copies:
+                    self._copies[m, use] = [t.clone() for t in self.inference_weights(m)]
+                out.append(self._copies[m, use])
+            else:
+                out.append(self.inference_weights(m))
+        return out
+
     def features(self, arch, weights, stitches, data: Resident):
         """Pooled fp32 features of every image of `data` (weights used as given)."""
         plan = self._plan(arch)
@@ -268,9 +272,7 @@ class TorchRunner:
     def forward_correct(self, arch, stitches, head, data: Resident) -> int:
         """Correct predictions of one fitted network over a resident split (one device sync)."""
         with self.context():
-            weights = [self.inference_weights(m) for m in arch.modules]
-            if self.compiled == "network":
-                weights = unaliased(weights)
+            weights = self.network_weights(arch)
             return count_correct(self.features(arch, weights, stitches, data), head, data.labels)
 
     # -- W2 -----------------------------------------------------------------------------------
