@@ -58,6 +58,27 @@ def summary(rows: list[dict], key: str) -> dict:
             "source_change": [float(s) for s in sources]}
 
 
+def load(report_path: str, config_name: str, overrides: list[str], stitch_images: int | None = None):
+    """`(report, kb, base protocol, val, fit, archs)` of a fidelity report: its networks, validation
+    split and protocol (BN from the first junction; `stitch_images` as the report's unless given),
+    the config's data, knowledge base and fit images (`data.fit_seed`, as `modulenet fidelity`)."""
+    from modulenet_jax import cpu_runtime
+
+    cpu_runtime.configure()
+    report = json.loads(Path(report_path).read_text())
+    config = load_config(config_name, overrides)
+    dataset, kb = load_data(config.data), load_knowledge(config.knowledge)
+    base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction")
+    if stitch_images is not None:
+        base = dataclasses.replace(base, stitch_images=stitch_images)
+    val_size = int(report["val"].split("[")[1].split()[0])
+    val = protocol_split(dataset, "val", val_size)
+    if val.description != report["val"]:
+        raise UserError(f"the report was measured on {report['val']}, this data gives {val.description}")
+    fit = protocol_split(dataset, "train", base.fit_images, seed=config.data.fit_seed)
+    return report, kb, base, val, fit, [Architecture(tuple(r["modules"])) for r in report["rows"]]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", default="benchmarks/results/cpu-fidelity.json")
@@ -67,20 +88,8 @@ def main(argv=None) -> None:
                         help="steps:learning_rate pairs")
     parser.add_argument("--out", default="runs/stitch_tuning")
     args = parser.parse_args(argv)
-    from modulenet_jax import cpu_runtime
-
-    cpu_runtime.configure()
-    report = json.loads(Path(args.report).read_text())
-    config = load_config(args.config, args.set)
-    dataset, kb = load_data(config.data), load_knowledge(config.knowledge)
-    base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction")
-    val_size = int(report["val"].split("[")[1].split()[0])
-    val = protocol_split(dataset, "val", val_size)
-    if val.description != report["val"]:
-        raise UserError(f"the report was measured on {report['val']}, this data gives {val.description}")
-    fit = protocol_split(dataset, "train", base.fit_images, seed=config.data.fit_seed)
-    rows = report["rows"]
-    archs = [Architecture(tuple(r["modules"])) for r in rows]
+    report, kb, base, val, fit, archs = load(args.report, args.config, args.set)
+    rows, val_size = report["rows"], len(val)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

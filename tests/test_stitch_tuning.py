@@ -25,3 +25,22 @@ def test_the_summary_reads_random_networks_against_no_tuning_and_sources_apart()
     # fine-tuned order: 2 < 0 < 1; untuned ranks 0 < 1 < 2 (tau -1/3), tuned 0 < 1 = 2 (a tie)
     assert s["tau_untuned"] == pytest.approx(-1 / 3)
     assert s["tau"] == pytest.approx(0.0)
+
+
+def test_a_diagnostic_setting_names_its_optimizer():
+    from modulenet_jax.benchmarks.stitch_tuning_losses import parse_setting as parse
+
+    assert parse("sgd:2:0.001") == ("sgd", 2, 1e-3)
+    with pytest.raises(argparse.ArgumentTypeError, match="optimizer adam or sgd, like adam:2:0.0001, got 'rms:2:1'"):
+        parse("rms:2:1")
+
+
+def test_the_diagnostic_summary_reads_random_networks_against_the_first_setting():
+    from modulenet_jax.benchmarks.stitch_tuning_losses import summary as diagnostic_summary
+
+    rows = [{"kind": "run", "finetuned": 0.6}, {"kind": "source", "finetuned": 0.9},
+            {"kind": "block", "finetuned": 0.7}]
+    lines = diagnostic_summary(rows, {"adam:0:0": [50, 90, 60], "adam:2:0.001": [40, 95, 70]}, 100)
+    assert lines[0] == "adam:0:0: mean 55.00% over 2 random networks, change +0.00 points (0 lowered / 0 raised), tau 1.000"
+    assert lines[1] == ("adam:2:0.001: mean 55.00% over 2 random networks, change +0.00 points (1 lowered / 1 raised), "
+                        "tau 1.000")
