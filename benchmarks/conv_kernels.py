@@ -20,6 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .throughput import device_name, write_report  # noqa: E402
+from modulenet_jax.errors import run_script  # noqa: E402
 from modulenet_jax.zoo import layers  # noqa: E402
 
 # (input channels, output channels, input resolution, stride): every 3x3 conv shape of a CIFAR ResNet
@@ -77,7 +78,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="cpu-conv-kernels")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     import torch
 
     report = {"device": device_name(), "jax": jax.__version__, "torch": torch.__version__, "batch": args.batch,

@@ -24,6 +24,7 @@ import jax
 from . import throughput
 from .prepare_device_bundle import load_kb
 from modulenet_jax.data import load_dataset
+from modulenet_jax.errors import run_script
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.fidelity import FINETUNE, VARIANTS, measure, sample_genotypes
 from modulenet_jax.space import Architecture
@@ -47,7 +48,10 @@ def main(argv=None):
     p.add_argument("--skip", nargs="*", default=(), choices=["bench", "fidelity"])
     p.add_argument("--strategy", default="auto", choices=["auto", "fused", "loop"])
     p.add_argument("--torch-modes", nargs="*", default=["eager", "compile"])
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     out = Path(args.out)
     t0 = time.time()
     kb = load_kb(args.kb)

@@ -18,6 +18,7 @@ import argparse
 import numpy as np
 
 from modulenet_jax.config import load_config
+from modulenet_jax.errors import run_script
 from modulenet_jax.population import PopulationEvaluator
 from modulenet_jax.search.runner import Run
 
@@ -38,7 +39,10 @@ def main(argv=None) -> None:
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
     parser.add_argument("--networks", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return run_script(parser, run_parsed, argv)
+
+
+def run_parsed(args) -> None:
     from modulenet_jax import cpu_runtime
 
     cpu_runtime.configure()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .throughput import device_name, write_report
+from modulenet_jax.errors import run_script
 from modulenet_jax.prefix import PrefixSchedule
 from modulenet_jax.search.run_folder import read_config, read_history
 from modulenet_jax.search.runner import Run
@@ -66,7 +67,10 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="a search's run folder (config.json + history.jsonl)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="cpu-prefix-sharing")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     folder = Path(args.run)
     config = read_config(folder)
     run = Run.from_config(config)

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from modulenet_jax.errors import run_script
 from modulenet_jax.zoo.common import unflatten
 
 
@@ -38,15 +39,18 @@ def load_kb(path):
 
 
 def main(argv=None):
-    from modulenet_jax.converters.knowledge import build_from_pretrained
-    from modulenet_jax.data import load_dataset, save_bundle
-
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=".device")
     p.add_argument("--data", default="cifar10", help="a TFDS name, an ImageFolder root or a .npz bundle")
     p.add_argument("--weights-dir", nargs="*", default=(), help="folders searched for the checkpoints first")
     p.add_argument("--train", type=int, default=10240)
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
+    from modulenet_jax.converters.knowledge import build_from_pretrained
+    from modulenet_jax.data import load_dataset, save_bundle
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_kb(build_from_pretrained([f"cifar_resnet{d}" for d in (20, 32, 44, 56)], args.weights_dir), out / "kb.npz")

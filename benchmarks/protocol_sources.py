@@ -21,6 +21,7 @@ from pathlib import Path
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import fit_split, protocol_split
+from modulenet_jax.errors import run_script
 from modulenet_jax.evaluate import Evaluator, evaluate_published
 from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
 from modulenet_jax.space import Architecture
@@ -70,7 +71,10 @@ def main(argv=None):
     p.add_argument("--fit-images", nargs="+", type=int, default=[512, 2048])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="cpu-protocol-sources")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     config = load_config(args.config, args.set)
     t0 = time.time()
     report = measure(load_knowledge(config.knowledge), load_data(config.data), make_protocol(config.protocol),

@@ -31,6 +31,7 @@ import numpy as np
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
+from modulenet_jax.errors import UserError, run_script
 from modulenet_jax.runs import HV_REFERENCE, hypervolume
 from modulenet_jax.search.base import pareto_indices
 from modulenet_jax.search.runner import Run, dominated_by, final_hypervolume, make_algorithm, search_generation
@@ -176,7 +177,10 @@ def main(argv=None):
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--final", action="store_true",
                    help="also evaluate each run's final table (found networks' front and sources) on the final split")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     config = load_config(args.config, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,8 +191,8 @@ def main(argv=None):
     if saved.is_file():  # resumes: finished runs and every evaluated network are kept
         before = json.loads(saved.read_text())
         if {k: before.get(k) for k in setting} != setting:
-            p.error(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
-                    f"give another --out")
+            raise UserError(f"{saved} was made with {({k: before.get(k) for k in setting})}, not {setting}; "
+                            f"give another --out")
         rows = before["rows"]
     cache = read_cache(evaluations, "error")
     final_cache = read_cache(final_evaluations, "accuracy")

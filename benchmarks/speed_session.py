@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from modulenet_jax.errors import UserError, run_script
+
 GPU_POPULATIONS = (1, 8, 64, 256)
 
 
@@ -97,7 +99,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     p.add_argument("--merge", nargs="+", metavar="SPEED_JSON",
                    help="measure nothing: merge the speed.json of several sessions into OUT/speed.*")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
     out, cache = Path(args.out), Path(args.cache)
     if args.merge:
         import json
@@ -109,7 +114,7 @@ def main(argv=None):
         print(throughput.markdown(report))
         return
     if not (args.kb and args.data):
-        p.error("--kb and --data are required (or --merge)")
+        raise UserError("--kb and --data are required (or --merge)")
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))  # before torch loads

@@ -26,7 +26,7 @@ import numpy as np
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
-from modulenet_jax.errors import UserError
+from modulenet_jax.errors import UserError, run_script
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.ranking import kendall
@@ -58,14 +58,27 @@ def summary(rows: list[dict], key: str) -> dict:
             "source_change": [float(s) for s in sources]}
 
 
+def read_report(path: str) -> dict:
+    """A fidelity report (the report.json of `modulenet fidelity --out`), or a `UserError` saying
+    that the file is something else."""
+    fix = "give the report.json of `modulenet fidelity --out`, e.g. benchmarks/results/cpu-fidelity.json"
+    try:
+        report = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--report {path} is not JSON ({e}); {fix}") from None
+    if not (isinstance(report, dict) and {"base_protocol", "val", "rows"} <= report.keys()):
+        raise UserError(f"--report {path} is not a fidelity report (no base_protocol, val and rows); {fix}")
+    return report
+
+
 def load(report_path: str, config_name: str, overrides: list[str], stitch_images: int | None = None):
     """`(report, kb, base protocol, val, fit, archs)` of a fidelity report: its networks, validation
     split and protocol (BN from the first junction; `stitch_images` as the report's unless given),
     the config's data, knowledge base and fit images (`data.fit_seed`, as `modulenet fidelity`)."""
     from modulenet_jax import cpu_runtime
 
+    report = read_report(report_path)  # first: a wrong path costs nothing
     cpu_runtime.configure()
-    report = json.loads(Path(report_path).read_text())
     config = load_config(config_name, overrides)
     dataset, kb = load_data(config.data), load_knowledge(config.knowledge)
     base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction")
@@ -87,7 +100,10 @@ def main(argv=None) -> None:
     parser.add_argument("--settings", nargs="+", type=parse_setting, default=[(2, 1e-3), (2, 1e-4)],
                         help="steps:learning_rate pairs")
     parser.add_argument("--out", default="runs/stitch_tuning")
-    args = parser.parse_args(argv)
+    return run_script(parser, run_parsed, argv)
+
+
+def run_parsed(args) -> None:
     report, kb, base, val, fit, archs = load(args.report, args.config, args.set)
     rows, val_size = report["rows"], len(val)
 

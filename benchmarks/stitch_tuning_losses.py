@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from modulenet_jax import protocol, tune
+from modulenet_jax.errors import run_script
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.ranking import kendall
 
@@ -99,7 +100,10 @@ def main(argv=None) -> None:
     parser.add_argument("--networks", nargs="*", type=int, help="row numbers of the report (default: all)")
     parser.add_argument("--stitch-images", type=int, help="fit images the stitches are solved and tuned on")
     parser.add_argument("--stitches-only", action="store_true", help="freeze the head")
-    args = parser.parse_args(argv)
+    return run_script(parser, run_parsed, argv)
+
+
+def run_parsed(args) -> None:
     report, kb, base, val, fit, archs = load(args.report, args.config, args.set, args.stitch_images)
     chosen = args.networks if args.networks is not None else list(range(len(archs)))
     trainable = ("stitches",) if args.stitches_only else tune.TRAINABLE

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from modulenet_jax.converters.torchvision_models import FAMILIES, convert, torch_state_dict
 from modulenet_jax.converters.verify import AT_224, TOLERANCE, compare, randomized_model, single_torch_thread
+from modulenet_jax.errors import run_script
 from modulenet_jax import zoo
 
 
@@ -62,7 +63,10 @@ def main(argv=None) -> int:
     p.add_argument("--all-224", action="store_true", help="check every model at 224 px too")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write every model's numbers here")
-    args = p.parse_args(argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args) -> int:
     names = zoo.list_models(args.models)
     if not names:
         raise SystemExit(f"no zoo model matches {args.models!r}")

@@ -23,11 +23,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from modulenet_jax.errors import UserError, require_extra
+from modulenet_jax.errors import EXIT_USAGE, PATH_ERRORS, UserError, one_line, require_extra
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 CONFIG_HELP = "a packaged config's name (e.g. cifar10_resnet) or a path to a .py file"
 
 
@@ -731,10 +729,6 @@ def _add_overrides(parser) -> None:
                         help="config overrides (several --set add up)")
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())  # one line, even where a wrapped library message had several
-
-
 def main(argv=None) -> int:
     from modulenet_jax import cpu_runtime
 
@@ -743,7 +737,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(f"{e.prog}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{e.prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     args.argv = argv
     command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None),
@@ -757,12 +751,12 @@ def main(argv=None) -> int:
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:
             raise
-        print(f"modulenet {command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"modulenet {command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except BaseException as e:
         if args.debug or ctrl_c(e) is None:
             raise
-        said = f": {_one_line(e)}" if isinstance(e, Interrupted) else ""
+        said = f": {one_line(e)}" if isinstance(e, Interrupted) else ""
         print(f"modulenet {command}: interrupted{said}", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -8,10 +8,34 @@ code that catches bad values catches these too.
 """
 
 import importlib
+import sys
+
+EXIT_USAGE = 2
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 class UserError(ValueError):
     """Bad input that the user can fix; the message says what is wrong and what to do."""
+
+
+def one_line(text) -> str:
+    """`text` on one line, even where a wrapped library message had several."""
+    return " ".join(str(text).split())
+
+
+def run_script(parser, run, argv=None):
+    """`run(parser.parse_args(argv))` with the `modulenet` command's handling of bad input, for the
+    scripts run as `python -m` (benchmarks): a `UserError` or a missing or wrong path prints one line,
+    `<prog>: error: <message>`, and exits with status 2; `--debug` (added here) keeps the traceback."""
+    parser.add_argument("--debug", action="store_true", help="on bad input, the traceback instead of one line")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, *PATH_ERRORS) as e:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def require_extra(module: str, extra: str, purpose: str, instead: str = ""):

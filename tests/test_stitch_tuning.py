@@ -1,6 +1,7 @@
 """The stitch-tuning benchmark's arithmetic on known rows (its runs take the real data: see its docstring)."""
 
 import argparse
+import re
 
 import pytest
 
@@ -44,3 +45,37 @@ def test_the_diagnostic_summary_reads_random_networks_against_the_first_setting(
     assert lines[0] == "adam:0:0: mean 55.00% over 2 random networks, change +0.00 points (0 lowered / 0 raised), tau 1.000"
     assert lines[1] == ("adam:2:0.001: mean 55.00% over 2 random networks, change +0.00 points (1 lowered / 1 raised), "
                         "tau 1.000")
+
+
+@pytest.mark.parametrize("write, message", [
+    (None, "No such file or directory"),
+    ("not json", "is not JSON"),
+    ("[1, 2]", "is not a fidelity report (no base_protocol, val and rows)"),
+])
+def test_a_benchmark_script_says_a_wrong_report_in_one_line_with_status_2(tmp_path, capsys, write, message):
+    """The benchmarks run as `python -m` treat bad input as the `modulenet` command does
+    (`errors.run_script`): one line naming the problem, status 2; `--debug` keeps the traceback."""
+    from modulenet_jax.benchmarks import stitch_tuning, stitch_tuning_losses
+    from modulenet_jax.errors import UserError
+
+    report = tmp_path / "report.json"
+    if write is not None:
+        report.write_text(write)
+    for script in (stitch_tuning, stitch_tuning_losses):
+        with pytest.raises(SystemExit) as exit_:
+            script.main(["--report", str(report), "--set", "data.source=/nowhere"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+        assert f": error: --report {report} " in err if write else ": error: [Errno 2]" in err
+        with pytest.raises(UserError if write else FileNotFoundError, match=re.escape(message)):
+            script.main(["--report", str(report), "--debug"])
+
+
+def test_the_device_script_says_what_it_needs_in_one_line(tmp_path, capsys):
+    from modulenet_jax.benchmarks import speed_session
+
+    with pytest.raises(SystemExit) as exit_:
+        speed_session.main(["--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(": error: --kb and --data are required (or --merge)\n")
