@@ -71,10 +71,11 @@ def read_report(path: str) -> dict:
     return report
 
 
-def load(report_path: str, config_name: str, overrides: list[str], stitch_images: int | None = None):
+def load(report_path: str, config_name: str, overrides: list[str], **protocol_changes):
     """`(report, kb, base protocol, val, fit, archs)` of a fidelity report: its networks, validation
-    split and protocol (BN from the first junction; `stitch_images` as the report's unless given),
-    the config's data, knowledge base and fit images (`data.fit_seed`, as `modulenet fidelity`)."""
+    split and protocol (BN from the first junction; the `protocol_changes` that are not None, such
+    as `stitch_images`, instead of the report's), the config's data, knowledge base and fit images
+    (`data.fit_seed`, as `modulenet fidelity`)."""
     from modulenet_jax import cpu_runtime
 
     report = read_report(report_path)  # first: a wrong path costs nothing
@@ -82,8 +83,7 @@ def load(report_path: str, config_name: str, overrides: list[str], stitch_images
     config = load_config(config_name, overrides)
     dataset, kb = load_data(config.data), load_knowledge(config.knowledge)
     base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction")
-    if stitch_images is not None:
-        base = dataclasses.replace(base, stitch_images=stitch_images)
+    base = dataclasses.replace(base, **{k: v for k, v in protocol_changes.items() if v is not None})
     val_size = int(report["val"].split("[")[1].split()[0])
     val = protocol_split(dataset, "val", val_size)
     if val.description != report["val"]:
