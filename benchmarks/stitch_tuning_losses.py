@@ -8,8 +8,8 @@ cross-entropy before each step and after the last.
 
 A setting is `optimizer:steps:lr`: `adam` (the protocol's) or `sgd` (plain, no momentum); 0 steps is
 the untuned network, the reference of the summary. `--stitch-images N` solves and tunes the stitches on
-N fit images, `--stitch-ridge R` solves them with the relative ridge penalty R; `--stitches-only` freezes
-the head. Over the random networks among those chosen (all by
+N fit images, `--stitch-ridge R` solves them with the relative ridge penalty R, `--head-l2 L` fits the
+logistic head with L2 penalty L; `--stitches-only` freezes the head. Over the random networks among those chosen (all by
 default) the summary gives each setting's mean accuracy, its mean change against the first setting,
 the networks lowered / raised, and Kendall's tau against the report's fine-tuned accuracy.
 
@@ -101,13 +101,14 @@ def main(argv=None) -> None:
     parser.add_argument("--networks", nargs="*", type=int, help="row numbers of the report (default: all)")
     parser.add_argument("--stitch-images", type=int, help="fit images the stitches are solved and tuned on")
     parser.add_argument("--stitch-ridge", type=float, help="relative ridge penalty of the stitch solves")
+    parser.add_argument("--head-l2", type=float, help="L2 penalty of the logistic head")
     parser.add_argument("--stitches-only", action="store_true", help="freeze the head")
     return run_script(parser, run_parsed, argv)
 
 
 def run_parsed(args) -> None:
     report, kb, base, val, fit, archs = load(args.report, args.config, args.set, stitch_images=args.stitch_images,
-                                               stitch_ridge=args.stitch_ridge)
+                                               stitch_ridge=args.stitch_ridge, head_l2=args.head_l2)
     chosen = args.networks if args.networks is not None else list(range(len(archs)))
     trainable = ("stitches",) if args.stitches_only else tune.TRAINABLE
     counts = {}
