@@ -9,9 +9,10 @@ cross-entropy before each step and after the last.
 A setting is `optimizer:steps:lr`: `adam` (the protocol's) or `sgd` (plain, no momentum); 0 steps is
 the untuned network, the reference of the summary. `--stitch-images N` solves and tunes the stitches on
 N fit images, `--stitch-ridge R` solves them with the relative ridge penalty R, `--head-l2 L` fits the
-logistic head with L2 penalty L; `--stitches-only` freezes the head. Over the random networks among those chosen (all by
-default) the summary gives each setting's mean accuracy, its mean change against the first setting,
-the networks lowered / raised, and Kendall's tau against the report's fine-tuned accuracy.
+logistic head with L2 penalty L; `--stitches-only` freezes the head. Over the random networks among
+those chosen (all by default) the summary gives each setting's mean accuracy, its mean change against
+the first setting, the networks lowered / raised, and Kendall's tau against the report's fine-tuned
+accuracy.
 
 A diagnostic, not a protocol option: for the run, `modulenet_jax.tune`'s `optimizer` and `TRAINABLE`
 are replaced, and `protocol.tune_stitches` is wrapped to record the losses that `protocol.tune` drops.
