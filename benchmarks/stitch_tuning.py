@@ -82,8 +82,8 @@ def load(report_path: str, config_name: str, overrides: list[str], **protocol_ch
     cpu_runtime.configure()
     config = load_config(config_name, overrides)
     dataset, kb = load_data(config.data), load_knowledge(config.knowledge)
-    base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction")
-    base = dataclasses.replace(base, **{k: v for k, v in protocol_changes.items() if v is not None})
+    base = dataclasses.replace(Protocol(**report["base_protocol"]), bn="from_junction",
+                               **{k: v for k, v in protocol_changes.items() if v is not None})
     val_size = int(report["val"].split("[")[1].split()[0])
     val = protocol_split(dataset, "val", val_size)
     if val.description != report["val"]:

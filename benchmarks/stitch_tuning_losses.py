@@ -14,8 +14,8 @@ those chosen (all by default) the summary gives each setting's mean accuracy, it
 the first setting, the networks lowered / raised, and Kendall's tau against the report's fine-tuned
 accuracy.
 
-A diagnostic, not a protocol option: for the run, `modulenet_jax.tune`'s `optimizer` and `TRAINABLE`
-are replaced, and `protocol.tune_stitches` is wrapped to record the losses that `protocol.tune` drops.
+A diagnostic, not a protocol option: for the run, `modulenet_jax.tune`'s `optimizer` is given another
+optax optimizer and its `TRAINABLE` replaced, and `protocol.tune_stitches` is wrapped to record the losses that `protocol.tune` drops.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -55,14 +56,7 @@ def tuning(name: str, trainable: tuple[str, ...], losses: list):
     """Within it the protocol tunes `trainable` with optimizer `name`, appending each network's
     losses (before every step, after the last) to `losses`."""
     saved = tune.optimizer, tune.TRAINABLE, protocol.tune_stitches
-    make = OPTIMIZERS[name]
-
-    def optimizer(learning_rate):
-        def labels(tree):
-            return {k: jax.tree_util.tree_map(lambda _: "train" if k in trainable else "frozen", v)
-                    for k, v in tree.items()}
-
-        return optax.multi_transform({"train": make(learning_rate), "frozen": optax.set_to_zero()}, labels)
+    optimizer = functools.partial(saved[0], make=OPTIMIZERS[name])
 
     def recorded(*args, **kwargs):
         stitches, head, values = saved[2](*args, **kwargs)

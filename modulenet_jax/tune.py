@@ -19,13 +19,14 @@ import optax
 TRAINABLE = ("stitches", "head")
 
 
-def optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam on the stitches and the head; `set_to_zero` on every module param."""
+def optimizer(learning_rate: float, make=optax.adam) -> optax.GradientTransformation:
+    """`make` (Adam) on the `TRAINABLE` parts, the stitches and the head; `set_to_zero` on every
+    module param."""
     def labels(tree):
         return {k: jax.tree_util.tree_map(lambda _: "train" if k in TRAINABLE else "frozen", v)
                 for k, v in tree.items()}
 
-    return optax.multi_transform({"train": optax.adam(learning_rate), "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"train": make(learning_rate), "frozen": optax.set_to_zero()}, labels)
 
 
 def tune_stitches(forward, modules, stitches, head, x, labels, steps: int, learning_rate):
