@@ -9,8 +9,9 @@ registered ops themselves run with `groups=P` (`GROUPED_OPS`: the CIFAR ResNets 
 params stacked over the group and reshaped for it (`grouped_params`), with per-genotype stitches
 and masks around them: the same grouped convolutions, no transpose between them. Fitting needs
 nothing more: BatchNorm statistics are per channel, so per genotype, and each stitch is solved on
-its genotype's channels. Genotype by genotype they give exactly what the op gives on one genotype
-(`tests/test_grouped.py`; the whole protocol: `tests/test_population.py`).
+its genotype's channels. Genotype by genotype they give what the op gives on one genotype, to
+the last bit or the backend's summation order (`tests/test_grouped.py`), and the per-module
+path's correct counts over the whole protocol (`tests/test_population.py`).
 """
 
 from __future__ import annotations
