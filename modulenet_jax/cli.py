@@ -23,7 +23,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from modulenet_jax.errors import EXIT_USAGE, PATH_ERRORS, UserError, one_line, require_extra
+from modulenet_jax.errors import PATH_ERRORS, UserError, one_line, report, require_extra
 
 EXIT_INTERRUPTED = 130
 CONFIG_HELP = "a packaged config's name (e.g. cifar10_resnet) or a path to a .py file"
@@ -737,8 +737,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(f"{e.prog}: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(e.prog, e)
     args.argv = argv
     command = " ".join(filter(None, (args.command, getattr(args, "kb_command", None),
                                      getattr(args, "runs_command", None))))
@@ -751,8 +750,7 @@ def main(argv=None) -> int:
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:
             raise
-        print(f"modulenet {command}: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
+        return report(f"modulenet {command}", e)
     except BaseException as e:
         if args.debug or ctrl_c(e) is None:
             raise

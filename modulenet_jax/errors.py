@@ -23,6 +23,12 @@ def one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+def report(prog: str, error) -> int:
+    """Prints bad input as the one line `<prog>: error: <message>` on stderr; the exit status."""
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def run_script(parser, run, argv=None):
     """`run(parser.parse_args(argv))` with the `modulenet` command's handling of bad input, for the
     scripts run as `python -m` (benchmarks): a `UserError` or a missing or wrong path prints one line,
@@ -34,8 +40,7 @@ def run_script(parser, run, argv=None):
     except (UserError, *PATH_ERRORS) as e:
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(report(parser.prog, e)) from None
 
 
 def require_extra(module: str, extra: str, purpose: str, instead: str = ""):
