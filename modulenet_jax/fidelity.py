@@ -25,7 +25,7 @@ from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.jsonfile import difference, read_json
 from modulenet_jax.knowledge import KnowledgeBase
 from modulenet_jax.network import evaluate, from_fitted
-from modulenet_jax.protocol import Protocol
+from modulenet_jax.protocol import Protocol, inert_fields
 from modulenet_jax.ranking import agreement, kendall
 from modulenet_jax.space import Architecture, SearchSpace
 
@@ -68,12 +68,32 @@ def sample_genotypes(kb: KnowledgeBase, granularities, per_granularity: int, see
     return [a for group in zip(*per_kind) for a in group]
 
 
+def _without_inert(settings: dict, inert) -> dict:
+    """`settings` without the protocol fields `inert` names, in the base protocol and each variant."""
+    def drop(fields):
+        return {k: v for k, v in fields.items() if k not in inert} if isinstance(fields, dict) else fields
+
+    variants = settings.get("variants")
+    return {**settings, "base_protocol": drop(settings.get("base_protocol")),
+            "variants": {n: drop(v) for n, v in variants.items()} if isinstance(variants, dict) else variants}
+
+
+def _protocols(settings: dict) -> list[dict]:
+    """The protocols a measurement's settings score with: the base and each variant over it."""
+    base, variants = settings.get("base_protocol"), settings.get("variants")
+    if not isinstance(base, dict) or not isinstance(variants, dict):
+        return []  # not a measurement's settings: the comparison names the difference
+    return [base, *({**base, **v} for v in variants.values() if isinstance(v, dict))]
+
+
 def _resume_settings(path: Path, settings: dict, results: Path) -> None:
     """A results folder holds one measurement: its settings are written with its first results and
-    must be the same to resume it (the rows measured under others would be reported as these)."""
+    must be the same to resume it (the rows measured under others would be reported as these), but
+    for protocol fields that change no result of either (`protocol.inert_fields`)."""
     if path.is_file():
         there = read_json(path, "fidelity measurement's settings", "delete the folder, or choose another --out")
-        changed = difference(there, settings)
+        inert = inert_fields(_protocols(there) + _protocols(settings))
+        changed = difference(_without_inert(there, inert), _without_inert(settings, inert))
         if changed:
             raise UserError(f"{path.parent} holds a measurement with other settings ({changed}); choose another "
                             f"--out, or delete the folder to measure again")

@@ -128,6 +128,13 @@ class Protocol:
         return {"source": False, "recalibrate": True, "from_junction": mixed}[self.bn]
 
 
+def inert_fields(protocols) -> tuple[str, ...]:
+    """The fields that change no result of any of `protocols` (dicts of `Protocol` fields): the
+    stitches' learning rate where none of them tunes its stitches. Saved work that differs from the
+    current settings only there may resume (a folder made before that default changed)."""
+    return ("stitch_lr",) if all(p.get("stitch_steps", Protocol.stitch_steps) == 0 for p in protocols) else ()
+
+
 def numerics(protocol: Protocol):
     """The scope in which the protocol's convolutions run at its precision (`zoo.layers.numerics`
     of its dtype). Entered by the protocol's functions that run modules and by the drivers

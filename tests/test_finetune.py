@@ -1,6 +1,7 @@
 """`modulenet finetune DIR`: an exported network trained in its folder, loadable with the same
 call afterwards; the fidelity measurement fine-tunes through the same trainer."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -102,6 +103,16 @@ def test_fidelity_fine_tunes_through_the_trainer(tiny_kb, tiny_dataset, tmp_path
     again = measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}, "plain": {"stitch": False}}, networks,
                     settings, 32, 0, tmp_path, log=lambda m: None)
     assert again["rows"] == report["rows"]  # resumed from results.jsonl, nothing fine-tuned again
+    other_rate = dataclasses.replace(PROTOCOL, stitch_lr=PROTOCOL.stitch_lr * 10)  # inert: nothing tunes
+    assert measure(tiny_kb, tiny_dataset, other_rate, {"stitch": {}, "plain": {"stitch": False}}, networks,
+                   settings, 32, 0, tmp_path, log=lambda m: None)["rows"] == report["rows"]
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    (tmp_path / "settings.json").write_text(json.dumps({**saved, "variants": {"stitch": {"stitch_steps": 2},
+                                                                             "plain": {"stitch": False}}}))
+    with pytest.raises(UserError, match=r"other settings \(base_protocol: "):  # a tuned variant: the rate counts
+        measure(tiny_kb, tiny_dataset, other_rate, {"stitch": {"stitch_steps": 2}, "plain": {"stitch": False}},
+                networks, settings, 32, 0, tmp_path, log=print)
+    (tmp_path / "settings.json").write_text(json.dumps(saved))
     with pytest.raises(UserError, match=r"holds a measurement with other settings \(variants: "):
         measure(tiny_kb, tiny_dataset, PROTOCOL, {"stitch": {}}, networks, settings, 32, 0, tmp_path, log=print)
     with pytest.raises(UserError, match=r"other settings \(finetune: "):  # its rows would pass for these

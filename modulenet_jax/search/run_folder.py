@@ -35,6 +35,7 @@ from modulenet_jax.atomic import write_atomic
 from modulenet_jax.checks import check_writable
 from modulenet_jax.config import from_dict
 from modulenet_jax.errors import UserError
+from modulenet_jax.protocol import inert_fields
 from modulenet_jax.schema import BUDGET_KEYS, BY_KEY, REQUIRED
 
 CONFIG, STATE, HISTORY, LOG = "config.json", "state.json", "history.jsonl", "log.txt"
@@ -62,8 +63,9 @@ def _inert(there: dict, here: dict) -> tuple[str, ...]:
     """Fields that change nothing in either run, so a difference in them does not stop a resume:
     the stitches' learning rate where neither run tunes them (a folder made before its default
     changed resumes under the new one)."""
-    untuned = there.get("protocol.stitch_steps") == 0 == here.get("protocol.stitch_steps")
-    return ("protocol.stitch_lr",) if untuned else ()
+    protocols = [{k.removeprefix("protocol."): v for k, v in flat.items() if k.startswith("protocol.")}
+                 for flat in (there, here)]
+    return tuple(f"protocol.{k}" for k in inert_fields(protocols))
 
 
 def read_json(path: Path, what: str, kind: type = dict):
