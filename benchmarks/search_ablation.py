@@ -42,6 +42,8 @@ VARIANTS = {
     "random-uniform": {"algorithm": "random", "continue_run_prob": 0.0},
     "nsga2-immigrants": {"immigrants": 3},
     "nsga2-no-shrink": {"shrink_prob": 0.0},
+    "nsga2-shrink-0.1": {"shrink_prob": 0.1},
+    "nsga2-shrink-0.5": {"shrink_prob": 0.5},
     "nsga2-no-seeds": {"seed_sources": False},
     "nsga2-no-junction-bias": {"continue_run_prob": 0.0},
     "nsga2-uniform-crossover": {"crossover": "uniform"},
