@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from pathlib import Path
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
@@ -25,7 +23,7 @@ from modulenet_jax.errors import UserError, run_script
 from modulenet_jax.search.runner import Run
 from modulenet_jax.space import Architecture
 
-from .throughput import device_name
+from .throughput import device_name, write_report
 
 
 def droppable(run: Run, base: str) -> list[str]:
@@ -134,10 +132,7 @@ def run_parsed(args):
             raise UserError(f"{s} is not a source of the knowledge base; choose from {', '.join(run.kb.sources)}")
     report = measure(run, args.base, args.target, args.per_stage, args.width, args.top, config.final.size)
     report["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report) + f"\n\nWall time: {report['seconds']} s.\n")
+    write_report(report, markdown(report) + f"\n\nWall time: {report['seconds']} s.", args.out, args.name)
     print(markdown(report))
 
 

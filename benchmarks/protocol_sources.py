@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import fit_split, protocol_split
@@ -26,7 +24,7 @@ from modulenet_jax.evaluate import Evaluator, evaluate_published
 from modulenet_jax.search.runner import load_data, load_knowledge, make_protocol
 from modulenet_jax.space import Architecture
 
-from .throughput import device_name
+from .throughput import device_name, write_report
 
 
 def measure(kb, dataset, base, bns, fit_sizes, final_size, seed: int, log=print) -> dict:
@@ -80,10 +78,7 @@ def run_parsed(args):
     report = measure(load_knowledge(config.knowledge), load_data(config.data), make_protocol(config.protocol),
                      args.bn, args.fit_images, config.final.size, config.data.fit_seed)
     report["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report) + f"\n\nWall time: {report['seconds']} s.\n")
+    write_report(report, markdown(report) + f"\n\nWall time: {report['seconds']} s.", args.out, args.name)
     print(markdown(report))
 
 
