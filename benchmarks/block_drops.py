@@ -19,9 +19,9 @@ import time
 
 from modulenet_jax.config import load_config
 from modulenet_jax.data import protocol_split
-from modulenet_jax.errors import UserError, run_script
+from modulenet_jax.errors import run_script
 from modulenet_jax.search.runner import Run
-from modulenet_jax.space import Architecture
+from modulenet_jax.space import Architecture, is_transition
 
 from .throughput import device_name, write_report
 
@@ -29,12 +29,8 @@ from .throughput import device_name, write_report
 def droppable(run: Run, base: str) -> list[str]:
     """The base's blocks a network can do without: all but each stage's first block where that
     one changes the resolution or the width (nothing else could take its place)."""
-    out = []
-    for m in Architecture.of_source(run.kb, base).modules:
-        spec = run.kb.record(m).spec
-        if spec.kind == "block" and spec.stride == 1 and spec.in_channels == spec.out_channels:
-            out.append(m)
-    return out
+    return [m for m in Architecture.of_source(run.kb, base).modules
+            if run.kb.record(m).spec.kind == "block" and not is_transition(run.kb.record(m))]
 
 
 def without(run: Run, base: str, drops) -> Architecture:
@@ -64,20 +60,21 @@ def measure(run: Run, base: str, target: str, per_stage: int, width: float, top:
         return [{"drop": [m.split("/", 1)[1] for m in d], "params": ev.params, "junctions": ev.junctions,
                  "correct": ev.correct} for d, ev in zip(drop_sets, evs)]
 
+    sources = {}
+    for s in (base, target):
+        arch = Architecture.of_source(run.kb, s)
+        sources[s] = {"params": run.evaluator.cost(arch)[0], "val": run.evaluator.evaluate(arch, run.val).correct,
+                      "final": run.evaluator.evaluate(arch, final).correct}
     t = time.time()
     singles = score([[m] for m in droppable(run, base)], run.val)
     log(f"{len(singles)} single drops on validation ({time.time() - t:.0f} s)")
     by_id = {f"{base}/{r['drop'][0]}": r["correct"] for r in singles}
-    high = run.evaluator.cost(Architecture.of_source(run.kb, target))[0]
+    high = sources[target]["params"]
     combos = list(combinations(run, base, by_id, per_stage, int(high * (1 - width)), high))
     t = time.time()
     combined = sorted(score(combos, run.val), key=lambda r: -r["correct"])
     log(f"{len(combined)} combinations on validation ({time.time() - t:.0f} s)")
     chosen = [[f"{base}/{m}" for m in r["drop"]] for r in combined[:top]]
-    sources = {s: {"params": run.evaluator.cost(Architecture.of_source(run.kb, s))[0],
-                   "val": run.evaluator.evaluate(Architecture.of_source(run.kb, s), run.val).correct,
-                   "final": run.evaluator.evaluate(Architecture.of_source(run.kb, s), final).correct}
-               for s in (base, target)}
     finals = score(chosen, final)
     for r, f in zip(combined, finals):
         r["final"] = f["correct"]
@@ -128,8 +125,7 @@ def run_parsed(args):
     t0 = time.time()
     run = Run.from_config(config, evaluate_only=True)
     for s in (args.base, args.target):
-        if s not in run.kb.sources:
-            raise UserError(f"{s} is not a source of the knowledge base; choose from {', '.join(run.kb.sources)}")
+        run.space.check_source(s)
     report = measure(run, args.base, args.target, args.per_stage, args.width, args.top, config.final.size)
     report["seconds"] = round(time.time() - t0, 1)
     write_report(report, markdown(report) + f"\n\nWall time: {report['seconds']} s.", args.out, args.name)

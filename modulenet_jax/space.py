@@ -203,7 +203,8 @@ class IntegerGenotypes:
         return self.repair(g)
 
 
-def _is_transition(r: ModuleRecord) -> bool:
+def is_transition(r: ModuleRecord) -> bool:
+    """Does the module change the resolution or the width? (Only such a block opens a stage.)"""
     return r.spec.stride > 1 or r.spec.in_channels != r.spec.out_channels
 
 
@@ -229,8 +230,8 @@ class SearchSpace(IntegerGenotypes):
         self.first_choices, self.other_choices = {}, {}
         for s in stages:
             all_blocks = [r for src in self.sources for r in self.blocks[s][src]]
-            transition = [r for r in all_blocks if _is_transition(r)]
-            regular = [r for r in all_blocks if not _is_transition(r)]
+            transition = [r for r in all_blocks if is_transition(r)]
+            regular = [r for r in all_blocks if not is_transition(r)]
             self.first_choices[s] = transition or regular
             self.other_choices[s] = regular
         self.depth_range = {}
