@@ -108,22 +108,31 @@ def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=F
 
 
 def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False, *,
-               groups: int):
+               groups: int, gate=None):
     """`protocol.fit_module` for the group, in the layout: each genotype's stitch solved on its
-    own channels towards its target (`target`: `[P, ...]`), the op run with `groups` (its
-    BatchNorm statistics are per channel, so each genotype's own), masks per genotype."""
-    stitch = None
-    if protocol.stitch and junction is not False:
+    own channels towards its target (`target`: `[P, ...]`, under the fused program's `gate`),
+    the op run with `groups` (its BatchNorm statistics are per channel, so each genotype's own),
+    masks per genotype."""
+    def make():
         solve = jax.vmap(functools.partial(core.solve_stitch, protocol), in_axes=(3, 0))
         stitch = solve(per_genotype(x, groups), target)
         if junction is not True:
             stitch = jax.vmap(core.unused_as_zeros)(stitch, junction, active)
-    y, used = run_masked(op, params, stitched(stitch, x, junction, groups), x, groups, active, calibrate)
+        return stitched(stitch, x, junction, groups), stitch
+
+    if protocol.stitch and junction is not False:
+        x_in, stitch = core.gated(gate, make, lambda: (x, core.zeros_like_stitch(make)))
+    else:
+        x_in, stitch = x, None
+    y, used = run_masked(op, params, x_in, x, groups, active, calibrate)
     return y, core.ModuleFit(used, stitch)
 
 
-def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None):
-    """`protocol.apply_fitted` for the group: stitch (at each genotype's junction), the
-    registered op itself run with `groups`, and where `active` (`[P]`) is False the input passed
-    through."""
-    return run_masked(op, fit.params, stitched(fit.stitch, x, junction, groups), x, groups, active)[0]
+def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None, *, gate=None):
+    """`protocol.apply_fitted` for the group (`x` a batch or a tuple of batches): stitch (at
+    each genotype's junction, under the fused program's `gate`), the registered op itself run
+    with `groups`, and where `active` (`[P]`) is False the input passed through."""
+    xs = x if isinstance(x, tuple) else (x,)
+    xs_in = core.gated(gate, lambda: tuple(stitched(fit.stitch, b, junction, groups) for b in xs), lambda: xs)
+    ys = tuple(run_masked(op, fit.params, b_in, b, groups, active)[0] for b_in, b in zip(xs_in, xs))
+    return ys if isinstance(x, tuple) else ys[0]

@@ -139,23 +139,27 @@ def slot_masks(kind: str, active, junction):
 def chunk_presence(protocol: Protocol, slots):
     """What the chunk needs, per slot: `(some_active, some_junction)`, boolean vectors over the
     layout's slots (`slots` stacked over the chunk; `some_junction` None without stitches).
-    Computed outside the vmap, they are the chunk's, not a genotype's: `when_present` skips a
-    slot no genotype reaches and the stitch of a slot where none has a junction."""
+    Computed outside the vmap, they are the chunk's, not a genotype's: `when_reached` skips a
+    slot no genotype reaches, and the slot's `stitch_gate` a stitch where none has a junction."""
     _, active, junction = slots
     return jnp.any(active, axis=0), (jnp.any(junction, axis=0) if protocol.stitch else None)
 
 
-def when_present(kind: str, present, run: Callable, skip: Callable):
-    """`run(True)` (the slot's module, its stitch used at the genotype's junction) as far as the
-    chunk needs it: `run(False)` (no stitch) where no genotype of the chunk has a junction at
-    the slot, `skip()` (the input passed through) where none reaches it. Each branch gives
-    exactly what the masks give there; a stitch the cheaper branch does not make comes back as
-    zeros, as a masked unused stitch does. `present` = this slot's `chunk_presence` (None: run
-    everything); the stem and a stage's first slot are always reached."""
-    if present is None or kind == "stem":
-        return run(True)
-    some_active, some_junction = present
-    full = jax.eval_shape(lambda: run(True))
+def stitch_gate(kind: str, present):
+    """The slot's `protocol.stitch_gate` from its `chunk_presence` (None: no gate; the stem,
+    never at a junction, has none)."""
+    return None if present is None or kind == "stem" else core.stitch_gate(present[1])
+
+
+def when_reached(kind: str, present, run: Callable, skip: Callable):
+    """`run()` (the slot's module) where some genotype of the chunk reaches the slot, `skip()`
+    (the input passed through) where none does: exactly what the masks give there, a stitch the
+    skip does not make coming back as zeros, as a masked unused stitch does. `present` = this
+    slot's `chunk_presence` (None: run everything); the stem and a stage's first slot are
+    always reached."""
+    if present is None or kind != "other":
+        return run()
+    full = jax.eval_shape(run)
 
     def fill(out):
         def one(o, like):
@@ -165,14 +169,7 @@ def when_present(kind: str, present, run: Callable, skip: Callable):
 
         return jax.tree_util.tree_map(one, out, full, is_leaf=lambda n: n is None)
 
-    def module():
-        if some_junction is None:
-            return fill(run(True))
-        return jax.lax.cond(some_junction, lambda: fill(run(True)), lambda: fill(run(False)))
-
-    if kind == "first":
-        return module()
-    return jax.lax.cond(some_active, module, lambda: fill(skip()))
+    return jax.lax.cond(present[0], run, lambda: fill(skip()))
 
 
 def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None, groups: int | None = None):
@@ -187,8 +184,8 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
     hooks, begin = {}, core.start
     if groups is not None:
         hooks = {"fit": functools.partial(grouped.fit_module, groups=groups),
-                 "apply": lambda op, fit, x, junction, active: grouped.apply_fitted(op, fit, x, groups, junction,
-                                                                                     active),
+                 "apply": lambda op, fit, x, junction, active, gate=None: grouped.apply_fitted(
+                     op, fit, x, groups, junction, active, gate=gate),
                  "fold": lambda op, fit: jax.vmap(functools.partial(core.folded, op))(fit)}
         begin = functools.partial(core.start, prepare=group_inputs)
 
@@ -199,10 +196,11 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
         target = None if bank["targets"] is None else bank["targets"][i]
         params = _take(bank["params"], i)
 
-        def run(stitch: bool):
-            return core.step(protocol, op, params, state, target, junction if stitch else False, active, **hooks)
+        def run():
+            return core.step(protocol, op, params, state, target, junction, active, gate=stitch_gate(slot[0], here),
+                             **hooks)
 
-        return when_present(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
+        return when_reached(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
 
     per_slot = layout.per_slot((tuple(jnp.moveaxis(jnp.asarray(m), -1, 0) for m in slots), present))
     return walk(layout, per_slot, begin(protocol, images, mean, std), visit)
@@ -217,25 +215,23 @@ def tune_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, i
                      labels[:protocol.stitch_images])
 
 
-def network_logits(layout: Layout, slots, fits, head, x, present=None, batches: bool = False):
+def network_logits(layout: Layout, slots, fits, head, x, present=None):
     """Logits of a fitted genotype (`fits` in `Layout.per_slot`'s structure, as fitted or
-    `inference_fits`) on preprocessed images `x`, one batch; with `batches`, `x` is a tuple of
-    batches that move through the network together, slot by slot, so that the chunk's
-    conditionals at a slot run once for all of them (logits: a tuple too)."""
-    def each(f, x):
-        return tuple(map(f, x)) if batches else f(x)
-
+    `inference_fits`) on preprocessed images `x`, one batch, or a tuple of batches that move
+    through the network together, slot by slot, so that the chunk's conditionals at a slot run
+    once for all of them (logits: a tuple too)."""
     def visit(op, slot, data, x):
         (fit, active, junction), here = data
         active, junction = slot_masks(slot[0], active, junction)
 
-        def run(stitch: bool):
-            return each(lambda xb: core.apply_fitted(op, fit, xb, junction if stitch else False, active), x)
+        def run():
+            return core.apply_fitted(op, fit, x, junction, active, gate=stitch_gate(slot[0], here))
 
-        return when_present(slot[0], here, run, lambda: x), None
+        return when_reached(slot[0], here, run, lambda: x), None
 
     x, _ = walk(layout, _slot_data(layout, fits, slots[1:], present), x, visit)
-    return each(lambda xb: core.head_logits(head, core.pool(xb)), x)
+    logits = tuple(core.head_logits(head, core.pool(xb)) for xb in (x if isinstance(x, tuple) else (x,)))
+    return logits if isinstance(x, tuple) else logits[0]
 
 
 def _slot_data(layout: Layout, fits, masks, present):
@@ -274,7 +270,7 @@ def score_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, 
     def together(batches):
         x, y, v = batches
         x = tuple(core.prepare(protocol, x[j], mean, std) for j in range(k))
-        logits = jnp.stack(network_logits(layout, slots, fits, head, x, present, batches=True))
+        logits = jnp.stack(network_logits(layout, slots, fits, head, x, present))
         return jax.vmap(core.score_logits)(logits, y, v)
 
     split = jax.tree_util.tree_map(lambda a: a.reshape((len(a) // k, k) + a.shape[1:]), (images, labels, valid))
@@ -330,10 +326,10 @@ def group_logits(layout: Layout, slots, fits, heads, xs, present):
         (fit, active, junction), here = data
         active, junction = slot_masks(slot[0], active, junction)
 
-        def run(stitch: bool):
-            return tuple(grouped.apply_fitted(op, fit, x, P, junction if stitch else False, active) for x in xs)
+        def run():
+            return grouped.apply_fitted(op, fit, xs, P, junction, active, gate=stitch_gate(slot[0], here))
 
-        return when_present(slot[0], here, run, lambda: xs), None
+        return when_reached(slot[0], here, run, lambda: xs), None
 
     xs, _ = walk(layout, _slot_data(layout, fits, [m.T for m in slots[1:]], present), xs, visit)
     return tuple(group_head_logits(heads, x) for x in xs)

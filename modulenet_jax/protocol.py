@@ -243,18 +243,54 @@ def unused_as_zeros(stitch, junction, active=None):
     return jax.tree_util.tree_map(lambda a: jnp.where(used, a, jnp.zeros_like(a)), stitch)
 
 
-def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False):
-    """One module on the fit pass `x`: its stitch (solved where `junction` may hold; a stitch
-    that is not used is zero), BatchNorm statistics (recalibrated where `calibrate` holds), and
-    forward. `junction`, `active` and `calibrate` are Python bools (None: no mask) when known
-    while tracing, or boolean arrays inside the fused program (`active` False: the slot is past
-    the network's depth and passes `x` through). Returns `(y, ModuleFit)`."""
-    stitch = None
+def stitch_gate(some_junction):
+    """The fused program's gate on a slot's stitch: made only where `some_junction` (does some
+    genotype of the group have a junction at the slot? a boolean array) holds, by a conditional
+    around the stitch alone, so the module after it is compiled once. None (no gate) for None."""
+    if some_junction is None:
+        return None
+
+    def gate(make, without):
+        return jax.lax.cond(some_junction, make, without)
+
+    return gate
+
+
+def gated(gate, make, without):
+    """`make()`, or under a `stitch_gate` `without()` where no genotype has a junction at the
+    slot: what `make` gives there (its input unstitched, an unused stitch's zeros)."""
+    return make() if gate is None else gate(make, without)
+
+
+def zeros_like_stitch(make):
+    """Zeros of the stitch `make()` returns second, as an unused stitch holds (`unused_as_zeros`)."""
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(make)[1])
+
+
+def fit_stitch(protocol: Protocol, x, target, junction, active=None):
+    """The junction's stitch solved on the fit pass `x` (zero where `junction` does not hold)
+    and the module's input through it: `(stitched x, stitch)`."""
+    stitch = solve_stitch(protocol, x, target)
+    if junction is not True:
+        stitch = unused_as_zeros(stitch, junction, active)
+    return stitched(stitch, x, junction), stitch
+
+
+def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False, *,
+               gate=None):
+    """One module on the fit pass `x`: its stitch (`fit_stitch`, under the fused program's
+    `gate`), BatchNorm statistics (recalibrated where `calibrate` holds), and forward.
+    `junction`, `active` and `calibrate` are Python bools (None: no mask) when known while
+    tracing, or boolean arrays inside the fused program (`active` False: the slot is past the
+    network's depth and passes `x` through). Returns `(y, ModuleFit)`."""
+    def make():
+        return fit_stitch(protocol, x, target, junction, active)
+
     if protocol.stitch and junction is not False:
-        stitch = solve_stitch(protocol, x, target)
-        if junction is not True:
-            stitch = unused_as_zeros(stitch, junction, active)
-    y, params_used = run_masked(op, params, stitched(stitch, x, junction), x, active, calibrate)
+        x_in, stitch = gated(gate, make, lambda: (x, zeros_like_stitch(make)))
+    else:
+        x_in, stitch = x, None
+    y, params_used = run_masked(op, params, x_in, x, active, calibrate)
     return y, ModuleFit(params_used, stitch)
 
 
@@ -266,29 +302,42 @@ def folded(op: tuple, fit: ModuleFit) -> ModuleFit:
     return ModuleFit(fold_batch_norms(*op, fit.params), fit.stitch)
 
 
-def apply_fitted(op: tuple, fit: ModuleFit, x, junction=True, active=None):
-    """One fitted module on a batch: its stitch (at a junction) and forward. (`fit` as fitted,
-    or `folded`: the same function; `zoo.apply_module` is a raw module, without a fit.) Past a
-    genotype's depth (`active` False) the input passes through (`run_masked`)."""
-    return run_masked(op, fit.params, stitched(fit.stitch, x, junction), x, active)[0]
+def apply_fitted(op: tuple, fit: ModuleFit, x, junction=True, active=None, *, gate=None):
+    """One fitted module on a batch, or on a tuple of batches moving through it together: its
+    stitch (at a junction; under the fused program's `gate`, one conditional for all the
+    batches) and forward. (`fit` as fitted, or `folded`: the same function; `zoo.apply_module`
+    is a raw module, without a fit.) Past a genotype's depth (`active` False) the input passes
+    through (`run_masked`)."""
+    xs = x if isinstance(x, tuple) else (x,)
+    xs_in = gated(gate, lambda: tuple(stitched(fit.stitch, b, junction) for b in xs), lambda: xs)
+    ys = tuple(run_masked(op, fit.params, b_in, b, active)[0] for b_in, b in zip(xs_in, xs))
+    return ys if isinstance(x, tuple) else ys[0]
 
 
 def step(protocol: Protocol, op: tuple, params, state: State, target, junction, active=None, *,
-         fit=fit_module, apply=apply_fitted, fold=folded) -> tuple[State, ModuleFit]:
+         fit=fit_module, apply=apply_fitted, fold=folded, gate=None) -> tuple[State, ModuleFit]:
     """One module further: fit it on the fit pass, then move every carried batch through it
     (`folded`: the fitted module's inference form).
 
     `fit`/`apply`/`fold` default to `fit_module`/`apply_fitted`/`folded`; the per-module driver
-    passes their compiled forms so that each compiles once per op and is reused for every batch."""
+    passes their compiled forms so that each compiles once per op and is reused for every batch.
+    The fused program passes its slot's `gate` (`stitch_gate`): then the carried batches move
+    together, their stitches under one conditional."""
     mixed = _or(state.mixed, junction)
+    gated_by = {} if gate is None else {"gate": gate}
     with numerics(protocol):
-        y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed))
-        inference = fold(op, module_fit) if state.features or state.scored else None
-
-        def forward(x):
-            return apply(op, inference, x, junction, active)
-
-        return State(y, tuple(map(forward, state.features)), tuple(map(forward, state.scored)), mixed), module_fit
+        y, module_fit = fit(protocol, op, params, state.fit, target, junction, active, protocol.calibrates(mixed),
+                            **gated_by)
+        batches = state.features + state.scored
+        if not batches:
+            return State(y, (), (), mixed), module_fit
+        inference = fold(op, module_fit)
+        if gate is None:
+            moved = tuple(apply(op, inference, x, junction, active) for x in batches)
+        else:
+            moved = apply(op, inference, batches, junction, active, gate=gate)
+        n = len(state.features)
+        return State(y, moved[:n], moved[n:], mixed), module_fit
 
 
 def _or(a, b):

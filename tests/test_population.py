@@ -16,10 +16,10 @@ import pytest
 
 from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
-from modulenet_jax.protocol import Protocol, numerics
+from modulenet_jax.protocol import Protocol, gated, numerics
 from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, fit_modules,
                                       group_fits, group_logits, inference_fits, network_logits, structure_order,
-                                      when_present)
+                                      stitch_gate, when_reached)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -208,25 +208,29 @@ def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny
 
 
 def test_a_slot_runs_only_what_its_chunk_needs():
-    """`when_present` runs the module with its stitch only where some genotype of the chunk has a
-    junction there, without it where none has, and nothing where no genotype reaches the slot (a
-    stage's first slot always runs): the branches not taken are not executed, which is the point."""
+    """`when_reached` runs a slot's module only where some genotype of the chunk reaches it (a
+    stage's first slot always), and the slot's `stitch_gate` makes its stitch only where some
+    genotype has a junction there (the stem never gates): the branches not taken are not
+    executed, which is the point."""
     x = jnp.arange(4.0)
     ran = []
 
-    def run(stitch: bool):
-        jax.debug.callback(lambda: ran.append(stitch))
-        return x * (3.0 if stitch else 2.0)
+    def traced(name, value):
+        jax.debug.callback(lambda: ran.append(name))
+        return value
 
-    slot = jax.jit(lambda kind, active, junction: when_present(kind, (active, junction), run, lambda: x),
-                   static_argnums=0)
-    for kind, active, junction, out, runs in (("other", False, False, x, []), ("other", True, False, 2 * x, [False]),
-                                              ("other", True, True, 3 * x, [True]),
-                                              ("first", False, False, 2 * x, [False])):
+    module = jax.jit(lambda kind, active: when_reached(kind, (active, None), lambda: traced("module", 2 * x),
+                                                       lambda: x), static_argnums=0)
+    stitch = jax.jit(lambda kind, junction: gated(stitch_gate(kind, (True, junction)),
+                                                  lambda: traced("stitch", x + 1), lambda: x), static_argnums=0)
+    for run, kind, flag, out, runs in ((module, "other", False, x, []), (module, "other", True, 2 * x, ["module"]),
+                                       (module, "first", False, 2 * x, ["module"]),
+                                       (stitch, "other", False, x, []), (stitch, "first", True, x + 1, ["stitch"]),
+                                       (stitch, "stem", False, x + 1, ["stitch"])):
         ran.clear()
-        y = slot(kind, jnp.bool_(active), jnp.bool_(junction))
+        y = run(kind, jnp.bool_(flag))
         jax.effects_barrier()
-        assert np.array_equal(y, out) and ran == runs, (kind, active, junction, ran)
+        assert np.array_equal(y, out) and ran == runs, (kind, flag, ran)
 
 
 @pytest.mark.parametrize("variant", ["logistic+stitch+from_junction", "ridge+stitch+source"])
