@@ -198,6 +198,9 @@ def fit(model, variables: dict, train: Split, settings: Settings, evaluation: Sp
         restored = _restore(manager, start, state)
         state = TrainState(**restored)
         log(f"resuming after epoch {start} of {settings.epochs}")
+    # committed to the device as a restored state is, so a fit resumed in this process reuses the
+    # compiled step (an uncommitted state's program is another one)
+    state = jax.device_put(state, jax.devices()[0])
     metrics = [m for m in metrics if m["epoch"] <= start]
     if metrics_path is not None:
         Path(metrics_path).write_text("".join(json.dumps(m) + "\n" for m in metrics))
