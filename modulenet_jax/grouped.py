@@ -121,7 +121,7 @@ def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, 
         return stitched(stitch, x, junction, groups), stitch
 
     if protocol.stitch and junction is not False:
-        x_in, stitch = core.gated(gate, make, lambda: (x, core.zeros_like_stitch(make)))
+        x_in, stitch = core.gated(gate, make, lambda: (x, core.zeros_of(jax.eval_shape(make)[1])))
     else:
         x_in, stitch = x, None
     y, used = run_masked(op, params, x_in, x, groups, active, calibrate)

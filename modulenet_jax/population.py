@@ -140,12 +140,12 @@ def chunk_presence(protocol: Protocol, slots):
     """What the chunk needs, per slot: `(some_active, some_junction)`, boolean vectors over the
     layout's slots (`slots` stacked over the chunk; `some_junction` None without stitches).
     Computed outside the vmap, they are the chunk's, not a genotype's: `when_reached` skips a
-    slot no genotype reaches, and the slot's `stitch_gate` a stitch where none has a junction."""
+    slot no genotype reaches, and the slot's `slot_gate` a stitch where none has a junction."""
     _, active, junction = slots
     return jnp.any(active, axis=0), (jnp.any(junction, axis=0) if protocol.stitch else None)
 
 
-def stitch_gate(kind: str, present):
+def slot_gate(kind: str, present):
     """The slot's `protocol.stitch_gate` from its `chunk_presence` (None: no gate; the stem,
     never at a junction, has none)."""
     return None if present is None or kind == "stem" else core.stitch_gate(present[1])
@@ -164,7 +164,7 @@ def when_reached(kind: str, present, run: Callable, skip: Callable):
     def fill(out):
         def one(o, like):
             if o is None:
-                return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+                return core.zeros_of(like)
             return jnp.broadcast_to(jnp.asarray(o, like.dtype), like.shape)
 
         return jax.tree_util.tree_map(one, out, full, is_leaf=lambda n: n is None)
@@ -197,7 +197,7 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
         params = _take(bank["params"], i)
 
         def run():
-            return core.step(protocol, op, params, state, target, junction, active, gate=stitch_gate(slot[0], here),
+            return core.step(protocol, op, params, state, target, junction, active, gate=slot_gate(slot[0], here),
                              **hooks)
 
         return when_reached(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
@@ -225,7 +225,7 @@ def network_logits(layout: Layout, slots, fits, head, x, present=None):
         active, junction = slot_masks(slot[0], active, junction)
 
         def run():
-            return core.apply_fitted(op, fit, x, junction, active, gate=stitch_gate(slot[0], here))
+            return core.apply_fitted(op, fit, x, junction, active, gate=slot_gate(slot[0], here))
 
         return when_reached(slot[0], here, run, lambda: x), None
 
@@ -327,7 +327,7 @@ def group_logits(layout: Layout, slots, fits, heads, xs, present):
         active, junction = slot_masks(slot[0], active, junction)
 
         def run():
-            return grouped.apply_fitted(op, fit, xs, P, junction, active, gate=stitch_gate(slot[0], here))
+            return grouped.apply_fitted(op, fit, xs, P, junction, active, gate=slot_gate(slot[0], here))
 
         return when_reached(slot[0], here, run, lambda: xs), None
 

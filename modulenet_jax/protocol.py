@@ -262,9 +262,11 @@ def gated(gate, make, without):
     return make() if gate is None else gate(make, without)
 
 
-def zeros_like_stitch(make):
-    """Zeros of the stitch `make()` returns second, as an unused stitch holds (`unused_as_zeros`)."""
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(make)[1])
+def zeros_of(shapes):
+    """Zeros of every shape and dtype of a pytree of arrays or `ShapeDtypeStruct`s: what a stitch
+    a branch of the fused program does not make holds, as an unused stitch does
+    (`unused_as_zeros`)."""
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def fit_stitch(protocol: Protocol, x, target, junction, active=None):
@@ -287,7 +289,7 @@ def fit_module(protocol: Protocol, op: tuple, params, x, target, junction, activ
         return fit_stitch(protocol, x, target, junction, active)
 
     if protocol.stitch and junction is not False:
-        x_in, stitch = gated(gate, make, lambda: (x, zeros_like_stitch(make)))
+        x_in, stitch = gated(gate, make, lambda: (x, zeros_of(jax.eval_shape(make)[1])))
     else:
         x_in, stitch = x, None
     y, params_used = run_masked(op, params, x_in, x, active, calibrate)

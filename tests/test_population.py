@@ -19,7 +19,7 @@ from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol, gated, numerics
 from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, fit_modules,
                                       group_fits, group_logits, inference_fits, network_logits, structure_order,
-                                      stitch_gate, when_reached)
+                                      slot_gate, when_reached)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -209,7 +209,7 @@ def test_chunk_presence_names_the_slots_and_stitches_a_chunk_skips(tiny_kb, tiny
 
 def test_a_slot_runs_only_what_its_chunk_needs():
     """`when_reached` runs a slot's module only where some genotype of the chunk reaches it (a
-    stage's first slot always), and the slot's `stitch_gate` makes its stitch only where some
+    stage's first slot always), and the slot's `slot_gate` makes its stitch only where some
     genotype has a junction there (the stem never gates): the branches not taken are not
     executed, which is the point."""
     x = jnp.arange(4.0)
@@ -221,8 +221,8 @@ def test_a_slot_runs_only_what_its_chunk_needs():
 
     module = jax.jit(lambda kind, active: when_reached(kind, (active, None), lambda: traced("module", 2 * x),
                                                        lambda: x), static_argnums=0)
-    stitch = jax.jit(lambda kind, junction: gated(stitch_gate(kind, (True, junction)),
-                                                  lambda: traced("stitch", x + 1), lambda: x), static_argnums=0)
+    stitch = jax.jit(lambda kind, junction: gated(slot_gate(kind, (True, junction)),
+                                                lambda: traced("stitch", x + 1), lambda: x), static_argnums=0)
     for run, kind, flag, out, runs in ((module, "other", False, x, []), (module, "other", True, 2 * x, ["module"]),
                                        (module, "first", False, 2 * x, ["module"]),
                                        (stitch, "other", False, x, []), (stitch, "first", True, x + 1, ["stitch"]),
