@@ -100,7 +100,9 @@ def load_image_folder(root, progress: Progress = NO_PROGRESS) -> tuple[np.ndarra
     """Decodes `root/<class>/<file>` (classes in alphabetical order, files sorted by name).
 
     The decoded arrays are cached under $MODULENET_CACHE (default ~/.cache/modulenet_jax),
-    keyed by the file list, sizes and modification times, so a changed folder is decoded again.
+    keyed by the folder's resolved path and its files' names, sizes and modification times, so a
+    changed folder is decoded again and one folder named two ways (`../shared/...` from one
+    directory, an absolute path from another, a link) is decoded once.
     Files that cannot be decoded are a `UserError` naming each of them (the first few, and how
     many there are); so are images of different sizes.
     """
@@ -109,10 +111,10 @@ def load_image_folder(root, progress: Progress = NO_PROGRESS) -> tuple[np.ndarra
     if not root.is_dir():
         raise FileNotFoundError(f"no image folder at {root}")
     classes, files, labels = _list_image_folder(root)
-    key = hashlib.sha256()
+    key = hashlib.sha256(f"{root.resolve()}\n".encode())
     for f in files:
         st = f.stat()
-        key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        key.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     cache = cache_dir() / f"imagefolder-{key.hexdigest()[:24]}.npz"
     if cache.is_file():
         with np.load(cache) as z:

@@ -1,5 +1,7 @@
 """Datasets: the real ImageFolder (exact counts), protocol splits, TFDS through mock_data."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,16 @@ def test_image_folder_decodes_and_caches(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     again, _, _ = load_image_folder(tmp_path / "data")
     np.testing.assert_array_equal(again, images)
+    # the same folder named relative to another directory, and through a link: no second decode
+    monkeypatch.chdir(tmp_path / "data" / "a_cls")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    for other in (Path("..") / ".." / "data", tmp_path / "link"):
+        np.testing.assert_array_equal(load_image_folder(other)[0], images)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    # a changed file is decoded again
+    Image.new("RGB", (4, 4), (7, 7, 7)).save(tmp_path / "data" / "b_cls" / "1.png")
+    assert load_image_folder(tmp_path / "data")[0][4, 0, 0].tolist() == [7, 7, 7]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
 def test_tfds_cifar10_through_mock_data():
