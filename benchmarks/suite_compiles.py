@@ -2,7 +2,11 @@
 (the running test, the jitted function, seconds), and a summary of the records by function and by
 test file. Compiling is most of a cold test suite (CI's case), so this says what to shrink.
 
-    rm -rf .jax_cache   # else the persistent cache returns most programs and nothing compiles
+JAX times a compile and a load from its persistent cache as one step, so with `.jax_cache/` in
+place the records are mostly loads (a warm suite: about 3,200 records, 33 s); clear it to time the
+compiles:
+
+    rm -rf .jax_cache
     .venv/bin/python -m pytest -q -n 2 --dist loadgroup -p modulenet_jax.benchmarks.suite_compiles
     .venv/bin/python -m modulenet_jax.benchmarks.suite_compiles
 
@@ -23,7 +27,7 @@ from pathlib import Path
 from modulenet_jax.errors import UserError, run_script
 
 FINISHED = re.compile(r"Finished XLA compilation of (\S+) in ([0-9.e+-]+) sec")
-LOGGER = "jax._src.dispatch"  # where JAX reports each backend compile, at DEBUG level
+LOGGER = "jax._src.dispatch"  # where JAX reports each compile (or persistent-cache load), at DEBUG level
 
 
 def records_dir() -> Path:
@@ -75,7 +79,7 @@ def read(folder: Path) -> list[tuple[str, str, float]]:
             rows.append((test, function, float(seconds)))
     if not rows:
         raise UserError(f"no compile records in {folder}; run pytest with -p modulenet_jax.benchmarks.suite_compiles "
-                        f"first, after rm -rf .jax_cache (programs the persistent cache returns are not compiled)")
+                        f"first (after rm -rf .jax_cache to time compiles rather than cache loads)")
     return rows
 
 
