@@ -34,21 +34,25 @@ def records_dir() -> Path:
     return Path(os.environ.get("SUITE_COMPILES", ".suite-compiles"))
 
 
-class _Recorder(logging.Handler):
+def current_test() -> str:
+    """The running test's id, from pytest's `PYTEST_CURRENT_TEST` (`<nodeid> (<phase>)`: a
+    fixture's compiles count for the first test that sets it up)."""
+    running = os.environ.get("PYTEST_CURRENT_TEST")
+    return running.rsplit(" ", 1)[0] if running else "<collection>"
+
+
+class Recorder(logging.Handler):
     """Appends `test<TAB>function<TAB>seconds` for each compile JAX reports."""
 
     def __init__(self, path: Path):
         super().__init__(logging.DEBUG)
-        self.file, self.test = path.open("a"), "<collection>"
+        self.file = path.open("a")
 
     def emit(self, record):
         found = FINISHED.search(record.getMessage())
         if found:
-            self.file.write(f"{self.test}\t{found[1]}\t{found[2]}\n")
+            self.file.write(f"{current_test()}\t{found[1]}\t{found[2]}\n")
             self.file.flush()
-
-
-_recorder: list[_Recorder] = []
 
 
 def pytest_configure(config):
@@ -58,16 +62,9 @@ def pytest_configure(config):
     if worker is None:  # the run's first process (xdist's controller, or the only one): a new record
         for old in folder.glob("*.tsv"):
             old.unlink()
-    recorder = _Recorder(folder / f"{worker or 'main'}.tsv")
     logger = logging.getLogger(LOGGER)
-    logger.addHandler(recorder)
+    logger.addHandler(Recorder(folder / f"{worker or 'main'}.tsv"))
     logger.setLevel(logging.DEBUG)
-    _recorder.append(recorder)
-
-
-def pytest_runtest_logstart(nodeid, location):
-    for recorder in _recorder:
-        recorder.test = nodeid
 
 
 def read(folder: Path) -> list[tuple[str, str, float]]:
@@ -102,7 +99,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=None, help="the records (default $SUITE_COMPILES or .suite-compiles)")
     p.add_argument("--top", type=int, default=15, help="rows per table")
-    return run_script(p, lambda args: print(summary(read(args.dir or records_dir()), args.top)), argv)
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
+    if args.top < 1:
+        raise UserError(f"--top must be positive, got {args.top}")
+    print(summary(read(args.dir or records_dir()), args.top))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ from modulenet_jax.errors import UserError
 
 
 def test_a_compile_is_recorded_under_the_running_test(tmp_path):
-    recorder = suite_compiles._Recorder(tmp_path / "gw0.tsv")
-    recorder.test = "tests/test_x.py::test_y"
+    recorder = suite_compiles.Recorder(tmp_path / "gw0.tsv")
     logger = logging.getLogger(suite_compiles.LOGGER)
     level = logger.level
     logger.addHandler(recorder)
@@ -24,7 +23,8 @@ def test_a_compile_is_recorded_under_the_running_test(tmp_path):
         logger.removeHandler(recorder)
         logger.setLevel(level)
     rows = suite_compiles.read(tmp_path)
-    assert ("tests/test_x.py::test_y", "jit(<lambda>)") in [(t, f) for t, f, _ in rows]
+    test = "tests/test_suite_compiles.py::test_a_compile_is_recorded_under_the_running_test"
+    assert (test, "jit(<lambda>)") in [(t, f) for t, f, _ in rows]
     assert all(s > 0 for *_, s in rows)
 
 
@@ -41,3 +41,11 @@ def test_no_records_is_one_line_that_says_how_to_make_them(tmp_path):
     (tmp_path / "main.tsv").write_text("")
     with pytest.raises(UserError, match="no compile records .* -p modulenet_jax.benchmarks.suite_compiles"):
         suite_compiles.read(tmp_path)
+
+
+def test_a_bad_top_exits_2_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        suite_compiles.main(["--dir", str(tmp_path), "--top", "0"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err  # the program's name is pytest's here
+    assert err.endswith(": error: --top must be positive, got 0\n") and err.count("\n") == 1
