@@ -80,10 +80,16 @@ def read(folder: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
+SMALL = 0.05  # seconds: the summary's first line says how many compiles took less, and how long in all
+
+
 def summary(rows, top: int = 15) -> str:
-    """Markdown: the total, then seconds and programs by function and by test file (largest first)."""
+    """Markdown: the total (and the small compiles' share), then seconds and programs by function
+    and by test file (largest first)."""
     total = sum(s for *_, s in rows)
-    out = [f"{len(rows):,} XLA compilations, {total:.0f} s in all.", ""]
+    small = [s for *_, s in rows if s < SMALL]
+    out = [f"{len(rows):,} XLA compilations, {total:.0f} s in all; {len(small):,} of under {SMALL} s, "
+           f"{sum(small):.0f} s.", ""]
     for title, key in (("function", lambda r: r[1]), ("test file", lambda r: r[0].split("::")[0])):
         seconds, count = collections.Counter(), collections.Counter()
         for row in rows:

@@ -29,12 +29,12 @@ def test_a_compile_is_recorded_under_the_running_test(tmp_path):
 
 
 def test_the_summary_adds_up_by_function_and_by_file(tmp_path):
-    (tmp_path / "gw0.tsv").write_text("tests/test_a.py::t1\tjit(f)\t2.0\ntests/test_a.py::t2\tjit(g)\t1.0\n")
-    (tmp_path / "gw1.tsv").write_text("tests/test_b.py::t3\tjit(f)\t1.0\n")
+    (tmp_path / "gw0.tsv").write_text("tests/test_a.py::t1\tjit(f)\t2.0\ntests/test_a.py::t2\tjit(g)\t0.96\n")
+    (tmp_path / "gw1.tsv").write_text("tests/test_b.py::t3\tjit(f)\t1.0\ntests/test_b.py::t3\tjit(h)\t0.04\n")
     text = suite_compiles.summary(suite_compiles.read(tmp_path))
-    assert text.startswith("3 XLA compilations, 4 s in all.")
-    assert "| `jit(f)` | 3.0 | 75% | 2 |" in text and "| `jit(g)` | 1.0 | 25% | 1 |" in text
-    assert "| `tests/test_a.py` | 3.0 | 75% | 2 |" in text and "| `tests/test_b.py` | 1.0 | 25% | 1 |" in text
+    assert text.startswith("4 XLA compilations, 4 s in all; 1 of under 0.05 s, 0 s.")
+    assert "| `jit(f)` | 3.0 | 75% | 2 |" in text and "| `jit(g)` | 1.0 | 24% | 1 |" in text
+    assert "| `tests/test_a.py` | 3.0 | 74% | 2 |" in text and "| `tests/test_b.py` | 1.0 | 26% | 2 |" in text
 
 
 def test_no_records_is_one_line_that_says_how_to_make_them(tmp_path):
