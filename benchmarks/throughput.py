@@ -56,6 +56,8 @@ from .grouped_probe import grouped_probe_chunk
 PEAK_FLOPS = {"H100": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
               "H200": {"fp32-strict": 67e12, "fp32-tf32": 494.7e12, "bf16": 989.4e12},
               "A100": {"fp32-strict": 19.5e12, "fp32-tf32": 156e12, "bf16": 312e12}}
+# HBM bandwidth in bytes/s by device kind, from the same datasheets (SXM parts).
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.039e12}
 NUMERICS = {"float32": "fp32-strict", "tensorfloat32": "fp32-tf32", "bfloat16": "bf16"}  # JAX dtype -> numerics
 DTYPE_OF = {numerics: dtype for dtype, numerics in NUMERICS.items()}  # PyTorch numerics -> the JAX dtype it matches
 # PyTorch mode (`--torch-modes`) -> what `TorchRunner` compiles; a row's impl is `torch-<mode>`
@@ -104,6 +106,11 @@ def peak_flops(name: str, numerics: str) -> float | None:
         if key in name:
             return peaks[numerics]
     return None
+
+
+def peak_bandwidth(name: str) -> float | None:
+    """The device's HBM bandwidth in bytes/s (`PEAK_BANDWIDTH`), None where it is not known."""
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
 def w1_networks(kb: KnowledgeBase, n: int, seed: int) -> list[Architecture]:
