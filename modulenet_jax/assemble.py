@@ -38,7 +38,7 @@ def fit_linear_map(a, b, ridge: float):
 
 def apply_stitch(params, x):
     """The 1x1 convolution (with bias) of a stitch, on NHWC activations."""
-    return layers.linear(x, params)
+    return layers.pointwise(x, params)
 
 
 def stitch_cost(in_channels: int, out_channels: int, resolution: int) -> tuple[int, int]:

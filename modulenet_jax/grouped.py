@@ -72,11 +72,11 @@ def stitched(stitch, x, junction, groups: int):
     if stitch is None or junction is False:
         return x
     if junction is True:
-        return layers.grouped_linear(x, stitch)
+        return layers.grouped_pointwise(x, stitch)
     used = identity_where_unused(stitch, junction, x.dtype)
     if used is None:
-        return where_genotype(junction, layers.grouped_linear(x, stitch), x, groups)
-    return layers.grouped_linear(x, used)
+        return where_genotype(junction, layers.grouped_pointwise(x, stitch), x, groups)
+    return layers.grouped_pointwise(x, used)
 
 
 # Registered ops whose code also runs `groups` networks at once in the grouped layout (each with

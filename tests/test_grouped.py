@@ -51,7 +51,7 @@ def test_stitches_and_masks_per_genotype():
     x = normal(1, (P, 2, 4, 4, 8))
     stitch = {"kernel": normal(2, (P, 8, 8)), "bias": normal(3, (P, 8))}
     junction = jnp.array([True, False, True])
-    own = jnp.stack([layers.linear(x[p], {k: v[p] for k, v in stitch.items()}) if junction[p] else x[p]
+    own = jnp.stack([layers.pointwise(x[p], {k: v[p] for k, v in stitch.items()}) if junction[p] else x[p]
                      for p in range(P)])
     assert _per_genotype_equal(grouped.stitched(stitch, grouped.to_grouped(x), junction, P), own, rtol=1e-6)
     active = jnp.array([False, True, True])

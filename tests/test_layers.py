@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from modulenet_jax import zoo
+from modulenet_jax.zoo import layers
 from modulenet_jax.zoo.layers import batch_norm, batch_stats, conv2d
 from tests.conftest import normal
 
@@ -63,6 +64,33 @@ def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():
         ref = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), padding=1, groups=groups).astype(jnp.bfloat16)
         assert y.dtype == jnp.bfloat16
         assert float(jnp.mean(y != ref)) < 1e-3, float(jnp.mean(y != ref))
+
+
+def test_biases_are_added_in_the_activations_dtype():
+    """`conv`, `pointwise` (a stitch) and `grouped_pointwise` add their bias in the activations'
+    dtype: in bf16 no float32 value of the output's size between the product and the bias (a GPU
+    then runs a convolution, its bias, residual and ReLU as one cuDNN call instead of leaving
+    them a pass over the activations: `benchmarks/gpu_census.py`), in float32 exactly the
+    product plus the bias."""
+    x = normal(0, (2, 8, 8, 16))
+    conv = lambda params, x: layers.conv(params, x, padding=1)  # noqa: E731
+    pointwise = lambda params, x: layers.pointwise(x, params)  # noqa: E731
+    grouped_pointwise = lambda params, x: layers.grouped_pointwise(x, params)  # noqa: E731
+    cases = [(conv, {"kernel": normal(1, (3, 3, 16, 8)), "bias": normal(2, (8,))},
+              lambda p, x: conv2d(x, p["kernel"], padding=1) + p["bias"]),
+             (pointwise, {"kernel": normal(3, (16, 8)), "bias": normal(4, (8,))},
+              lambda p, x: jnp.dot(x, p["kernel"], precision="highest") + p["bias"]),
+             (grouped_pointwise, {"kernel": normal(5, (2, 8, 4)), "bias": normal(6, (2, 4))},
+              lambda p, x: jnp.concatenate([jnp.dot(x[..., 8 * g:8 * g + 8], p["kernel"][g], precision="highest")
+                                            + p["bias"][g] for g in range(2)], -1))]
+    for f, params, reference in cases:
+        y = f(params, x)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(reference(params, x)), rtol=1e-6, atol=1e-6)
+        if f is conv:
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(reference(params, x)))
+        jaxpr = jax.make_jaxpr(lambda x: f(params, x))(x.astype(jnp.bfloat16))
+        wide = [v.aval.dtype for e in jaxpr.eqns for v in e.outvars if v.aval.size >= y.size]
+        assert wide and all(d == jnp.bfloat16 for d in wide), wide
 
 
 # A block of a stage past its first (what a slot past a network's depth holds) of each op that

@@ -57,26 +57,39 @@ def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1):
     )
 
 
-def grouped_linear(x, params):
-    """`linear` of G groups at once on NHWC `x` holding the groups side by side in its channels
-    (`[n, h, w, G·C]`): kernel `[G, C, D]`, bias `[G, D]`, each group through its own kernel,
-    as a 1x1 convolution with G groups, so that `x` and the output keep that layout (a batched
-    product would transpose one of them). Accumulates and adds the bias in float32, as `linear`."""
+def add_bias(y, bias):
+    """`y + bias` in `y`'s dtype (the bias rounded to it first: nothing changes in float32). In
+    bf16 a GPU then runs a convolution, its bias, a residual added to it and the ReLU after as one
+    cuDNN call; a bias added in float32 leaves them a pass of their own over the activations,
+    each reading the convolution's output and writing it back (XLA's H200 programs:
+    `benchmarks/gpu_census.py`)."""
+    return y + bias.astype(y.dtype)
+
+
+def pointwise(x, params):
+    """A 1x1 convolution `{"kernel": (in, out), "bias"?}` (a stitch) on NHWC `x`, as one 2-D
+    matrix product over the flattened leading axes (what XLA:CPU runs fastest: a stitch on
+    500x32x32x16 activations in 18 ms instead of 30 ms on 2 cores), its output and bias in
+    `x`'s dtype as `conv`'s (a bf16 product accumulates in float32 and rounds once)."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), params["kernel"].astype(x.dtype),
+                precision=_precision(x.dtype)).reshape(*x.shape[:-1], -1)
+    return add_bias(y, params["bias"]) if "bias" in params else y
+
+
+def grouped_pointwise(x, params):
+    """`pointwise` of G groups at once on NHWC `x` holding the groups side by side in its
+    channels (`[n, h, w, G·C]`): kernel `[G, C, D]`, bias `[G, D]`, each group through its own
+    kernel, as a 1x1 convolution with G groups, so that `x` and the output keep that layout (a
+    batched product would transpose one of them)."""
     groups, c, d = params["kernel"].shape
     kernel = jnp.moveaxis(params["kernel"], 0, 1).reshape(1, 1, c, groups * d)
-    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((0, 0), (0, 0)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-                                 precision=_precision(x.dtype), preferred_element_type=jnp.float32)
-    if "bias" in params:
-        y = y + params["bias"].reshape(-1)
-    return y.astype(x.dtype)
+    y = conv2d(x, kernel, groups=groups)
+    return add_bias(y, params["bias"].reshape(-1)) if "bias" in params else y
 
 
 def linear(x, params):
-    """`x @ kernel + bias` with a (in, out) kernel, over the last axis of any-rank `x`.
-
-    Leading axes are flattened first: one 2-D matrix product is what XLA:CPU runs fastest
-    (a 1x1 stitch on 500x32x32x16 activations: 18 ms instead of 30 ms on 2 cores)."""
+    """`x @ kernel + bias` with a (in, out) kernel, over the last axis of any-rank `x` (a
+    classifier's logits: accumulated and biased in float32, rounded once to `x`'s dtype)."""
     y = jnp.dot(x.reshape(-1, x.shape[-1]), params["kernel"].astype(x.dtype), precision=_precision(x.dtype),
                 preferred_element_type=jnp.float32).reshape(*x.shape[:-1], -1)
     if "bias" in params:
@@ -192,9 +205,7 @@ def relu(x):
 def conv(params, x, stride: int = 1, padding: int = 0, groups: int = 1):
     """`conv2d` with a params dict `{"kernel": HWIO, "bias": (O,)?}` (bias added if present)."""
     y = conv2d(x, params["kernel"], stride=stride, padding=padding, groups=groups)
-    if "bias" in params:
-        y = (y.astype(jnp.float32) + params["bias"]).astype(x.dtype)
-    return y
+    return add_bias(y, params["bias"]) if "bias" in params else y
 
 
 def layer_norm(params, x, eps: float):
