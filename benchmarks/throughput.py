@@ -311,7 +311,7 @@ class Bench:
     def _w1_flops(self, archs) -> float:
         return float(np.mean([self.cost.cost(a)[1] for a in archs]))
 
-    def _w1_fused(self, dtype, group=None, grouped_layout=False):
+    def w1_fused(self, dtype, group=None, grouped_layout=False):
         """W1's fused evaluator of a dtype (made once, set to `group` and `grouped_layout`) and the
         validation split on its device."""
         protocol = self._protocol(dtype)
@@ -320,7 +320,7 @@ class Bench:
         pe.group, pe.grouped_layout = group, grouped_layout
         return pe, self._once(("w1-scored", dtype), lambda: pe.device_split(self.val))
 
-    def _w1_fitted(self, pe, archs) -> tuple:
+    def w1_fitted(self, pe, archs) -> tuple:
         """W1's networks as fitted, stacked: `(slots, fits, heads)` (published params, an identity
         stitch at each real junction, each network's head its last block's source head)."""
         return (pe.stacked_slots(archs), pe.published_fits(archs),
@@ -359,8 +359,8 @@ class Bench:
             correct = [ev.score(n, self.val)[0] for n in nets]
             dt = time.time() - t
         else:
-            pe, scored = self._w1_fused(dtype, group, grouped_layout)
-            slots, fits, heads = self._w1_fitted(pe, archs)
+            pe, scored = self.w1_fused(dtype, group, grouped_layout)
+            slots, fits, heads = self.w1_fitted(pe, archs)
             programs = jax_programs()
             t = time.time()
             pe.score_fitted(slots, fits, heads, scored)
@@ -410,8 +410,8 @@ class Bench:
         """One call of a W1 probe on `archs` (`_probe_chunk`, or `grouped_probe_chunk`), its
         inputs made once: (correct counts, all finite) per network."""
         protocol = self._protocol(dtype)
-        pe, (images, labels, valid) = self._w1_fused(dtype)
-        slots, fits, heads = self._w1_fitted(pe, archs)
+        pe, (images, labels, valid) = self.w1_fused(dtype)
+        slots, fits, heads = self.w1_fitted(pe, archs)
         idx = jnp.asarray(slots[0])
         chunk = _grouped_probe_chunk if grouped else _probe_chunk
         return lambda: jax.block_until_ready(chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images, labels,
@@ -490,8 +490,8 @@ class Bench:
             def jax_correct(i):
                 return ev.score(nets[i], self.val)[0]
         else:
-            pe, scored = self._w1_fused(dtype)
-            one = [self._w1_fitted(pe, [a]) for a in archs]
+            pe, scored = self.w1_fused(dtype)
+            one = [self.w1_fitted(pe, [a]) for a in archs]
 
             def jax_correct(i):
                 return int(pe.score_fitted(*one[i], scored)[0])
@@ -603,8 +603,8 @@ class Bench:
             return
         t_row = time.time()
         if workload == "W1":
-            pe, scored = self._w1_fused(dtype, group, grouped_layout)
-            fitted = self._w1_fitted(pe, archs[:P])
+            pe, scored = self.w1_fused(dtype, group, grouped_layout)
+            fitted = self.w1_fitted(pe, archs[:P])
 
             def call():
                 return pe.score_fitted(*fitted, scored)

@@ -736,6 +736,20 @@ class PopulationEvaluator:
             raise EvaluationError("non-finite logits")
         return correct
 
+    def score_lowered(self, slots, fits, heads, scored, mesh: Mesh, platform: str, carry: int):
+        """`score_fitted`'s program on `mesh` (a 1-D `pop` mesh, of compile-only devices too) with
+        `carry` batches at a time, lowered for `platform` ("cuda") from the arguments' shapes alone:
+        what XLA makes of it for a GPU can be read (`.compile().as_text()`) on a machine without
+        one (`benchmarks/gpu_census.py`)."""
+        def spec(sharded):
+            sharding = NamedSharding(mesh, PartitionSpec("pop") if sharded else PartitionSpec())
+            return lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=sharding)
+        per_genotype = jax.tree_util.tree_map(spec(True), (tuple(slots), fits, heads))
+        banks, scored = jax.tree_util.tree_map(spec(False), (self.banks, tuple(scored)))
+        traced = _score_chunk.trace(self.layout, self.protocol, self.group_of(len(slots[0])), carry, mesh,
+                                    self.grouped_layout, banks, *per_genotype, *scored)
+        return traced.lower(lowering_platforms=(platform,))
+
     def evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """Evaluations of many networks (same order), chunk by chunk.
 

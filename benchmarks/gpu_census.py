@@ -1,0 +1,306 @@
+"""What XLA makes of W1's fused scoring program for an NVIDIA card, read on a machine without one.
+
+    python -m venv /tmp/cuda && /tmp/cuda/bin/pip install "jax[cuda12]==<this jax>" flax optax \
+        orbax-checkpoint ml_collections scipy pillow rich matplotlib && /tmp/cuda/bin/pip install --no-deps -e .
+    /tmp/cuda/bin/python -m modulenet_jax.benchmarks.gpu_census --kb runs/device/kb.npz \
+        --data runs/device/cifar10.npz --out benchmarks/results --name nvidia-h200-census
+
+XLA's own GPU compiler (the CUDA plugin of this JAX release, no device needed) compiles the
+program `modulenet bench` times as W1 (`PopulationEvaluator.score_lowered`: P random ResNet-56
+shaped networks, 5,000 validation images in batches of 500, the batches carried as on a GPU) for
+the card's target description (`TARGETS`), in each layout and dtype asked. Without a device
+there is no autotuning: cuDNN's heuristics pick the convolution algorithms, but which ops XLA
+fuses into one kernel, which it hands to cuDNN with their bias, residual and ReLU, and what is
+left as passes of their own over the activations is decided before that, and is what this reads.
+
+The census lists every kernel the program launches per call (`census`: each instruction of the
+entry and of what its loops and conditionals call, times the loops' trip counts; a
+conditional's true branch, the slot run and its stitch applied, so every slot counts a stitch:
+more than W1's networks have, which stitch at junctions only) and the bytes it reads and writes,
+its operands and outputs as the program types them. `hbm_bound` divides those bytes by the
+card's bandwidth: the rate at which the program would run if every kernel moved its operands
+and outputs through HBM once at full speed, an estimate to compare programs by, not a
+measurement (caches can beat it, launch gaps and slow kernels fall short of it); `roofline` also
+holds each kind of convolution call to its FLOPs at the dtype's dense peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import os
+import re
+import time
+
+from modulenet_jax.errors import UserError, run_script
+
+# What XLA's GPU compiler needs to know of a card (its `GpuTargetConfig`), from the datasheets.
+_DEVICE_INFO = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: {bandwidth} l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: {cudnn[0]} minor: {cudnn[1]} }}
+runtime_version {{ major: 12 minor: 9 }}
+device_description_str: "{name}"
+"""
+TARGETS = {"NVIDIA H200": 150_000_000_000, "NVIDIA H100 80GB HBM3": 85_000_000_000}  # card -> memory bytes
+ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
+              "u64": 8}
+_ARRAY = re.compile(r"\b(" + "|".join(ITEM_BYTES) + r")\[([0-9,]*)\]")
+_INSTRUCTION = re.compile(r"^(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z\-]*)\((.*)$")
+_NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+
+
+def array_bytes(types: str) -> int:
+    """Bytes of every array type written in `types` (`bf16[8,500,32,32,16]{...}`, tuples too)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(types):
+        n = ITEM_BYTES[dtype]
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n
+    return total
+
+
+def computations(hlo: str) -> tuple[dict[str, list[str]], str]:
+    """The instructions of each computation of an HLO module's text, and the entry's name."""
+    comps, current, entry = {}, None, None
+    for line in hlo.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            m = re.match(r"^(ENTRY )?%?([^\s(]+)", line)
+            if m and m.group(2) != "HloModule":
+                current = m.group(2)
+                comps[current] = []
+                entry = current if m.group(1) else entry
+                continue
+        if current and line.startswith("  ") and " = " in line:
+            comps[current].append(line.strip())
+    if entry is None:
+        raise ValueError("not an HLO module's text: no ENTRY computation")
+    return comps, entry
+
+
+def _dims(types: str) -> list[int]:
+    """The dimensions of the first array type written in `types`."""
+    return [int(d) for d in filter(None, _ARRAY.search(types).group(2).split(","))]
+
+
+def conv_flops(line: str, out_type: str, kernel_type: str) -> int:
+    """A cuDNN convolution call's multiply-adds times two: each output element sums kernel
+    height x width x its group's input channels products (the kernel's elements over its output
+    features, whose position `dim_labels` gives)."""
+    out, kernel = _dims(out_type), _dims(kernel_type)
+    o = re.search(r"dim_labels=\w+_(\w+)->", line).group(1).index("o")
+    return 2 * _product(out) * _product(kernel) // kernel[o]
+
+
+def _product(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def kernel_kind(name: str, op: str, line: str) -> str:
+    """A kernel's kind: a custom call's target (`__cudnn$convBiasActivationForward`), a fusion's
+    name without its number (`fusion:loop_convert_fusion`), else the op."""
+    if op == "custom-call":
+        return re.search(r'custom_call_target="([^"]+)"', line).group(1)
+    if op == "fusion":
+        return "fusion:" + re.sub(r"(\.\d+)+$", "", name)
+    return op
+
+
+def census(hlo: str) -> list[dict]:
+    """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
+    bytes they read and write, largest first, and the convolutions' FLOPs. Loops count their body `known_trip_count`
+    times (once where XLA does not know it), a conditional its true branch (`true_computation`,
+    or the second of two `branch_computations`, as `lax.cond` lowers; else every branch), calls
+    their callee."""
+    comps, entry = computations(hlo)
+    types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
+    runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
+
+    def visit(comp: str, times: int):
+        for line in comps[comp]:
+            m = _INSTRUCTION.match(line)
+            if not m or m.group(3) in _NOT_KERNELS:
+                continue
+            name, out_type, op, rest = m.groups()
+            if op == "while":
+                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * (int(trip.group(1)) if trip else 1))
+            elif op == "conditional":
+                true = re.search(r"true_computation=%([\w.\-]+)", line)
+                branches = [true.group(1)] if true else re.findall(
+                    r"%([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}", line).group(1))
+                for branch in branches[1:] if len(branches) == 2 else branches:  # lax.cond: {false, true}
+                    visit(branch, times)
+            elif op == "call":
+                visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times)
+            else:
+                operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+                kind = kernel_kind(name, op, line)
+                if kind.startswith("__cudnn$conv"):
+                    flops[kind] += times * conv_flops(line, out_type, types[(comp, operands[1])])
+                runs[kind] += times
+                moved[kind] += times * (array_bytes(out_type) + sum(array_bytes(types.get((comp, o), ""))
+                                                                    for o in operands))
+    visit(entry, 1)
+    return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k]} for k, b in moved.most_common()]
+
+
+def bound(rows: list[dict], genotype_images: int, bandwidth: float, peak: float) -> float:
+    """Genotype-images/s if each kernel kind took its bytes at `bandwidth` or its FLOPs at `peak`,
+    whichever is slower, and nothing else took time."""
+    return genotype_images / sum(max(r["bytes"] / bandwidth, r["flops"] / peak) for r in rows)
+
+
+def summary(rows: list[dict], genotype_images: int, bandwidth: float, peak: float) -> dict:
+    total = sum(r["bytes"] for r in rows)
+    convs = [r for r in rows if r["kernel"].startswith("__cudnn$conv")]
+    return {"kernels": sum(r["runs"] for r in rows), "bytes": total, "flops": sum(r["flops"] for r in rows),
+            "bytes_per_genotype_image": total / genotype_images,
+            "cudnn_share": sum(r["bytes"] for r in convs) / total,
+            "convolutions": {r["kernel"]: r["runs"] for r in convs},
+            "hbm_bound": bound(rows, genotype_images, bandwidth, float("inf")),
+            "roofline": bound(rows, genotype_images, bandwidth, peak)}
+
+
+def compile_only_environment(environ=os.environ) -> None:
+    """What JAX needs to compile for a GPU where there is none, set before its backends start:
+    the plugin's driver version check skipped (no driver), the arrays on the CPU, no autotuning
+    (nothing to time on)."""
+    environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    environ.setdefault("JAX_PLATFORMS", "cpu")
+    environ["XLA_FLAGS"] = f"{environ.get('XLA_FLAGS', '')} --xla_gpu_autotune_level=0".strip()
+
+
+def cuda_plugin_installed() -> bool:
+    if importlib.util.find_spec("jax_plugins") is None:
+        return False
+    return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") is not None for v in (12, 13))
+
+
+def gpu_mesh(card: str):
+    """A one-device `pop` mesh of the card's compile-only device (XLA's CUDA plugin)."""
+    import jax
+    import numpy as np
+    from jax.experimental import topologies
+    from jax.sharding import Mesh
+
+    if not cuda_plugin_installed():
+        raise UserError(f"compiling for a GPU needs JAX's CUDA plugin: pip install 'jax[cuda12]=={jax.__version__}' "
+                        "(in an environment of its own: it runs without a GPU)")
+    from .throughput import peak_bandwidth
+
+    config = _DEVICE_INFO.format(name=card, cudnn=cudnn_version(), memory=TARGETS[card],
+                                 bandwidth=int(peak_bandwidth(card)))
+    topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology="1x1x1")
+    return Mesh(np.array(topology.devices[:1]), ("pop",))
+
+
+def cudnn_version() -> tuple[int, int]:
+    """The installed cuDNN's (major, minor): what XLA is told the card's runtime has."""
+    from importlib import metadata
+
+    for dist in ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13"):
+        try:
+            major, minor = metadata.version(dist).split(".")[:2]
+            return int(major), int(minor)
+        except metadata.PackageNotFoundError:
+            continue
+    return 9, 0
+
+
+def markdown(report: dict) -> str:
+    lines = [f"W1's fused scoring program compiled for **{report['card']}** without one (XLA's CUDA plugin, jax "
+             f"{report['jax']}, cuDNN {report['cudnn']} as the target's, no autotuning): {report['population']} "
+             f"networks × {report['images']:,} images per call, batches of {report['batch']}, {report['carry']} "
+             "carried. Bytes: every kernel's operands and outputs as typed, per call; `HBM-bound`: genotype-images/s "
+             "if they moved once at the card's bandwidth; `roofline`: each kernel kind at that or, where slower, its "
+             "convolutions' FLOPs at the dense peak of the dtype (TF32 off for float32): estimates from the program, "
+             "not measurements. A conditional counts its true branch: a stitch at every slot.", "",
+             "| layout | dtype | kernels | GB per call | KB per genotype-image | in cuDNN calls | convolutions "
+             "(fused with bias+activation / plain) | TFLOP | HBM-bound | roofline | compile s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for v in report["variants"]:
+        s, convs = v["summary"], v["summary"]["convolutions"]
+        fused = convs.get("__cudnn$convBiasActivationForward", 0)
+        lines.append(f"| {v['layout']} | {v['dtype']} | {s['kernels']:,} | {s['bytes'] / 1e9:.1f} | "
+                     f"{s['bytes_per_genotype_image'] / 1e3:.0f} | {s['cudnn_share']:.0%} | {fused} / "
+                     f"{sum(convs.values()) - fused} | {s['flops'] / 1e12:.1f} | {s['hbm_bound']:,.0f} | "
+                     f"{s['roofline']:,.0f} | {v['compile_s']:.1f} |")
+    for v in report["variants"]:
+        lines += ["", f"**{v['layout']}, {v['dtype']}**: kernels by kind", "",
+                  "| kernel | runs | GB | share |", "| --- | ---: | ---: | ---: |"]
+        total = v["summary"]["bytes"]
+        lines += [f"| `{r['kernel']}` | {r['runs']:,} | {r['bytes'] / 1e9:.2f} | {r['bytes'] / total:.1%} |"
+                  for r in v["rows"] if r["bytes"] >= 0.001 * total]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kb", required=True, help="knowledge base .npz (prepare_device_bundle)")
+    p.add_argument("--data", required=True, help="dataset .npz (prepare_device_bundle)")
+    p.add_argument("--population", type=int, default=64)
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
+    p.add_argument("--layouts", nargs="+", default=["vmapped", "grouped"], choices=["vmapped", "grouped"])
+    p.add_argument("--card", default="NVIDIA H200", choices=list(TARGETS))
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--name", default="nvidia-h200-census")
+    return run_script(p, run_parsed, argv)
+
+
+def run_parsed(args):
+    compile_only_environment()
+    import jax
+
+    from . import throughput
+    from .throughput import NUMERICS, peak_bandwidth, peak_flops
+    from .prepare_device_bundle import load_kb
+    from modulenet_jax.data import load_dataset
+    from modulenet_jax.population import batch_carry
+    from modulenet_jax.protocol import Protocol
+
+    if args.population < 1 or args.val_size < 1:
+        raise UserError("--population and --val-size must be positive")
+    mesh = gpu_mesh(args.card)
+    protocol = Protocol(fit_images=2048, stitch_images=512, batch_size=500)  # speed_session's
+    bench = throughput.Bench(load_kb(args.kb), load_dataset(args.data), protocol, "run", args.val_size, 0, "fused",
+                             None, log=lambda m: None)
+    archs = throughput.w1_networks(bench.kb, args.population, 0)
+    carry = batch_carry(protocol, "gpu")
+    images = args.population * len(bench.val)
+    report = {"card": args.card, "jax": jax.__version__, "cudnn": ".".join(map(str, cudnn_version())),
+              "population": args.population, "images": len(bench.val), "batch": protocol.batch_size, "carry": carry,
+              "variants": []}
+    for dtype in args.dtypes:
+        for layout in args.layouts:
+            pe, scored = bench.w1_fused(dtype, None, layout == "grouped")
+            slots, fits, heads = bench.w1_fitted(pe, archs)
+            t = time.time()
+            hlo = pe.score_lowered(slots, fits, heads, scored, mesh, "cuda", carry).compile().as_text()
+            rows = census(hlo)
+            report["variants"].append({"layout": layout, "dtype": dtype, "compile_s": time.time() - t, "rows": rows,
+                                       "summary": summary(rows, images, peak_bandwidth(args.card),
+                                                                  peak_flops(args.card, NUMERICS[dtype]))})
+            done = report["variants"][-1]["summary"]
+            print(f"{layout} {dtype}: {done['hbm_bound']:,.0f} genotype-images/s HBM-bound, {done['roofline']:,.0f} "
+                  "roofline", flush=True)
+    throughput.write_report(report, markdown(report), args.out, args.name)
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`benchmarks/gpu_census.py` reads optimized HLO: kernels counted as often as they run, their
+bytes and the convolutions' FLOPs right on known programs; `score_lowered`'s program (what the
+census compiles for a GPU) counts what `score_fitted` counts; without the CUDA plugin, one line."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from modulenet_jax.benchmarks import gpu_census, throughput
+from modulenet_jax.protocol import Protocol
+
+# A cuDNN convolution line as XLA's H200 compile of W1 writes it (8 genotypes grouped, bf16).
+GPU_MODULE = """HloModule jit_score, is_scheduled=true
+
+ENTRY %main.2 (x.1: bf16[500,32,32,128], w.1: bf16[128,3,3,16]) -> bf16[500,32,32,128] {
+  %x.1 = bf16[500,32,32,128]{3,2,1,0} parameter(0)
+  %w.1 = bf16[128,3,3,16]{3,2,1,0} parameter(1)
+  %cudnn-conv.95 = (bf16[500,32,32,128]{3,2,1,0}, u8[0]{0}) custom-call(%x.1, %w.1), window={size=3x3 pad=1_1x1_1}, \
+dim_labels=b01f_o01i->b01f, feature_group_count=8, custom_call_target="__cudnn$convForward"
+  ROOT %get-tuple-element.3 = bf16[500,32,32,128]{3,2,1,0} get-tuple-element(%cudnn-conv.95), index=0
+}
+"""
+
+
+def test_a_loop_body_counts_its_trip_count_times_and_a_conditional_its_true_branch():
+    x = jnp.zeros(1000)
+    looped = jax.jit(lambda x: lax.fori_loop(0, 5, lambda i, x: jnp.sin(x) * 2, x)).lower(x).compile().as_text()
+    rows = {r["kernel"]: r for r in gpu_census.census(looped)}
+    body = [r for r in rows.values() if r["bytes"] == 5 * 2 * 4000]  # f32[1000] in and out, five times
+    assert len(body) == 1 and body[0]["runs"] == 5, rows
+    branched = jax.jit(lambda p, x: lax.cond(p, lambda x: jnp.sin(x) * 3, lambda x: jnp.cos(x[:10]).sum() * x,
+                                             x)).lower(True, x).compile().as_text()
+    rows = gpu_census.census(branched)
+    assert any(r["bytes"] == 2 * 4000 for r in rows), rows  # the true branch: x in, sin(x) * 3 out
+    assert not any("reduce" in r["kernel"] for r in rows), rows  # the false branch's sum is not counted
+
+
+def test_a_cudnn_convolution_counts_its_bytes_and_flops():
+    row, = gpu_census.census(GPU_MODULE)
+    out = 500 * 32 * 32 * 128
+    assert row == {"kernel": "__cudnn$convForward", "runs": 1, "bytes": 2 * (2 * out + 128 * 9 * 16),
+                   "flops": 2 * out * 9 * 16}  # each output: 3x3 x 16 channels of its group
+    s = gpu_census.summary([row], 4000, bandwidth=1e12, peak=1e15)
+    assert s["cudnn_share"] == 1 and s["convolutions"] == {"__cudnn$convForward": 1}
+    assert s["hbm_bound"] == pytest.approx(4000 * 1e12 / row["bytes"])
+    assert s["roofline"] == pytest.approx(4000 / max(row["bytes"] / 1e12, row["flops"] / 1e15))
+    with pytest.raises(ValueError, match="no ENTRY"):
+        gpu_census.census("HloModule nothing\n")
+
+
+def test_the_lowered_scoring_program_counts_what_score_fitted_counts(tiny_kb, tiny_dataset):
+    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
+    bench = throughput.Bench(tiny_kb, tiny_dataset, protocol, "block", 32, 0, "fused", None, log=lambda m: None)
+    pe, scored = bench.w1_fused("float32")
+    slots, fits, heads = bench.w1_fitted(pe, throughput.w1_networks(tiny_kb, 2, 0))
+    compiled = pe.score_lowered(slots, fits, heads, scored, pe.mesh, "cpu", pe.carry).compile()
+    sharded = lambda a: jax.device_put(a, jax.sharding.NamedSharding(pe.mesh, jax.sharding.PartitionSpec("pop")))  # noqa: E731
+    correct, finite = compiled(pe.banks, tuple(map(sharded, slots)), jax.tree_util.tree_map(sharded, fits),
+                               jax.tree_util.tree_map(sharded, heads), *scored)
+    assert bool(np.all(finite))
+    np.testing.assert_array_equal(np.asarray(correct), pe.score_fitted(slots, fits, heads, scored))
+
+
+def test_without_the_cuda_plugin_it_says_what_to_install(monkeypatch, capsys, tmp_path):
+    if gpu_census.cuda_plugin_installed():
+        pytest.skip("JAX's CUDA plugin is installed here")
+    for name in ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_census.main(["--kb", str(tmp_path / "kb.npz"), "--data", str(tmp_path / "d.npz")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'jax[cuda12]==" in err[0], err
