@@ -1,4 +1,5 @@
-"""What XLA makes of W1's fused scoring program for an NVIDIA card, read on a machine without one.
+"""What XLA makes of the fused programs (W1's scoring, W2's whole protocol) for an NVIDIA card, read
+on a machine without one.
 
     python -m venv /tmp/cuda && /tmp/cuda/bin/pip install "jax[cuda12]==<this jax>" flax optax \
         orbax-checkpoint ml_collections scipy pillow rich matplotlib && /tmp/cuda/bin/pip install --no-deps -e .
@@ -6,8 +7,9 @@
         --data runs/device/cifar10.npz --out benchmarks/results --name nvidia-h200-census
 
 XLA's own GPU compiler (the CUDA plugin of this JAX release, no device needed) compiles the
-program `modulenet bench` times as W1 (`PopulationEvaluator.score_lowered`: P random ResNet-56
-shaped networks, 5,000 validation images in batches of 500, the batches carried as on a GPU) for
+programs `modulenet bench` times as W1 (`PopulationEvaluator.score_lowered`: P random ResNet-56
+shaped networks, 5,000 validation images in batches of 500, the batches carried as on a GPU) and
+W2 (`evaluate_lowered`: a chunk of P random networks of the space through the whole protocol) for
 the card's target description (`TARGETS`), in each layout and dtype asked. Without a device
 there is no autotuning: cuDNN's heuristics pick the convolution algorithms, but which ops XLA
 fuses into one kernel, which it hands to cuDNN with their bias, residual and ReLU, and what is
@@ -16,8 +18,10 @@ left as passes of their own over the activations is decided before that, and is 
 The census lists every kernel the program launches per call (`census`: each instruction of the
 entry and of what its loops and conditionals call, times the loops' trip counts; a
 conditional's true branch, the slot run and its stitch applied, so every slot counts a stitch:
-more than W1's networks have, which stitch at junctions only) and the bytes it reads and writes,
-its operands and outputs as the program types them. `hbm_bound` divides those bytes by the
+more than W1's networks have, which stitch at junctions only; a loop whose trip count XLA does
+not know, such as L-BFGS's line search, once) and the bytes it reads and writes, its operands and
+outputs as the program types them (a slice or an in-place update counts its whole operand: more
+than it moves). `hbm_bound` divides those bytes by the
 card's bandwidth: the rate at which the program would run if every kernel moved its operands
 and outputs through HBM once at full speed, an estimate to compare programs by, not a
 measurement (caches can beat it, launch gaps and slow kernels fall short of it); `roofline` also
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import importlib.util
 import os
 import re
@@ -157,21 +162,22 @@ def census(hlo: str) -> list[dict]:
     return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k]} for k, b in moved.most_common()]
 
 
-def bound(rows: list[dict], genotype_images: int, bandwidth: float, peak: float) -> float:
-    """Genotype-images/s if each kernel kind took its bytes at `bandwidth` or its FLOPs at `peak`,
-    whichever is slower, and nothing else took time."""
-    return genotype_images / sum(max(r["bytes"] / bandwidth, r["flops"] / peak) for r in rows)
+def bound(rows: list[dict], units: int, bandwidth: float, peak: float) -> float:
+    """Units of work per second if each kernel kind took its bytes at `bandwidth` or its FLOPs at
+    `peak`, whichever is slower, and nothing else took time."""
+    return units / sum(max(r["bytes"] / bandwidth, r["flops"] / peak) for r in rows)
 
 
-def summary(rows: list[dict], genotype_images: int, bandwidth: float, peak: float) -> dict:
+def summary(rows: list[dict], units: int, bandwidth: float, peak: float) -> dict:
+    """Totals of a census for a call that does `units` of work (W1: genotype-images; W2: genotypes)."""
     total = sum(r["bytes"] for r in rows)
     convs = [r for r in rows if r["kernel"].startswith("__cudnn$conv")]
     return {"kernels": sum(r["runs"] for r in rows), "bytes": total, "flops": sum(r["flops"] for r in rows),
-            "bytes_per_genotype_image": total / genotype_images,
+            "bytes_per_unit": total / units,
             "cudnn_share": sum(r["bytes"] for r in convs) / total,
             "convolutions": {r["kernel"]: r["runs"] for r in convs},
-            "hbm_bound": bound(rows, genotype_images, bandwidth, float("inf")),
-            "roofline": bound(rows, genotype_images, bandwidth, peak)}
+            "hbm_bound": bound(rows, units, bandwidth, float("inf")),
+            "roofline": bound(rows, units, bandwidth, peak)}
 
 
 def compile_only_environment(environ=os.environ) -> None:
@@ -220,26 +226,32 @@ def cudnn_version() -> tuple[int, int]:
     return 9, 0
 
 
+UNITS = {"W1": "genotype-images", "W2": "genotypes"}
+
+
 def markdown(report: dict) -> str:
-    lines = [f"W1's fused scoring program compiled for **{report['card']}** without one (XLA's CUDA plugin, jax "
+    lines = [f"The fused programs compiled for **{report['card']}** without one (XLA's CUDA plugin, jax "
              f"{report['jax']}, cuDNN {report['cudnn']} as the target's, no autotuning): {report['population']} "
-             f"networks × {report['images']:,} images per call, batches of {report['batch']}, {report['carry']} "
-             "carried. Bytes: every kernel's operands and outputs as typed, per call; `HBM-bound`: genotype-images/s "
-             "if they moved once at the card's bandwidth; `roofline`: each kernel kind at that or, where slower, its "
-             "convolutions' FLOPs at the dense peak of the dtype (TF32 off for float32): estimates from the program, "
-             "not measurements. A conditional counts its true branch: a stitch at every slot.", "",
-             "| layout | dtype | kernels | GB per call | KB per genotype-image | in cuDNN calls | convolutions "
+             f"networks, {report['images']:,} validation images per call in batches of {report['batch']}, "
+             f"{report['carry']} carried; W1 scores fitted ResNet-56-shaped networks, W2 runs the whole protocol "
+             "(fit pass, heads, scoring) on random networks of the space. Bytes: every kernel's operands and outputs "
+             "as typed, per call; `HBM-bound`: genotype-images/s (W1) or genotypes/s (W2) if they moved once at the "
+             "card's bandwidth; `roofline`: each kernel kind at that or, where slower, its convolutions' FLOPs at the "
+             "dense peak of the dtype (TF32 off for float32): estimates from the program, not measurements. A "
+             "conditional counts its true branch (a stitch at every slot); a loop whose trip count XLA does not "
+             "know (L-BFGS's line search) counts once.", "",
+             "| workload | layout | dtype | kernels | GB per call | MB per unit | in cuDNN calls | convolutions "
              "(fused with bias+activation / plain) | TFLOP | HBM-bound | roofline | compile s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for v in report["variants"]:
         s, convs = v["summary"], v["summary"]["convolutions"]
         fused = convs.get("__cudnn$convBiasActivationForward", 0)
-        lines.append(f"| {v['layout']} | {v['dtype']} | {s['kernels']:,} | {s['bytes'] / 1e9:.1f} | "
-                     f"{s['bytes_per_genotype_image'] / 1e3:.0f} | {s['cudnn_share']:.0%} | {fused} / "
-                     f"{sum(convs.values()) - fused} | {s['flops'] / 1e12:.1f} | {s['hbm_bound']:,.0f} | "
-                     f"{s['roofline']:,.0f} | {v['compile_s']:.1f} |")
+        lines.append(f"| {v['workload']} | {v['layout']} | {v['dtype']} | {s['kernels']:,} | {s['bytes'] / 1e9:.1f} | "
+                     f"{s['bytes_per_unit'] / 1e6:.2f} | {s['cudnn_share']:.0%} | {fused} / "
+                     f"{sum(convs.values()) - fused} | {s['flops'] / 1e12:.1f} | {s['hbm_bound']:,.1f} | "
+                     f"{s['roofline']:,.1f} | {v['compile_s']:.1f} |")
     for v in report["variants"]:
-        lines += ["", f"**{v['layout']}, {v['dtype']}**: kernels by kind", "",
+        lines += ["", f"**{v['workload']}, {v['layout']}, {v['dtype']}**: kernels by kind", "",
                   "| kernel | runs | GB | share |", "| --- | ---: | ---: | ---: |"]
         total = v["summary"]["bytes"]
         lines += [f"| `{r['kernel']}` | {r['runs']:,} | {r['bytes'] / 1e9:.2f} | {r['bytes'] / total:.1%} |"
@@ -251,6 +263,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kb", required=True, help="knowledge base .npz (prepare_device_bundle)")
     p.add_argument("--data", required=True, help="dataset .npz (prepare_device_bundle)")
+    p.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=list(UNITS))
     p.add_argument("--population", type=int, default=64)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
@@ -269,7 +282,7 @@ def run_parsed(args):
     from .throughput import NUMERICS, peak_bandwidth, peak_flops
     from .prepare_device_bundle import load_kb
     from modulenet_jax.data import load_dataset
-    from modulenet_jax.population import batch_carry
+    from modulenet_jax.population import PopulationEvaluator, batch_carry
     from modulenet_jax.protocol import Protocol
 
     if args.population < 1 or args.val_size < 1:
@@ -278,25 +291,33 @@ def run_parsed(args):
     protocol = Protocol(fit_images=2048, stitch_images=512, batch_size=500)  # speed_session's
     bench = throughput.Bench(load_kb(args.kb), load_dataset(args.data), protocol, "run", args.val_size, 0, "fused",
                              None, log=lambda m: None)
-    archs = throughput.w1_networks(bench.kb, args.population, 0)
     carry = batch_carry(protocol, "gpu")
-    images = args.population * len(bench.val)
     report = {"card": args.card, "jax": jax.__version__, "cudnn": ".".join(map(str, cudnn_version())),
               "population": args.population, "images": len(bench.val), "batch": protocol.batch_size, "carry": carry,
               "variants": []}
-    for dtype in args.dtypes:
-        for layout in args.layouts:
-            pe, scored = bench.w1_fused(dtype, None, layout == "grouped")
-            slots, fits, heads = bench.w1_fitted(pe, archs)
-            t = time.time()
-            hlo = pe.score_lowered(slots, fits, heads, scored, mesh, "cuda", carry).compile().as_text()
-            rows = census(hlo)
-            report["variants"].append({"layout": layout, "dtype": dtype, "compile_s": time.time() - t, "rows": rows,
-                                       "summary": summary(rows, images, peak_bandwidth(args.card),
-                                                                  peak_flops(args.card, NUMERICS[dtype]))})
-            done = report["variants"][-1]["summary"]
-            print(f"{layout} {dtype}: {done['hbm_bound']:,.0f} genotype-images/s HBM-bound, {done['roofline']:,.0f} "
-                  "roofline", flush=True)
+    w1 = throughput.w1_networks(bench.kb, args.population, 0)
+    w2 = throughput.w2_networks(bench.space, args.population, 0)
+    for workload in args.workloads:
+        for dtype in args.dtypes:
+            for layout in args.layouts:
+                t = time.time()
+                if workload == "W1":
+                    pe, scored = bench.w1_fused(dtype, None, layout == "grouped")
+                    slots, fits, heads = bench.w1_fitted(pe, w1)
+                    lowered = pe.score_lowered(slots, fits, heads, scored, mesh, "cuda", carry)
+                    units = args.population * len(bench.val)
+                else:
+                    pe = PopulationEvaluator(bench.space, dataclasses.replace(protocol, dtype=dtype), bench.fit,
+                                             chunk_size=args.population, grouped_layout=layout == "grouped")
+                    lowered = pe.evaluate_lowered(pe.stacked_slots(w2), pe.device_split(bench.val), mesh, "cuda",
+                                                  carry)
+                    units = args.population
+                rows = census(lowered.compile().as_text())
+                done = summary(rows, units, peak_bandwidth(args.card), peak_flops(args.card, NUMERICS[dtype]))
+                report["variants"].append({"workload": workload, "layout": layout, "dtype": dtype,
+                                           "compile_s": time.time() - t, "rows": rows, "summary": done})
+                print(f"{workload} {layout} {dtype}: {done['hbm_bound']:,.1f} {UNITS[workload]}/s HBM-bound, "
+                      f"{done['roofline']:,.1f} roofline", flush=True)
     throughput.write_report(report, markdown(report), args.out, args.name)
     print(markdown(report))
     return report

@@ -113,6 +113,12 @@ def peak_bandwidth(name: str) -> float | None:
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
+def w2_networks(space: SearchSpace, n: int, seed: int) -> list[Architecture]:
+    """`n` random networks of the space (W2's)."""
+    rng = np.random.default_rng(seed)
+    return [space.decode(space.sample(rng)) for _ in range(n)]
+
+
 def w1_networks(kb: KnowledgeBase, n: int, seed: int) -> list[Architecture]:
     """`n` random networks of the block space with every stage at its full depth (nine blocks)."""
     space = SearchSpace(kb, "block")
@@ -698,8 +704,7 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     pmax = max(populations)
     w1 = w1_networks(kb, pmax, seed)
     space = SearchSpace(kb, granularity)
-    rng = np.random.default_rng(seed)
-    w2 = [space.decode(space.sample(rng)) for _ in range(pmax)]
+    w2 = w2_networks(space, pmax, seed)
     # the fused program scored in the grouped layout, where every op of the knowledge base has a grouped form
     grouped_rows = bench.strategy == "fused" and not grouped.missing(op_of(r.spec) for r in kb.records
                                                                      if r.spec.kind != "head")

@@ -13,6 +13,9 @@ from jax import lax
 from modulenet_jax.benchmarks import gpu_census, throughput
 from modulenet_jax.protocol import Protocol
 
+# quick to compile: no stitch, the ridge head
+QUICK = Protocol(fit_images=64, stitch_images=32, batch_size=32, stitch=False, head="ridge", bn="source")
+
 # A cuDNN convolution line as XLA's H200 compile of W1 writes it (8 genotypes grouped, bf16).
 GPU_MODULE = """HloModule jit_score, is_scheduled=true
 
@@ -53,8 +56,7 @@ def test_a_cudnn_convolution_counts_its_bytes_and_flops():
 
 
 def test_the_lowered_scoring_program_counts_what_score_fitted_counts(tiny_kb, tiny_dataset):
-    protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
-    bench = throughput.Bench(tiny_kb, tiny_dataset, protocol, "block", 32, 0, "fused", None, log=lambda m: None)
+    bench = throughput.Bench(tiny_kb, tiny_dataset, QUICK, "block", 32, 0, "fused", None, log=lambda m: None)
     pe, scored = bench.w1_fused("float32")
     slots, fits, heads = bench.w1_fitted(pe, throughput.w1_networks(tiny_kb, 2, 0))
     compiled = pe.score_lowered(slots, fits, heads, scored, pe.mesh, "cpu", pe.carry).compile()
@@ -63,6 +65,23 @@ def test_the_lowered_scoring_program_counts_what_score_fitted_counts(tiny_kb, ti
                                jax.tree_util.tree_map(sharded, heads), *scored)
     assert bool(np.all(finite))
     np.testing.assert_array_equal(np.asarray(correct), pe.score_fitted(slots, fits, heads, scored))
+
+
+def test_the_lowered_protocol_program_counts_what_a_chunk_run_counts(tiny_kb, tiny_dataset):
+    from modulenet_jax.population import PopulationEvaluator, on_mesh
+    from modulenet_jax.data import fit_split, protocol_split
+    from modulenet_jax.space import SearchSpace
+
+    space = SearchSpace(tiny_kb, "block")
+    pe = PopulationEvaluator(space, QUICK, fit_split(tiny_dataset, QUICK, 0), chunk_size=2)
+    slots = pe.stacked_slots(throughput.w2_networks(space, 2, 0))
+    scored = pe.device_split(protocol_split(tiny_dataset, "val", 32))
+    compiled = pe.evaluate_lowered(slots, scored, pe.mesh, "cpu", pe.carry).compile()
+    fit_x, fit_y = (on_mesh(pe.mesh, np.asarray(a), False) for a in (pe.evaluator.fit_images, pe.evaluator.fit_labels))
+    correct, finite = compiled(pe.banks, tuple(on_mesh(pe.mesh, a, True) for a in slots), fit_x, fit_y, *scored)
+    expected, expected_finite = pe.run_chunk(slots, fit_x, fit_y, scored)
+    np.testing.assert_array_equal(np.asarray(correct), expected)
+    np.testing.assert_array_equal(np.asarray(finite), expected_finite)
 
 
 def test_without_the_cuda_plugin_it_says_what_to_install(monkeypatch, capsys, tmp_path):

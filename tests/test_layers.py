@@ -53,6 +53,15 @@ def test_recalibrated_batch_norm_rounds_alike_whether_its_flag_is_known_or_trace
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_batch_stats_slices_rows_in_programs_compiled_for_a_cpu_only():
+    """The slicing is decided by the platform a program is lowered for, not by the process's
+    default backend: a CPU program loops over slices, a GPU one reduces the whole array (as a
+    GPU runs it, also where it is compiled on a CPU-only machine: `benchmarks/gpu_census.py`)."""
+    x = jnp.zeros((64, 32, 32, 16))
+    lowered = {p: jax.jit(batch_stats).trace(x).lower(lowering_platforms=(p,)).as_text() for p in ("cpu", "cuda")}
+    assert "stablehlo.while" in lowered["cpu"] and "stablehlo.while" not in lowered["cuda"]
+
+
 def test_a_bf16_convolution_accumulates_in_float32_and_rounds_once():
     """`conv2d` on bf16 activations returns bf16 straight from the convolution: equal to the
     float32 convolution of the same bf16 values rounded once (a bf16 accumulator would differ

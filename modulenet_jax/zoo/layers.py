@@ -9,6 +9,7 @@ bfloat16 multiplies in bf16 and accumulates in float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -115,18 +116,21 @@ def batch_stats(x, chunk_bytes: int | None = None):
     unbiased variance of the whole calibration set (what PyTorch's cumulative running
     average converges to), not an exponential moving average.
 
-    Computed in slices of rows (`chunk_bytes`; default: `CPU_CHUNK_BYTES` on a CPU, the whole
-    array elsewhere), each two-pass over `STAT_LANES` columns (several rows' channels side by
-    side), the slices' and columns' statistics then combined exactly (Chan et al.'s pairwise
-    formula). On a CPU this is 3x faster than one reduction over the whole array, which XLA:CPU
-    runs out of cache with the square materialised, and it is more accurate (sums of slices).
+    Computed in slices of rows (`chunk_bytes`; default: `CPU_CHUNK_BYTES` in a program compiled
+    for a CPU, the whole array for any other platform: `lax.platform_dependent` decides by the
+    platform the program is lowered for, which need not be the process's), each two-pass over
+    `STAT_LANES` columns (several rows' channels side by side), the slices' and columns'
+    statistics then combined exactly (Chan et al.'s pairwise formula). On a CPU this is 3x
+    faster than one reduction over the whole array, which XLA:CPU runs out of cache with the
+    square materialised, and it is more accurate (sums of slices).
     """
+    if chunk_bytes is None:
+        return lax.platform_dependent(x, cpu=functools.partial(batch_stats, chunk_bytes=CPU_CHUNK_BYTES),
+                                      default=functools.partial(batch_stats, chunk_bytes=4 * x.size))
     x = x.astype(jnp.float32)
     c = x.shape[-1]
     rows = x.reshape(-1, c)
     n = rows.shape[0]
-    if chunk_bytes is None:
-        chunk_bytes = CPU_CHUNK_BYTES if jax.default_backend() == "cpu" else 4 * n * c
     r = divisor_at_most(n, chunk_bytes // (4 * c))  # rows per slice
     k = divisor_at_most(r, STAT_LANES // c)  # rows side by side
     m = r // k  # values per column of a slice
