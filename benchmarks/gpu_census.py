@@ -21,11 +21,11 @@ conditional's true branch, the slot run and its stitch applied, so every slot co
 more than W1's networks have, which stitch at junctions only; a loop whose trip count XLA does
 not know, such as L-BFGS's line search, once) and the bytes it reads and writes, its operands and
 outputs as the program types them (a slice or an in-place update counts its whole operand: more
-than it moves). `hbm_bound` divides those bytes by the
-card's bandwidth: the rate at which the program would run if every kernel moved its operands
-and outputs through HBM once at full speed, an estimate to compare programs by, not a
-measurement (caches can beat it, launch gaps and slow kernels fall short of it); `roofline` also
-holds each kind of convolution call to its FLOPs at the dtype's dense peak.
+than it moves). `summary`'s `hbm_bound` divides those bytes by the card's bandwidth: the rate at
+which the program would run if every kernel moved its operands and outputs through HBM once at
+full speed, an estimate to compare programs by, not a measurement (caches can beat it, launch
+gaps and slow kernels fall short of it); its `roofline` also holds each kind of convolution call
+to its FLOPs at the dtype's dense peak.
 """
 
 from __future__ import annotations
