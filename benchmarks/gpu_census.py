@@ -195,8 +195,9 @@ def cuda_plugin_installed() -> bool:
     return any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") is not None for v in (12, 13))
 
 
-def gpu_mesh(card: str):
-    """A one-device `pop` mesh of the card's compile-only device (XLA's CUDA plugin)."""
+def gpu_mesh(card: str, bandwidth: float):
+    """A one-device `pop` mesh of the card's compile-only device (XLA's CUDA plugin), its HBM
+    `bandwidth` in bytes/s."""
     import jax
     import numpy as np
     from jax.experimental import topologies
@@ -205,10 +206,7 @@ def gpu_mesh(card: str):
     if not cuda_plugin_installed():
         raise UserError(f"compiling for a GPU needs JAX's CUDA plugin: pip install 'jax[cuda12]=={jax.__version__}' "
                         "(in an environment of its own: it runs without a GPU)")
-    from .throughput import peak_bandwidth
-
-    config = _DEVICE_INFO.format(name=card, cudnn=cudnn_version(), memory=TARGETS[card],
-                                 bandwidth=int(peak_bandwidth(card)))
+    config = _DEVICE_INFO.format(name=card, cudnn=cudnn_version(), memory=TARGETS[card], bandwidth=int(bandwidth))
     topology = topologies.get_topology_desc(platform="cuda", target_config=config, topology="1x1x1")
     return Mesh(np.array(topology.devices[:1]), ("pop",))
 
@@ -287,7 +285,7 @@ def run_parsed(args):
 
     if args.population < 1 or args.val_size < 1:
         raise UserError("--population and --val-size must be positive")
-    mesh = gpu_mesh(args.card)
+    mesh = gpu_mesh(args.card, peak_bandwidth(args.card))
     protocol = Protocol(fit_images=2048, stitch_images=512, batch_size=500)  # speed_session's
     bench = throughput.Bench(load_kb(args.kb), load_dataset(args.data), protocol, "run", args.val_size, 0, "fused",
                              None, log=lambda m: None)

@@ -473,11 +473,22 @@ def population_mesh(devices) -> Mesh:
     return Mesh(np.array(devices), ("pop",))
 
 
+def mesh_sharding(mesh: Mesh, axis_sharded: bool) -> NamedSharding:
+    """The first axis sharded over the mesh's `pop` axis, or replicated."""
+    return NamedSharding(mesh, PartitionSpec("pop") if axis_sharded else PartitionSpec())
+
+
 def on_mesh(mesh: Mesh, array, axis_sharded: bool):
     """`array` on the mesh's devices: its first axis sharded over them, or replicated."""
-    sharding = NamedSharding(mesh, PartitionSpec("pop") if axis_sharded else PartitionSpec())
     array = np.asarray(array)
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return jax.make_array_from_callback(array.shape, mesh_sharding(mesh, axis_sharded), lambda index: array[index])
+
+
+def spec_on_mesh(mesh: Mesh, axis_sharded: bool) -> Callable:
+    """`on_mesh` of an array's shape and dtype alone (a `jax.ShapeDtypeStruct`): what lowering
+    needs, for a mesh of compile-only devices too."""
+    sharding = mesh_sharding(mesh, axis_sharded)
+    return lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=sharding)
 
 
 def gathered(*arrays) -> tuple:
@@ -736,17 +747,13 @@ class PopulationEvaluator:
             raise EvaluationError("non-finite logits")
         return correct
 
-    def _spec(self, mesh: Mesh, sharded: bool):
-        sharding = NamedSharding(mesh, PartitionSpec("pop") if sharded else PartitionSpec())
-        return lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=sharding)
-
     def score_lowered(self, slots, fits, heads, scored, mesh: Mesh, platform: str, carry: int):
         """`score_fitted`'s program on `mesh` (a 1-D `pop` mesh, of compile-only devices too) with
         `carry` batches at a time, lowered for `platform` ("cuda") from the arguments' shapes alone:
         what XLA makes of it for a GPU can be read (`.compile().as_text()`) on a machine without
         one (`benchmarks/gpu_census.py`)."""
-        per_genotype = jax.tree_util.tree_map(self._spec(mesh, True), (tuple(slots), fits, heads))
-        banks, scored = jax.tree_util.tree_map(self._spec(mesh, False), (self.banks, tuple(scored)))
+        per_genotype = jax.tree_util.tree_map(spec_on_mesh(mesh, True), (tuple(slots), fits, heads))
+        banks, scored = jax.tree_util.tree_map(spec_on_mesh(mesh, False), (self.banks, tuple(scored)))
         traced = _score_chunk.trace(self.layout, self.protocol, self.group_of(len(slots[0])), carry, mesh,
                                     self.grouped_layout, banks, *per_genotype, *scored)
         return traced.lower(lowering_platforms=(platform,))
@@ -754,10 +761,10 @@ class PopulationEvaluator:
     def evaluate_lowered(self, slots, scored, mesh: Mesh, platform: str, carry: int):
         """`run_chunk`'s program (the whole protocol of a chunk: fit pass, heads, scoring), lowered
         as `score_lowered` lowers the scoring's."""
-        slots = jax.tree_util.tree_map(self._spec(mesh, True), tuple(slots))
+        slots = jax.tree_util.tree_map(spec_on_mesh(mesh, True), tuple(slots))
         shared = (self.banks, np.asarray(self.evaluator.fit_images), np.asarray(self.evaluator.fit_labels),
                   *scored)
-        banks, fit_x, fit_y, *scored = jax.tree_util.tree_map(self._spec(mesh, False), shared)
+        banks, fit_x, fit_y, *scored = jax.tree_util.tree_map(spec_on_mesh(mesh, False), shared)
         traced = _evaluate_chunk.trace(self.layout, self.protocol, self.evaluator.num_classes,
                                        self.group_of(len(slots[0])), carry, mesh, self.grouped_layout, banks, slots,
                                        fit_x, fit_y, *scored)

@@ -11,7 +11,10 @@ import pytest
 from jax import lax
 
 from modulenet_jax.benchmarks import gpu_census, throughput
+from modulenet_jax.data import fit_split, protocol_split
+from modulenet_jax.population import PopulationEvaluator, on_mesh
 from modulenet_jax.protocol import Protocol
+from modulenet_jax.space import SearchSpace
 
 # quick to compile: no stitch, the ridge head
 QUICK = Protocol(fit_images=64, stitch_images=32, batch_size=32, stitch=False, head="ridge", bn="source")
@@ -60,17 +63,13 @@ def test_the_lowered_scoring_program_counts_what_score_fitted_counts(tiny_kb, ti
     pe, scored = bench.w1_fused("float32")
     slots, fits, heads = bench.w1_fitted(pe, throughput.w1_networks(tiny_kb, 2, 0))
     compiled = pe.score_lowered(slots, fits, heads, scored, pe.mesh, "cpu", pe.carry).compile()
-    sharded = lambda a: jax.device_put(a, jax.sharding.NamedSharding(pe.mesh, jax.sharding.PartitionSpec("pop")))  # noqa: E731
-    correct, finite = compiled(pe.banks, tuple(map(sharded, slots)), jax.tree_util.tree_map(sharded, fits),
-                               jax.tree_util.tree_map(sharded, heads), *scored)
+    per_genotype = jax.tree_util.tree_map(lambda a: on_mesh(pe.mesh, a, True), (tuple(slots), fits, heads))
+    correct, finite = compiled(pe.banks, *per_genotype, *scored)
     assert bool(np.all(finite))
     np.testing.assert_array_equal(np.asarray(correct), pe.score_fitted(slots, fits, heads, scored))
 
 
 def test_the_lowered_protocol_program_counts_what_a_chunk_run_counts(tiny_kb, tiny_dataset):
-    from modulenet_jax.population import PopulationEvaluator, on_mesh
-    from modulenet_jax.data import fit_split, protocol_split
-    from modulenet_jax.space import SearchSpace
 
     space = SearchSpace(tiny_kb, "block")
     pe = PopulationEvaluator(space, QUICK, fit_split(tiny_dataset, QUICK, 0), chunk_size=2)
