@@ -20,12 +20,12 @@ entry and of what its loops and conditionals call, times the loops' trip counts;
 conditional's true branch, the slot run and its stitch applied, so every slot counts a stitch:
 more than W1's networks have, which stitch at junctions only; a loop whose trip count XLA does
 not know, such as L-BFGS's line search, once) and the bytes it reads and writes, its operands and
-outputs as the program types them (a slice or an in-place update counts its whole operand: more
-than it moves). `summary`'s `hbm_bound` divides those bytes by the card's bandwidth: the rate at
-which the program would run if every kernel moved its operands and outputs through HBM once at
-full speed, an estimate to compare programs by, not a measurement (caches can beat it, launch
-gaps and slow kernels fall short of it); its `roofline` also holds each kind of convolution call
-to its FLOPs at the dtype's dense peak.
+outputs as the program types them, except where a fusion slices an operand (it reads the slice)
+or updates one in place (it writes the update: `fusion_traffic`). `summary`'s `hbm_bound` divides
+those bytes by the card's bandwidth: the rate at which the program would run if every kernel moved
+its operands and outputs through HBM once at full speed, an estimate to compare programs by, not a
+measurement (caches can beat it, launch gaps and slow kernels fall short of it); its `roofline`
+also holds each kind of convolution call to its FLOPs at the dtype's dense peak.
 """
 
 from __future__ import annotations
@@ -123,6 +123,56 @@ def kernel_kind(name: str, op: str, line: str) -> str:
     return op
 
 
+def _operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+
+
+def fusion_traffic(lines: list[str]) -> tuple[dict[int, int], int | None]:
+    """What a fused computation's kernel moves where it reads or writes less than whole arrays:
+    `(reads, written)`, `reads` the bytes of each parameter (by number) used only through slices
+    (the slices' sizes) or only as the buffer a `dynamic-update-slice` updates in place (none),
+    `written` the update's bytes when the root is such an update (None: the output's). Bitcasts
+    and conversions on the way to a slice are followed (a loop fusion computes only the elements
+    it keeps); every other parameter and output moves whole."""
+    instrs, params, users = {}, {}, collections.defaultdict(list)
+    root = None
+    for line in lines:
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, out_type, op, rest = m.groups()
+        instrs[name] = (out_type, op, _operands(rest) if op != "parameter" else [])
+        if op == "parameter":
+            params[name] = int(rest.split(")")[0])
+        for o in instrs[name][2]:
+            users[o].append(name)
+        if line.startswith("ROOT "):
+            root = name
+
+    def uses(name, passing):
+        found = []
+        for u in users[name]:
+            found += uses(u, passing) if instrs[u][1] in passing else [(u, name)]
+        return found
+
+    reads = {}
+    for name, index in params.items():
+        sliced = uses(name, ("bitcast", "convert"))
+        if sliced and all(instrs[u][1] in ("slice", "dynamic-slice") and instrs[u][2][0] == via for u, via in sliced):
+            item = array_bytes(instrs[name][0]) // max(1, _product(_dims(instrs[name][0])))
+            reads[index] = sum(item * _product(_dims(instrs[u][0])) for u, _ in sliced)
+            continue
+        updated = uses(name, ("bitcast",))
+        if updated and all(instrs[u][1] == "dynamic-update-slice" and instrs[u][2][0] == via for u, via in updated):
+            reads[index] = 0
+    while root is not None and instrs[root][1] == "bitcast":
+        root = instrs[root][2][0]
+    written = None
+    if root is not None and instrs[root][1] == "dynamic-update-slice":
+        written = array_bytes(instrs.get(instrs[root][2][1], ("",))[0])
+    return reads, written
+
+
 def census(hlo: str) -> list[dict]:
     """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
     bytes they read and write, largest first, and the convolutions' FLOPs. Loops count their body `known_trip_count`
@@ -131,6 +181,7 @@ def census(hlo: str) -> list[dict]:
     their callee."""
     comps, entry = computations(hlo)
     types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
+    traffic = {c: fusion_traffic(lines) for c, lines in comps.items()}
     runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
 
     def visit(comp: str, times: int):
@@ -151,13 +202,15 @@ def census(hlo: str) -> list[dict]:
             elif op == "call":
                 visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times)
             else:
-                operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+                operands = _operands(rest)
                 kind = kernel_kind(name, op, line)
                 if kind.startswith("__cudnn$conv"):
                     flops[kind] += times * conv_flops(line, out_type, types[(comp, operands[1])])
+                called = re.search(r"calls=%([\w.\-]+)", line) if op == "fusion" else None
+                reads, written = traffic[called.group(1)] if called else ({}, None)
                 runs[kind] += times
-                moved[kind] += times * (array_bytes(out_type) + sum(array_bytes(types.get((comp, o), ""))
-                                                                    for o in operands))
+                moved[kind] += times * ((array_bytes(out_type) if written is None else written) + sum(
+                    reads.get(i, array_bytes(types.get((comp, o), ""))) for i, o in enumerate(operands)))
     visit(entry, 1)
     return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k]} for k, b in moved.most_common()]
 
@@ -233,11 +286,12 @@ def markdown(report: dict) -> str:
              f"networks, {report['images']:,} validation images per call in batches of {report['batch']}, "
              f"{report['carry']} carried; W1 scores fitted ResNet-56-shaped networks, W2 runs the whole protocol "
              "(fit pass, heads, scoring) on random networks of the space. Bytes: every kernel's operands and outputs "
-             "as typed, per call; `HBM-bound`: genotype-images/s (W1) or genotypes/s (W2) if they moved once at the "
-             "card's bandwidth; `roofline`: each kernel kind at that or, where slower, its convolutions' FLOPs at the "
-             "dense peak of the dtype (TF32 off for float32): estimates from the program, not measurements. A "
-             "conditional counts its true branch (a stitch at every slot); a loop whose trip count XLA does not "
-             "know (L-BFGS's line search) counts once.", "",
+             "as typed (a slice: what it keeps; an in-place update: what it writes), per call; `HBM-bound`: "
+             "genotype-images/s (W1) or genotypes/s (W2) if they moved once at the card's bandwidth; `roofline`: "
+             "each kernel kind at that or, where slower, its convolutions' FLOPs at the dense peak of the dtype "
+             "(TF32 off for float32): estimates from the program, not measurements. A conditional counts its true "
+             "branch (a stitch at every slot); a loop whose trip count XLA does not know (L-BFGS's line search) "
+             "counts once.", "",
              "| workload | layout | dtype | kernels | GB per call | MB per unit | in cuDNN calls | convolutions "
              "(fused with bias+activation / plain) | TFLOP | HBM-bound | roofline | compile s |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

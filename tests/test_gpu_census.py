@@ -32,6 +32,43 @@ dim_labels=b01f_o01i->b01f, feature_group_count=8, custom_call_target="__cudnn$c
 """
 
 
+# A slice fusion (the element converted, then sliced: computed for the slice only) and an in-place
+# update of a carried buffer, as XLA's GPU programs hold them.
+SLICED_MODULE = """HloModule jit_sliced, is_scheduled=true
+
+%fused_slice (param_0: bf16[1000,16]) -> f32[1,16] {
+  %param_0 = bf16[1000,16]{1,0} parameter(0)
+  %convert.1 = f32[1000,16]{1,0} convert(%param_0)
+  ROOT %slice.1 = f32[1,16]{1,0} slice(%convert.1), slice={[0:1], [0:16]}
+}
+
+%fused_update (param_0.1: f32[100,4], param_1: f32[4], param_2: s32[]) -> f32[100,4] {
+  %param_0.1 = f32[100,4]{1,0} parameter(0)
+  %param_1 = f32[4]{0} parameter(1)
+  %bitcast.1 = f32[1,4]{1,0} bitcast(%param_1)
+  %param_2 = s32[] parameter(2)
+  %constant.1 = s32[] constant(0)
+  ROOT %dynamic-update-slice.1 = f32[100,4]{1,0} dynamic-update-slice(%param_0.1, %bitcast.1, %param_2, %constant.1)
+}
+
+ENTRY %main (x: bf16[1000,16], buf: f32[100,4], v: f32[4], i: s32[]) -> (f32[1,16], f32[100,4]) {
+  %x = bf16[1000,16]{1,0} parameter(0)
+  %buf = f32[100,4]{1,0} parameter(1)
+  %v = f32[4]{0} parameter(2)
+  %i = s32[] parameter(3)
+  %loop_slice_fusion = f32[1,16]{1,0} fusion(%x), kind=kLoop, calls=%fused_slice
+  %loop_dynamic_update_slice_fusion = f32[100,4]{1,0} fusion(%buf, %v, %i), kind=kLoop, calls=%fused_update
+  ROOT %tuple = (f32[1,16]{1,0}, f32[100,4]{1,0}) tuple(%loop_slice_fusion, %loop_dynamic_update_slice_fusion)
+}
+"""
+
+
+def test_a_slice_moves_what_it_keeps_and_an_in_place_update_what_it_writes():
+    rows = {r["kernel"]: r["bytes"] for r in gpu_census.census(SLICED_MODULE)}
+    assert rows["fusion:loop_slice_fusion"] == 16 * 2 + 16 * 4  # 16 bf16 read (of 16,000), 16 f32 written
+    assert rows["fusion:loop_dynamic_update_slice_fusion"] == 4 * 4 + 4 + 4 * 4  # update and index in, update out
+
+
 def test_a_loop_body_counts_its_trip_count_times_and_a_conditional_its_true_branch():
     x = jnp.zeros(1000)
     looped = jax.jit(lambda x: lax.fori_loop(0, 5, lambda i, x: jnp.sin(x) * 2, x)).lower(x).compile().as_text()
