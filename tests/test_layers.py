@@ -14,15 +14,17 @@ from tests.conftest import normal
 
 
 @pytest.mark.parametrize("shape", [(64, 8, 8, 16), (37, 5, 5, 40), (9, 3, 3, 200), (1, 1, 1, 7), (13, 24)])
-@pytest.mark.parametrize("chunk_bytes", [None, 4096, 1 << 30])
-def test_batch_stats_are_the_mean_and_unbiased_variance(shape, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes,one_pass", [(None, False), (4096, False), (1 << 30, False), (4096, True),
+                                                  (1 << 30, True)])
+def test_batch_stats_are_the_mean_and_unbiased_variance(shape, chunk_bytes, one_pass):
     """Slices of rows (prime counts, channels that do not divide the columns, more channels than
     columns, a single value) combine to float64's mean and unbiased variance; an offset of 100
-    standard deviations costs no accuracy (each slice is two-pass)."""
+    standard deviations costs no accuracy (each slice is two-pass, or one pass around the mean of
+    its first rows)."""
     rng = np.random.default_rng(sum(shape))
     x = (rng.standard_normal(shape) * rng.uniform(0.1, 3.0, shape[-1]) + rng.uniform(-100, 100, shape[-1]))
     x = x.astype(np.float32)
-    mean, var = jax.jit(lambda a: batch_stats(a, chunk_bytes))(jnp.asarray(x))
+    mean, var = jax.jit(lambda a: batch_stats(a, chunk_bytes, one_pass))(jnp.asarray(x))
     rows = x.reshape(-1, shape[-1]).astype(np.float64)
     np.testing.assert_allclose(np.asarray(mean), rows.mean(0), rtol=2e-6, atol=1e-6)
     expected = rows.var(0, ddof=1) if len(rows) > 1 else np.zeros(shape[-1])
@@ -33,12 +35,36 @@ def test_batch_stats_gradient_does_not_depend_on_the_slices():
     """Fine-tuning differentiates through recalibrated statistics: many slices or one, the same gradient."""
     x = normal(0, (16, 4, 4, 8)) * 2 + 1
 
-    def loss(a, chunk_bytes):
-        mean, var = batch_stats(a, chunk_bytes)
+    def loss(a, chunk_bytes, one_pass=False):
+        mean, var = batch_stats(a, chunk_bytes, one_pass)
         return jnp.sum(mean * jnp.arange(8)) + jnp.sum(jnp.sqrt(var))
 
     many, one = (jax.grad(loss)(x, b) for b in (256, 1 << 30))
     np.testing.assert_allclose(np.asarray(many), np.asarray(one), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(x, 1 << 30, True)), np.asarray(one), rtol=1e-5, atol=1e-7)
+
+
+def _chained_reductions(fn, x) -> tuple[int, bool]:
+    """How many sums over all of `x`'s elements `fn(x)`'s jaxpr takes, and whether one of them
+    sums a value computed from another (then they read `x` one after the other)."""
+    derived, count, chained = set(), 0, False
+    for eqn in jax.make_jaxpr(fn)(x).jaxpr.eqns:
+        reads = [v for v in eqn.invars if not hasattr(v, "val")]  # literals aside
+        depends = any(v in derived for v in reads)
+        if eqn.primitive.name == "reduce_sum" and reads[0].aval.size == x.size:
+            count, chained, depends = count + 1, chained or depends, True
+        if depends:
+            derived.update(eqn.outvars)
+    return count, chained
+
+
+def test_one_pass_statistics_sum_the_values_and_their_squares_side_by_side():
+    """`one_pass` sums the values and their squares around a shift taken from the first rows, each
+    independent of the other: one fused reduction reads the activations once on a GPU (what
+    programs for a GPU use). Two-pass sums the squares around the mean of a first sum."""
+    x = jnp.zeros((256, 8, 8, 16))
+    assert _chained_reductions(lambda a: batch_stats(a, 4 * a.size, one_pass=True), x) == (2, False)
+    assert _chained_reductions(lambda a: batch_stats(a, 4 * a.size), x) == (2, True)
 
 
 def test_recalibrated_batch_norm_rounds_alike_whether_its_flag_is_known_or_traced():

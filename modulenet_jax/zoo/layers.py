@@ -104,6 +104,7 @@ def linear(x, params):
 
 CPU_CHUNK_BYTES = 1 << 20  # rows per step of `batch_stats` on a CPU: a slice that stays in cache
 STAT_LANES = 128  # channels times rows side by side in `batch_stats`' reductions
+STAT_SHIFT_ROWS = 64  # rows whose mean shifts the values of `batch_stats`' one pass
 
 
 def divisor_at_most(n: int, cap: int) -> int:
@@ -113,24 +114,28 @@ def divisor_at_most(n: int, cap: int) -> int:
     return next(d for d in range(max(1, min(n, cap)), 0, -1) if n % d == 0)
 
 
-def batch_stats(x, chunk_bytes: int | None = None):
+def batch_stats(x, chunk_bytes: int | None = None, one_pass: bool = False):
     """Per-channel mean and unbiased variance over every axis but the last, in float32.
 
     These are the statistics BatchNorm recalibration stores: the exact mean and the
     unbiased variance of the whole calibration set (what PyTorch's cumulative running
     average converges to), not an exponential moving average.
 
-    Computed in slices of rows (`chunk_bytes`; default: `CPU_CHUNK_BYTES` in a program compiled
-    for a CPU, the whole array for any other platform: `lax.platform_dependent` decides by the
-    platform the program is lowered for, which need not be the process's), each two-pass over
-    `STAT_LANES` columns (several rows' channels side by side), the slices' and columns'
-    statistics then combined exactly (Chan et al.'s pairwise formula). On a CPU this is 3x
-    faster than one reduction over the whole array, which XLA:CPU runs out of cache with the
-    square materialised, and it is more accurate (sums of slices).
+    Computed in slices of rows (`chunk_bytes`), each over `STAT_LANES` columns (several rows'
+    channels side by side), the slices' and columns' statistics then combined exactly (Chan et
+    al.'s pairwise formula). A slice is two-pass (the mean, then the squares around it), or with
+    `one_pass` read once: the sums of the values and of their squares around a shift, the mean
+    of the slice's first `STAT_SHIFT_ROWS` rows (so that they hardly cancel, as accurate as two
+    passes), the two sums independent of each other. By default `lax.platform_dependent` chooses
+    by the platform the program is lowered for (which need not be the process's): for a CPU,
+    two-pass slices of `CPU_CHUNK_BYTES`, 3x faster than one reduction over the whole array
+    (which XLA:CPU runs out of cache with the square materialised) and more accurate; for any
+    other, the whole array in one pass, which a GPU reads from its memory once instead of twice
+    (one fused reduction: on an H200 5 % of W2's bytes, `benchmarks/gpu_census.py`).
     """
     if chunk_bytes is None:
         return lax.platform_dependent(x, cpu=functools.partial(batch_stats, chunk_bytes=CPU_CHUNK_BYTES),
-                                      default=functools.partial(batch_stats, chunk_bytes=4 * x.size))
+                                      default=functools.partial(batch_stats, chunk_bytes=4 * x.size, one_pass=True))
     x = x.astype(jnp.float32)
     c = x.shape[-1]
     rows = x.reshape(-1, c)
@@ -141,6 +146,11 @@ def batch_stats(x, chunk_bytes: int | None = None):
 
     def one(block):
         block = block.reshape(m, k * c)
+        if one_pass:
+            shift = jnp.mean(block[:STAT_SHIFT_ROWS], axis=0)
+            d = block - shift
+            s1, s2 = jnp.sum(d, axis=0), jnp.sum(jnp.square(d), axis=0)
+            return shift + s1 / m, jnp.maximum(s2 - s1 * (s1 / m), 0.0)
         mean = jnp.mean(block, axis=0)
         return mean, jnp.sum(jnp.square(block - mean), axis=0)
 
