@@ -173,34 +173,46 @@ def fusion_traffic(lines: list[str]) -> tuple[dict[int, int], int | None]:
     return reads, written
 
 
-def census(hlo: str) -> list[dict]:
+def phase_of(line: str, phases, outer: str) -> str:
+    """The first of `phases` (named scopes) that is a component of the instruction's `op_name`,
+    else `outer` (the phase of the loop, conditional or call it runs in)."""
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    parts = set(op_name.group(1).split("/")) if op_name else set()
+    return next((p for p in phases if p in parts), outer)
+
+
+def census(hlo: str, phases=()) -> list[dict]:
     """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
-    bytes they read and write, largest first, and the convolutions' FLOPs. Loops count their body `known_trip_count`
-    times (once where XLA does not know it), a conditional its true branch (`true_computation`,
-    or the second of two `branch_computations`, as `lax.cond` lowers; else every branch), calls
-    their callee."""
+    bytes they read and write, largest first, the convolutions' FLOPs and the bytes per phase
+    (`phase_of`: the first of the named scopes `phases` in the kernel's op name or around it;
+    "other" outside them). Loops count their body `known_trip_count` times (once where XLA does not
+    know it), a conditional its true branch (`true_computation`, or the second of two
+    `branch_computations`, as `lax.cond` lowers; else every branch), calls their callee."""
     comps, entry = computations(hlo)
     types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
     traffic = {c: fusion_traffic(lines) for c, lines in comps.items()}
     runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
+    by_phase = collections.defaultdict(collections.Counter)
 
-    def visit(comp: str, times: int):
+    def visit(comp: str, times: int, outer: str):
         for line in comps[comp]:
             m = _INSTRUCTION.match(line)
             if not m or m.group(3) in _NOT_KERNELS:
                 continue
             name, out_type, op, rest = m.groups()
+            phase = phase_of(line, phases, outer)
             if op == "while":
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * (int(trip.group(1)) if trip else 1))
+                visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * (int(trip.group(1)) if trip else 1),
+                      phase)
             elif op == "conditional":
                 true = re.search(r"true_computation=%([\w.\-]+)", line)
                 branches = [true.group(1)] if true else re.findall(
                     r"%([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}", line).group(1))
                 for branch in branches[1:] if len(branches) == 2 else branches:  # lax.cond: {false, true}
-                    visit(branch, times)
+                    visit(branch, times, phase)
             elif op == "call":
-                visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times)
+                visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times, phase)
             else:
                 operands = _operands(rest)
                 kind = kernel_kind(name, op, line)
@@ -209,10 +221,13 @@ def census(hlo: str) -> list[dict]:
                 called = re.search(r"calls=%([\w.\-]+)", line) if op == "fusion" else None
                 reads, written = traffic[called.group(1)] if called else ({}, None)
                 runs[kind] += times
-                moved[kind] += times * ((array_bytes(out_type) if written is None else written) + sum(
+                moved_here = times * ((array_bytes(out_type) if written is None else written) + sum(
                     reads.get(i, array_bytes(types.get((comp, o), ""))) for i, o in enumerate(operands)))
-    visit(entry, 1)
-    return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k]} for k, b in moved.most_common()]
+                moved[kind] += moved_here
+                by_phase[kind][phase] += moved_here
+    visit(entry, 1, "other")
+    return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k], "phases": dict(by_phase[k])}
+            for k, b in moved.most_common()]
 
 
 def bound(rows: list[dict], units: int, bandwidth: float, peak: float) -> float:
@@ -229,6 +244,7 @@ def summary(rows: list[dict], units: int, bandwidth: float, peak: float) -> dict
             "bytes_per_unit": total / units,
             "cudnn_share": sum(r["bytes"] for r in convs) / total,
             "convolutions": {r["kernel"]: r["runs"] for r in convs},
+            "phases": dict(sum((collections.Counter(r.get("phases", {})) for r in rows), collections.Counter())),
             "hbm_bound": bound(rows, units, bandwidth, float("inf")),
             "roofline": bound(rows, units, bandwidth, peak)}
 
@@ -308,6 +324,11 @@ def markdown(report: dict) -> str:
         total = v["summary"]["bytes"]
         lines += [f"| `{r['kernel']}` | {r['runs']:,} | {r['bytes'] / 1e9:.2f} | {r['bytes'] / total:.1%} |"
                   for r in v["rows"] if r["bytes"] >= 0.001 * total]
+        phases = v["summary"].get("phases", {})
+        if set(phases) - {"other"}:
+            lines += ["", "By the protocol's phase (`population.PHASES`; other: outside them): " + ", ".join(
+                f"{phase.replace('_', ' ')} {b / 1e9:,.1f} GB ({b / total:.0%})"
+                for phase, b in sorted(phases.items(), key=lambda kv: -kv[1]) if b >= 0.0005 * total)]
     return "\n".join(lines)
 
 
@@ -330,11 +351,13 @@ def run_parsed(args):
     compile_only_environment()
     import jax
 
+    jax.config.update("jax_compilation_cache_include_metadata_in_key", True)  # the phases are read from op names
+
     from . import throughput
     from .throughput import NUMERICS, peak_bandwidth, peak_flops
     from .prepare_device_bundle import load_kb
     from modulenet_jax.data import load_dataset
-    from modulenet_jax.population import PopulationEvaluator, batch_carry
+    from modulenet_jax.population import PHASES, PopulationEvaluator, batch_carry
     from modulenet_jax.protocol import Protocol
 
     if args.population < 1 or args.val_size < 1:
@@ -364,7 +387,7 @@ def run_parsed(args):
                     lowered = pe.evaluate_lowered(pe.stacked_slots(w2), pe.device_split(bench.val), mesh, "cuda",
                                                   carry)
                     units = args.population
-                rows = census(lowered.compile().as_text())
+                rows = census(lowered.compile().as_text(), PHASES)
                 done = summary(rows, units, peak_bandwidth(args.card), peak_flops(args.card, NUMERICS[dtype]))
                 report["variants"].append({"workload": workload, "layout": layout, "dtype": dtype,
                                            "compile_s": time.time() - t, "rows": rows, "summary": done})

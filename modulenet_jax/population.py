@@ -395,6 +395,11 @@ def over_devices(mesh: Mesh, local: Callable, per_genotype, shared):
                          out_specs=PartitionSpec("pop"), check_vma=False)(per_genotype, shared)
 
 
+# The protocol's phases in `evaluate_chunk`, as named scopes: in the compiled program's op names, by
+# which a profile or `benchmarks/gpu_census.py` tells their kernels apart.
+PHASES = ("fit_pass", "heads", "tune", "score")
+
+
 def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images, grouped_layout: bool = False):
     """The first phase for every genotype of a chunk (`by_group`): `(fits, features)`, its
     modules fitted on the fit images and the head's pooled features of them (with
@@ -419,16 +424,19 @@ def fit_heads(protocol: Protocol, num_classes: int, features, labels):
 def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: int, banks, slots, fit_x, fit_y,
                    images, labels, valid, carry: int = 1, grouped_layout: bool = False):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
-    protocol, phase by phase: `fit_chunk`, `fit_heads`, the optional tuning and the scoring
-    (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's fit pass and
+    protocol, phase by phase (each under its `PHASES` name): `fit_chunk`, `fit_heads`, the optional
+    tuning and the scoring (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's fit pass and
     scoring in the grouped layout)."""
-    fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x, grouped_layout)
-    heads = fit_heads(protocol, num_classes, features, fit_y)
+    with jax.named_scope(PHASES[0]):
+        fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x, grouped_layout)
+    with jax.named_scope(PHASES[1]):
+        heads = fit_heads(protocol, num_classes, features, fit_y)
     if protocol.stitch_steps:
         def tune(slots, fits, head, present):
             return tune_network(layout, protocol, banks, slots, fits, head, fit_x, fit_y, present)
 
-        fits, heads = by_group(protocol, group, tune, slots, fits, heads)
+        with jax.named_scope(PHASES[2]):
+            fits, heads = by_group(protocol, group, tune, slots, fits, heads)
 
     def score(slots, fits, head, present):
         correct, finite = score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present,
@@ -439,7 +447,8 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
         correct, finite = score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present,
                                       carry)
         return correct, finite & jax.vmap(core.fit_is_finite)(fits, heads)
-    return by_group(protocol, group, score, slots, fits, heads, many=score_all if grouped_layout else None)
+    with jax.named_scope(PHASES[3]):
+        return by_group(protocol, group, score, slots, fits, heads, many=score_all if grouped_layout else None)
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "protocol", "num_classes", "group", "carry", "mesh",
