@@ -425,8 +425,8 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
                    images, labels, valid, carry: int = 1, grouped_layout: bool = False):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
     protocol, phase by phase (each under its `PHASES` name): `fit_chunk`, `fit_heads`, the optional
-    tuning and the scoring (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a group's fit pass and
-    scoring in the grouped layout)."""
+    tuning and the scoring (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a
+    group's fit pass and scoring in the grouped layout)."""
     with jax.named_scope(PHASES[0]):
         fits, features = fit_chunk(layout, protocol, group, banks, slots, fit_x, grouped_layout)
     with jax.named_scope(PHASES[1]):

@@ -44,14 +44,14 @@ def test_batch_stats_gradient_does_not_depend_on_the_slices():
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(x, 1 << 30, True)), np.asarray(one), rtol=1e-5, atol=1e-7)
 
 
-def _chained_reductions(fn, x) -> tuple[int, bool]:
-    """How many sums over all of `x`'s elements `fn(x)`'s jaxpr takes, and whether one of them
-    sums a value computed from another (then they read `x` one after the other)."""
+def _chained_reductions(jaxpr, size: int) -> tuple[int, bool]:
+    """How many sums over `size` elements `jaxpr` takes, and whether one of them sums a value
+    computed from another (then they read the activations one after the other)."""
     derived, count, chained = set(), 0, False
-    for eqn in jax.make_jaxpr(fn)(x).jaxpr.eqns:
+    for eqn in jaxpr.eqns:
         reads = [v for v in eqn.invars if not hasattr(v, "val")]  # literals aside
         depends = any(v in derived for v in reads)
-        if eqn.primitive.name == "reduce_sum" and reads[0].aval.size == x.size:
+        if eqn.primitive.name == "reduce_sum" and reads[0].aval.size == size:
             count, chained, depends = count + 1, chained or depends, True
         if depends:
             derived.update(eqn.outvars)
@@ -60,11 +60,16 @@ def _chained_reductions(fn, x) -> tuple[int, bool]:
 
 def test_one_pass_statistics_sum_the_values_and_their_squares_side_by_side():
     """`one_pass` sums the values and their squares around a shift taken from the first rows, each
-    independent of the other: one fused reduction reads the activations once on a GPU (what
-    programs for a GPU use). Two-pass sums the squares around the mean of a first sum."""
-    x = jnp.zeros((256, 8, 8, 16))
-    assert _chained_reductions(lambda a: batch_stats(a, 4 * a.size, one_pass=True), x) == (2, False)
-    assert _chained_reductions(lambda a: batch_stats(a, 4 * a.size), x) == (2, True)
+    independent of the other: one fused reduction reads the activations once on a GPU. Two-pass
+    sums the squares around the mean of a first sum. Programs for any platform but a CPU take the
+    one pass (`batch_stats`' `platform_dependent` branch for the default platforms)."""
+    x = jnp.zeros((256, 32, 32, 16))
+    for one_pass, chained in ((True, False), (False, True)):
+        jaxpr = jax.make_jaxpr(lambda a: batch_stats(a, 4 * a.size, one_pass))(x).jaxpr
+        assert _chained_reductions(jaxpr, x.size) == (2, chained)
+    choice, = [e for e in jax.make_jaxpr(batch_stats)(x).jaxpr.eqns if e.primitive.name == "cond"]
+    branches = dict(zip(choice.params["branches_platforms"], choice.params["branches"]))
+    assert _chained_reductions(branches[None].jaxpr, x.size) == (2, False)
 
 
 def test_recalibrated_batch_norm_rounds_alike_whether_its_flag_is_known_or_traced():
