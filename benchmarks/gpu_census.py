@@ -159,7 +159,7 @@ def fusion_traffic(lines: list[str]) -> tuple[dict[int, int], int | None]:
     for name, index in params.items():
         sliced = uses(name, ("bitcast", "convert"))
         if sliced and all(instrs[u][1] in ("slice", "dynamic-slice") and instrs[u][2][0] == via for u, via in sliced):
-            item = array_bytes(instrs[name][0]) // max(1, _product(_dims(instrs[name][0])))
+            item = ITEM_BYTES[_ARRAY.search(instrs[name][0]).group(1)]  # the parameter's, before conversions
             reads[index] = sum(item * _product(_dims(instrs[u][0])) for u, _ in sliced)
             continue
         updated = uses(name, ("bitcast",))

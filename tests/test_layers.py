@@ -31,6 +31,21 @@ def test_batch_stats_are_the_mean_and_unbiased_variance(shape, chunk_bytes, one_
     np.testing.assert_allclose(np.asarray(var), expected, rtol=2e-5, atol=1e-6)
 
 
+def test_one_pass_statistics_hold_when_the_first_rows_are_outliers():
+    """The one pass shifts by the mean of the first `STAT_SHIFT_ROWS` rows: rows 50 standard
+    deviations away there (the shift far from the mean, the sums cancelling most) still give
+    float64's mean and unbiased variance to the tolerances of two passes."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 4, 4, 16))
+    # the rows the shift is taken from: STAT_SHIFT_ROWS of STAT_LANES values, 16 channels each, 4x4 per image
+    x[:layers.STAT_SHIFT_ROWS * (layers.STAT_LANES // 16) // (4 * 4)] += 50.0
+    x = x.astype(np.float32)
+    mean, var = jax.jit(lambda a: batch_stats(a, 4 * a.size, one_pass=True))(jnp.asarray(x))
+    rows = x.reshape(-1, 16).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(mean), rows.mean(0), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(var), rows.var(0, ddof=1), rtol=2e-5, atol=1e-6)
+
+
 def test_batch_stats_gradient_does_not_depend_on_the_slices():
     """Fine-tuning differentiates through recalibrated statistics: many slices or one, the same gradient."""
     x = normal(0, (16, 4, 4, 8)) * 2 + 1
