@@ -181,53 +181,82 @@ def phase_of(line: str, phases, outer: str) -> str:
     return next((p for p in phases if p in parts), outer)
 
 
-def census(hlo: str, phases=()) -> list[dict]:
-    """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
-    bytes they read and write, largest first, the convolutions' FLOPs and the bytes per phase
-    (`phase_of`: the first of the named scopes `phases` in the kernel's op name or around it;
-    "other" outside them). Loops count their body `known_trip_count` times (once where XLA does not
-    know it), a conditional its true branch (`true_computation`, or the second of two
-    `branch_computations`, as `lax.cond` lowers; else every branch), calls their callee."""
-    comps, entry = computations(hlo)
-    types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
-    traffic = {c: fusion_traffic(lines) for c, lines in comps.items()}
-    runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
-    by_phase = collections.defaultdict(collections.Counter)
-
+def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branch: bool = False):
+    """Every instruction the entry runs, through its loops, conditionals and calls, as (computation,
+    its `_INSTRUCTION` match, times per call, phase). Loops count their body `known_trip_count`
+    times (once where XLA does not know it), a conditional its true branch (`true_computation`, or
+    the second of two `branch_computations`, as `lax.cond` lowers; else every branch), calls their
+    callee; `every_branch` also walks every branch and each loop's condition (the phase of every
+    instruction that can run). A phase is `phase_of` the instruction, "other" outside them all."""
     def visit(comp: str, times: int, outer: str):
         for line in comps[comp]:
             m = _INSTRUCTION.match(line)
             if not m or m.group(3) in _NOT_KERNELS:
                 continue
-            name, out_type, op, rest = m.groups()
+            op = m.group(3)
             phase = phase_of(line, phases, outer)
+            yield comp, m, times, phase
             if op == "while":
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * (int(trip.group(1)) if trip else 1),
-                      phase)
+                yield from visit(re.search(r"body=%([\w.\-]+)", line).group(1),
+                                 times * (int(trip.group(1)) if trip else 1), phase)
+                if every_branch:
+                    yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1), times, phase)
             elif op == "conditional":
                 true = re.search(r"true_computation=%([\w.\-]+)", line)
-                branches = [true.group(1)] if true else re.findall(
+                false = re.search(r"false_computation=%([\w.\-]+)", line)
+                branches = [false.group(1), true.group(1)] if true else re.findall(
                     r"%([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}", line).group(1))
-                for branch in branches[1:] if len(branches) == 2 else branches:  # lax.cond: {false, true}
-                    visit(branch, times, phase)
+                counted = branches if every_branch or len(branches) != 2 else branches[1:]  # lax.cond: {false, true}
+                for branch in counted:
+                    yield from visit(branch, times, phase)
             elif op == "call":
-                visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times, phase)
-            else:
-                operands = _operands(rest)
-                kind = kernel_kind(name, op, line)
-                if kind.startswith("__cudnn$conv"):
-                    flops[kind] += times * conv_flops(line, out_type, types[(comp, operands[1])])
-                called = re.search(r"calls=%([\w.\-]+)", line) if op == "fusion" else None
-                reads, written = traffic[called.group(1)] if called else ({}, None)
-                runs[kind] += times
-                moved_here = times * ((array_bytes(out_type) if written is None else written) + sum(
-                    reads.get(i, array_bytes(types.get((comp, o), ""))) for i, o in enumerate(operands)))
-                moved[kind] += moved_here
-                by_phase[kind][phase] += moved_here
-    visit(entry, 1, "other")
+                yield from visit(re.search(r"to_apply=%([\w.\-]+)", line).group(1), times, phase)
+
+    yield from visit(entry, 1, "other")
+
+
+CONTROL_FLOW = ("while", "conditional", "call")
+
+
+def census(hlo: str, phases=()) -> list[dict]:
+    """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
+    bytes they read and write, largest first, the convolutions' FLOPs and the bytes per phase
+    (`phase_of`: the first of the named scopes `phases` in the kernel's op name or around it;
+    "other" outside them), counted as `instructions` walks the module."""
+    comps, entry = computations(hlo)
+    types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
+    traffic = {c: fusion_traffic(lines) for c, lines in comps.items()}
+    runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
+    by_phase = collections.defaultdict(collections.Counter)
+    for comp, m, times, phase in instructions(comps, entry, phases):
+        name, out_type, op, rest = m.groups()
+        if op in CONTROL_FLOW:
+            continue
+        line = m.string
+        operands = _operands(rest)
+        kind = kernel_kind(name, op, line)
+        if kind.startswith("__cudnn$conv"):
+            flops[kind] += times * conv_flops(line, out_type, types[(comp, operands[1])])
+        called = re.search(r"calls=%([\w.\-]+)", line) if op == "fusion" else None
+        reads, written = traffic[called.group(1)] if called else ({}, None)
+        runs[kind] += times
+        moved_here = times * ((array_bytes(out_type) if written is None else written) + sum(
+            reads.get(i, array_bytes(types.get((comp, o), ""))) for i, o in enumerate(operands)))
+        moved[kind] += moved_here
+        by_phase[kind][phase] += moved_here
     return [{"kernel": k, "runs": runs[k], "bytes": b, "flops": flops[k], "phases": dict(by_phase[k])}
             for k, b in moved.most_common()]
+
+
+def instruction_phases(hlo: str, phases) -> tuple[str, dict[str, str]]:
+    """An optimized module's name and the phase (`phase_of`, inherited from the loop, conditional
+    or call around it) of every instruction it can run, by name: what a profile's events, which
+    name the HLO op they run (`hlo_op`), are attributed to (`profile_summary.summarize`)."""
+    comps, entry = computations(hlo)
+    module = re.match(r"HloModule ([^\s,]+)", hlo.lstrip())
+    return (module.group(1) if module else "",
+            {m.group(1): phase for _, m, _, phase in instructions(comps, entry, phases, every_branch=True)})
 
 
 def bound(rows: list[dict], units: int, bandwidth: float, peak: float) -> float:

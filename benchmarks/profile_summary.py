@@ -11,7 +11,8 @@ lines and, derived from them, an `XLA Ops` and an `XLA Modules` line covering th
 device time is the sum over the stream lines only (over `XLA Ops` where a device has no stream
 line, as a TPU). On a CPU, which has no device process, it is the host events XLA marks with the
 HLO op they run. Control flow (`while`, `cond`, `call`) is left out: its events enclose
-the ops of its body.
+the ops of its body. Given the phase of each of the program's HLO ops (`gpu_census.instruction_phases`
+of its compiled text), the device time is also split by the protocol's phase.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import jax
 _SUFFIX = re.compile(r"([._]\d+|\.clone)$")
 
 
-def capture(call: Callable[[], object], trace_dir, repeats: int = 1) -> dict:
-    """`call()` (compiled beforehand) `repeats` times under the profiler; the trace's `summarize`,
-    with the wall seconds of the traced calls."""
+def capture(call: Callable[[], object], trace_dir, repeats: int = 1, op_phases=None) -> dict:
+    """`call()` (compiled beforehand) `repeats` times under the profiler; the trace's `summarize`
+    (by phase too with `op_phases`), with the wall seconds of the traced calls."""
     trace_dir = Path(trace_dir)
     trace_dir.mkdir(parents=True, exist_ok=True)
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
@@ -42,7 +43,7 @@ def capture(call: Callable[[], object], trace_dir, repeats: int = 1) -> dict:
     traces = sorted(trace_dir.rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
     if not traces:
         raise FileNotFoundError(f"the profiler wrote no perfetto_trace.json.gz under {trace_dir}")
-    summary = summarize(load_events(traces[-1]))
+    summary = summarize(load_events(traces[-1]), op_phases=op_phases)
     summary["wall_seconds"] = wall
     summary["calls"] = repeats
     return summary
@@ -89,16 +90,23 @@ def _device_time_events(events: list[dict]) -> tuple[list[dict], str]:
     return [e for e in complete if "hlo_op" in e.get("args", {})], "host events of HLO ops"
 
 
-def summarize(events: list[dict], top: int = 15) -> dict:
+def summarize(events: list[dict], top: int = 15, op_phases: tuple[str, dict] | None = None) -> dict:
     """Device time by op kind: `{"source", "device_seconds", "events", "kinds": [{kind, seconds,
-    share, count}, ...]}`, the `top` largest kinds and the rest as `other`."""
+    share, count}, ...]}`, the `top` largest kinds and the rest as `other`. With `op_phases`
+    (`(module, {HLO op: phase})`, `gpu_census.instruction_phases`) also `"phases"`: seconds by
+    phase, `unattributed` for an event whose op is not in the module (a copy between host and
+    device) and `other programs` for events of another module."""
     chosen, source = _device_time_events(events)
     seconds, count = defaultdict(float), defaultdict(int)
+    by_phase = defaultdict(float)
     for e in chosen:
-        kind = op_kind(e.get("args", {}).get("hlo_op") or e["name"])
+        op = e.get("args", {}).get("hlo_op") or e["name"]
+        kind = op_kind(op)
         if kind not in CONTROL_FLOW:
             seconds[kind] += e["dur"] * 1e-6  # the trace's times are microseconds
             count[kind] += 1
+            if op_phases is not None:
+                by_phase[_phase(e, op, *op_phases)] += e["dur"] * 1e-6
     total = sum(seconds.values())
     ranked = sorted(seconds, key=seconds.get, reverse=True)
     kinds = [{"kind": k, "seconds": seconds[k], "share": seconds[k] / total if total else 0.0, "count": count[k]}
@@ -108,7 +116,18 @@ def summarize(events: list[dict], top: int = 15) -> dict:
         s = sum(seconds[k] for k in rest)
         kinds.append({"kind": f"other ({len(rest)} kinds)", "seconds": s, "share": s / total if total else 0.0,
                       "count": sum(count[k] for k in rest)})
-    return {"source": source, "device_seconds": total, "events": sum(count.values()), "kinds": kinds}
+    summary = {"source": source, "device_seconds": total, "events": sum(count.values()), "kinds": kinds}
+    if op_phases is not None:
+        summary["phases"] = dict(sorted(by_phase.items(), key=lambda kv: -kv[1]))
+    return summary
+
+
+def _phase(event: dict, op: str, module: str, phases: dict[str, str]) -> str:
+    """The phase of a device-time event: its HLO op's in `module`, else why there is none."""
+    args = event.get("args", {})
+    if args.get("hlo_module", module) != module:
+        return "other programs"
+    return phases.get(op, "unattributed")
 
 
 def markdown(summaries: dict[str, dict]) -> str:
@@ -121,5 +140,11 @@ def markdown(summaries: dict[str, dict]) -> str:
                   "| op kind | ms | share | events |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| `{k['kind']}` | {1e3 * k['seconds']:.3f} | {100 * k['share']:.1f}% | {k['count']} |"
                   for k in s["kinds"]]
+        if s.get("phases"):
+            total = sum(s["phases"].values())
+            split = ", ".join(f"{phase.replace('_', ' ')} {1e3 * t:.3f} ms ({t / total:.0%})"
+                              for phase, t in s["phases"].items())
+            lines += ["", f"By the protocol's phase (each op's in the compiled program, `population.PHASES`; other: "
+                          f"ops outside them, or that XLA made without an op name): {split}."]
         lines.append("")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ time) up to `--groups-until` (64), and above it only in
 the group that ran fastest there (per workload and dtype: the 256 points are the slowest to
 compile and run); at `--profile-population` each of its rows is traced with `jax.profiler` and
 summarised by op kind (`profile_summary.py`; the traces stay beside the cache, the summary goes
-into the report). Beside them, W1 and W2 time the fused program in the grouped layout (W2 fitting in it too)
+into the report), W2's also by the protocol's phase (its ops' named scopes). Beside them, W1 and W2 time the fused program in the grouped layout (W2 fitting in it too)
 (`jax-grouped`, traced too), and W1 two speed references: the naive vmap probe and the
 grouped-layout probe (`grouped_probe.py`, traced at the profile population too).
 Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).

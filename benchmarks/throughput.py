@@ -44,8 +44,8 @@ from modulenet_jax import grouped, protocol as core
 from modulenet_jax.data import Dataset, fit_split, protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.knowledge import KnowledgeBase
-from modulenet_jax.population import (PopulationEvaluator, choose_strategy, fit_chunk, fit_heads, inference_fits,
-                                      walk)
+from modulenet_jax.population import (PHASES, PopulationEvaluator, choose_strategy, fit_chunk, fit_heads,
+                                      inference_fits, walk)
 from modulenet_jax.protocol import FittedNetwork, Protocol
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo import op_of
@@ -608,6 +608,7 @@ class Bench:
         if self.strategy != "fused" or self.skip(row, f"profile of {title}"):
             return
         t_row = time.time()
+        op_phases = None
         if workload == "W1":
             pe, scored = self.w1_fused(dtype, group, grouped_layout)
             fitted = self.w1_fitted(pe, archs[:P])
@@ -619,8 +620,23 @@ class Bench:
 
             def call():
                 return pe.evaluate(archs[:P], self.val)
-        self._trace(title, call, trace_dir)
+
+            def op_phases():
+                return self._w2_phases(pe, archs)
+        self._trace(title, call, trace_dir, op_phases)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
+
+    def _w2_phases(self, pe: PopulationEvaluator, archs):
+        """The phase of each HLO op of the program `pe.evaluate` runs on a chunk of `archs`
+        (`gpu_census.instruction_phases` of it lowered and compiled again: the same program, a
+        compilation-cache hit where the cache is on)."""
+        from .gpu_census import instruction_phases
+
+        chunk = list(archs[:pe.chunk_size])
+        chunk += chunk[-1:] * (pe.chunk_size - len(chunk))  # padded as `evaluate` pads a chunk
+        lowered = pe.evaluate_lowered(pe.stacked_slots(chunk), pe.device_split(self.val), pe.mesh, None,
+                                      pe.carry_for(pe.group_of(pe.chunk_size)))
+        return instruction_phases(lowered.compile().as_text(), PHASES)
 
     def profile_grouped_probe(self, archs, dtype, P, trace_dir):
         """`profile` of the grouped probe's call (`jax-probe-grouped`): what the fused W1 profile's
@@ -633,13 +649,16 @@ class Bench:
         self._trace(title, self._probe_call(archs[:P], dtype, True), trace_dir)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def _trace(self, title: str, call: Callable, trace_dir):
+    def _trace(self, title: str, call: Callable, trace_dir, op_phases: Callable | None = None):
         """`call` compiled (or read from the cache) outside the trace, then traced once and summarised
-        by op kind (`profile_summary`) under `title` in `profiles`."""
+        by op kind (`profile_summary`) under `title` in `profiles`, and by phase where `op_phases()`
+        (after the first call) gives the phase of each op of the program it runs."""
         from . import profile_summary
 
         call()
-        summary = profile_summary.capture(call, Path(trace_dir) / title.replace(" ", "_").replace("=", ""))
+        phases = op_phases() if op_phases else None
+        summary = profile_summary.capture(call, Path(trace_dir) / title.replace(" ", "_").replace("=", ""),
+                                          op_phases=phases)
         self.profiles[title] = summary
         top = summary["kinds"][0] if summary["kinds"] else {"kind": "-", "share": 0.0}
         self.log(f"profile {title}: {summary['device_seconds']:.3f} s of op time, largest `{top['kind']}` "

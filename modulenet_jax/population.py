@@ -767,9 +767,10 @@ class PopulationEvaluator:
                                     self.grouped_layout, banks, *per_genotype, *scored)
         return traced.lower(lowering_platforms=(platform,))
 
-    def evaluate_lowered(self, slots, scored, mesh: Mesh, platform: str, carry: int):
+    def evaluate_lowered(self, slots, scored, mesh: Mesh, platform: str | None, carry: int):
         """`run_chunk`'s program (the whole protocol of a chunk: fit pass, heads, scoring), lowered
-        as `score_lowered` lowers the scoring's."""
+        as `score_lowered` lowers the scoring's (`platform` None: for the default backend, the
+        program `run_chunk` runs there)."""
         slots = jax.tree_util.tree_map(spec_on_mesh(mesh, True), tuple(slots))
         shared = (self.banks, np.asarray(self.evaluator.fit_images), np.asarray(self.evaluator.fit_labels),
                   *scored)
@@ -777,7 +778,7 @@ class PopulationEvaluator:
         traced = _evaluate_chunk.trace(self.layout, self.protocol, self.evaluator.num_classes,
                                        self.group_of(len(slots[0])), carry, mesh, self.grouped_layout, banks, slots,
                                        fit_x, fit_y, *scored)
-        return traced.lower(lowering_platforms=(platform,))
+        return traced.lower(lowering_platforms=None if platform is None else (platform,))
 
     def evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """Evaluations of many networks (same order), chunk by chunk.

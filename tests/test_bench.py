@@ -258,6 +258,17 @@ def test_fused_rows_are_profiled(fused_run):
         assert summary["device_seconds"] > 0 and summary["kinds"] and summary["calls"] == 1
         assert abs(sum(k["share"] for k in summary["kinds"]) - 1) < 1e-9
     assert "Device time by op kind" in throughput.markdown(fused_report)
+    # W2's time by the protocol's phase, its HLO ops found in the program compiled again
+    for title, summary in fused_report["profiles"].items():
+        if title.startswith("W1"):
+            assert "phases" not in summary
+            continue
+        phases = summary["phases"]
+        assert {"fit_pass", "heads", "score"} <= set(phases) <= {"fit_pass", "heads", "score", "other",
+                                                                  "unattributed", "other programs"}, title
+        assert sum(phases.values()) == pytest.approx(summary["device_seconds"])
+        assert phases.get("unattributed", 0) + phases.get("other programs", 0) < 0.05 * summary["device_seconds"]
+    assert "By the protocol's phase" in throughput.markdown(fused_report)
 
 
 def test_profile_summary_sums_device_time_by_op_kind():
@@ -282,6 +293,31 @@ def test_profile_summary_sums_device_time_by_op_kind():
     host = profile_summary.summarize(events[1:3] + events[-1:])  # no device process: the HLO-op host events
     assert host["source"] == "host events of HLO ops" and host["kinds"][0]["kind"] == "convolution"
     assert "| `copy` | 0.050 | 10.0% | 1 |" in profile_summary.markdown({"W1": s})
+
+
+def test_profile_summary_splits_device_time_by_phase():
+    """With the phase of each HLO op of a module, each event's time goes to its op's phase; an op
+    the module lacks is unattributed, an event of another module another program's."""
+    from modulenet_jax.benchmarks import profile_summary
+
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "Stream #13(Compute)"}}]
+
+    def kernel(op, dur, module="jit__evaluate_chunk"):
+        return {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": dur, "name": "k", "args": {"hlo_op": op,
+                                                                                         "hlo_module": module}}
+
+    events = meta + [kernel("cudnn-conv.3", 300), kernel("loop_add_fusion.2", 100), kernel("cudnn-conv.9", 50),
+                     kernel("fusion.7", 40), kernel("fusion.1", 10, "jit_gathered"),
+                     {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 5, "name": "MemcpyD2H"}]
+    ops = ("jit__evaluate_chunk", {"cudnn-conv.3": "fit_pass", "loop_add_fusion.2": "fit_pass",
+                                   "cudnn-conv.9": "score", "fusion.1": "score"})
+    s = profile_summary.summarize(events, op_phases=ops)
+    assert s["phases"] == pytest.approx({"fit_pass": 400e-6, "score": 50e-6, "unattributed": 45e-6,
+                                         "other programs": 10e-6})
+    assert list(s["phases"]) == ["fit_pass", "score", "unattributed", "other programs"]  # largest first
+    assert "phases" not in profile_summary.summarize(events)
+    assert "fit pass 0.400 ms (79%), score 0.050 ms (10%)" in profile_summary.markdown({"W2": s})
 
 
 def test_profile_summary_counts_a_gpus_stream_lines_once():

@@ -2,6 +2,7 @@
 bytes and the convolutions' FLOPs right on known programs; `score_lowered`'s program (what the
 census compiles for a GPU) counts what `score_fitted` counts; without the CUDA plugin, one line."""
 
+import collections
 import os
 
 import jax
@@ -80,6 +81,35 @@ def test_a_loop_body_counts_its_trip_count_times_and_a_conditional_its_true_bran
     rows = gpu_census.census(branched)
     assert any(r["bytes"] == 2 * 4000 for r in rows), rows  # the true branch: x in, sin(x) * 3 out
     assert not any("reduce" in r["kernel"] for r in rows), rows  # the false branch's sum is not counted
+
+
+def test_every_instruction_that_can_run_has_the_phase_of_its_scope_or_of_what_runs_it():
+    """`instruction_phases`: an op takes the named scope in its op name, else (a loop's condition,
+    a copy XLA adds) the phase of the loop, conditional or call it runs in; both branches of a
+    conditional and a loop's condition are read (a profile sees whichever ran)."""
+    def program(p, x):
+        with jax.named_scope("fit_pass"):
+            x = lax.fori_loop(0, 3, lambda i, x: jnp.sin(x) * 2, x)
+        with jax.named_scope("score"):
+            x = lax.cond(p, lambda x: jnp.cos(x) * 3, lambda x: jnp.exp(x[:10]).sum() * x, x)
+        return x * 5
+
+    compiled = jax.jit(program).lower(True, jnp.zeros(1000)).compile().as_text()
+    module, phases = gpu_census.instruction_phases(compiled, PHASES)
+    assert module == compiled.split()[1].rstrip(",") and module.startswith("jit_program")
+    comps, entry = gpu_census.computations(compiled)
+    ran = {m.group(1): (comp, m.group(3)) for comp, m, _, _ in gpu_census.instructions(comps, entry, every_branch=True)}
+    assert set(phases) == set(ran)
+    whiles = [name for name, (_, op) in ran.items() if op == "while"]
+    conditionals = [name for name, (_, op) in ran.items() if op == "conditional"]
+    assert [phases[w] for w in whiles] == ["fit_pass"] and [phases[c] for c in conditionals] == ["score"]
+    by_computation = collections.defaultdict(set)
+    for name, (comp, op) in ran.items():
+        by_computation[comp].add(phases[name])
+    assert {p for comp, ps in by_computation.items() if comp != entry for p in ps} == {"fit_pass", "score"}
+    reduce_ops = [name for name, (comp, op) in ran.items() if "reduce" in name or op == "reduce"]
+    assert reduce_ops and all(phases[n] == "score" for n in reduce_ops)  # the false branch's sum
+    assert "other" in {phases[name] for name, (comp, _) in ran.items() if comp == entry}  # x * 5
 
 
 def test_a_cudnn_convolution_counts_its_bytes_and_flops():
