@@ -252,11 +252,21 @@ def census(hlo: str, phases=()) -> list[dict]:
 def instruction_phases(hlo: str, phases) -> tuple[str, dict[str, str]]:
     """An optimized module's name and the phase (`phase_of`, inherited from the loop, conditional
     or call around it) of every instruction it can run, by name: what a profile's events, which
-    name the HLO op they run (`hlo_op`), are attributed to (`profile_summary.summarize`)."""
+    name the HLO op they run (`hlo_op`), are attributed to (`profile_summary.summarize`). A call
+    whose callee's instructions share one phase (on a GPU, XLA's command buffers: a computation of
+    consecutive kernels run as one CUDA graph, one event in a profile) has that phase, under its
+    own name and its callee's."""
     comps, entry = computations(hlo)
     module = re.match(r"HloModule ([^\s,]+)", hlo.lstrip())
-    return (module.group(1) if module else "",
-            {m.group(1): phase for _, m, _, phase in instructions(comps, entry, phases, every_branch=True)})
+    found, inside = {}, collections.defaultdict(set)
+    for comp, m, _, phase in instructions(comps, entry, phases, every_branch=True):
+        found[m.group(1)] = phase
+        inside[comp].add(phase)
+    for comp, m, _, _ in instructions(comps, entry, phases, every_branch=True):
+        callee = re.search(r"to_apply=%([\w.\-]+)", m.string) if m.group(3) == "call" else None
+        if callee and len(inside[callee.group(1)]) == 1:
+            found[m.group(1)] = found[callee.group(1)] = next(iter(inside[callee.group(1)]))
+    return (module.group(1) if module else ""), found
 
 
 def bound(rows: list[dict], units: int, bandwidth: float, peak: float) -> float:

@@ -112,6 +112,47 @@ def test_every_instruction_that_can_run_has_the_phase_of_its_scope_or_of_what_ru
     assert "other" in {phases[name] for name, (comp, _) in ran.items() if comp == entry}  # x * 5
 
 
+# A command buffer as XLA's GPU compiler writes one: consecutive kernels moved into a computation
+# of their own, run by a call without an op name (a profile shows one event for it).
+COMMAND_BUFFER_MODULE = """HloModule jit__evaluate_chunk, is_scheduled=true
+
+%fused_add (param_0: f32[4]) -> f32[4] {
+  %param_0 = f32[4]{0} parameter(0)
+  ROOT %add.1 = f32[4]{0} add(%param_0, %param_0)
+}
+
+%command_buffer (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  %loop_add_fusion.1 = f32[4]{0} fusion(%p0), kind=kLoop, calls=%fused_add, \
+metadata={op_name="jit(_evaluate_chunk)/fit_pass/add"}
+  ROOT %loop_add_fusion.2 = f32[4]{0} fusion(%loop_add_fusion.1), kind=kLoop, calls=%fused_add, \
+metadata={op_name="jit(_evaluate_chunk)/fit_pass/while/body/add"}
+}
+
+%command_buffer.1 (p1: f32[4]) -> f32[4] {
+  %p1 = f32[4]{0} parameter(0)
+  %loop_add_fusion.3 = f32[4]{0} fusion(%p1), kind=kLoop, calls=%fused_add, \
+metadata={op_name="jit(_evaluate_chunk)/fit_pass/add"}
+  ROOT %loop_add_fusion.4 = f32[4]{0} fusion(%loop_add_fusion.3), kind=kLoop, calls=%fused_add, \
+metadata={op_name="jit(_evaluate_chunk)/score/add"}
+}
+
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %call.4 = f32[4]{0} call(%x), to_apply=%command_buffer
+  ROOT %call.5 = f32[4]{0} call(%call.4), to_apply=%command_buffer.1
+}
+"""
+
+
+def test_a_command_buffer_has_the_phase_of_the_kernels_it_runs():
+    module, phases = gpu_census.instruction_phases(COMMAND_BUFFER_MODULE, PHASES)
+    assert module == "jit__evaluate_chunk"
+    assert phases == {"call.4": "fit_pass", "command_buffer": "fit_pass", "loop_add_fusion.1": "fit_pass",
+                      "loop_add_fusion.2": "fit_pass", "call.5": "other", "loop_add_fusion.3": "fit_pass",
+                      "loop_add_fusion.4": "score"}  # a buffer of two phases keeps the phase around it
+
+
 def test_a_cudnn_convolution_counts_its_bytes_and_flops():
     row, = gpu_census.census(GPU_MODULE)
     out = 500 * 32 * 32 * 128
