@@ -628,15 +628,11 @@ class Bench:
 
     def _w2_phases(self, pe: PopulationEvaluator, archs):
         """The phase of each HLO op of the program `pe.evaluate` runs on a chunk of `archs`
-        (`gpu_census.instruction_phases` of it lowered and compiled again: the same program, a
-        compilation-cache hit where the cache is on)."""
+        (`gpu_census.instruction_phases` of `chunk_lowered` compiled: JAX's in-memory cache gives
+        back the executable that ran, nothing is compiled)."""
         from .gpu_census import instruction_phases
 
-        chunk = list(archs[:pe.chunk_size])
-        chunk += chunk[-1:] * (pe.chunk_size - len(chunk))  # padded as `evaluate` pads a chunk
-        lowered = pe.evaluate_lowered(pe.stacked_slots(chunk), pe.device_split(self.val), pe.mesh, None,
-                                      pe.carry_for(pe.group_of(pe.chunk_size)))
-        return instruction_phases(lowered.compile().as_text(), PHASES)
+        return instruction_phases(pe.chunk_lowered(archs, self.val).compile().as_text(), PHASES)
 
     def profile_grouped_probe(self, archs, dtype, P, trace_dir):
         """`profile` of the grouped probe's call (`jax-probe-grouped`): what the fused W1 profile's

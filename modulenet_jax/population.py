@@ -736,13 +736,30 @@ class PopulationEvaluator:
         local = chunk // len(self.devices)
         return local if self.group is None else math.gcd(local, self.group)
 
-    def run_chunk(self, slots, fit_x, fit_y, scored):
-        """One chunk through the whole protocol on the devices: (correct counts, all finite)."""
+    def _chunk_args(self, slots, fit_x, fit_y, scored) -> tuple:
+        """`_evaluate_chunk`'s arguments for one chunk (stacked `slots`, `fit_on_mesh`, `device_split`)."""
         group = self.group_of(len(slots[0]))
         slots = tuple(on_mesh(self.mesh, a, True) for a in slots)
-        return gathered(*_evaluate_chunk(self.layout, self.protocol, self.evaluator.num_classes, group,
-                                         self.carry_for(group), self.mesh, self.grouped_layout, self.banks,
-                                         slots, fit_x, fit_y, *scored))
+        return (self.layout, self.protocol, self.evaluator.num_classes, group, self.carry_for(group), self.mesh,
+                self.grouped_layout, self.banks, slots, fit_x, fit_y, *scored)
+
+    def fit_on_mesh(self) -> tuple:
+        """The fit images and labels on the mesh, as every chunk takes them."""
+        return tuple(on_mesh(self.mesh, np.asarray(a), False)
+                     for a in (self.evaluator.fit_images, self.evaluator.fit_labels))
+
+    def run_chunk(self, slots, fit_x, fit_y, scored):
+        """One chunk through the whole protocol on the devices: (correct counts, all finite)."""
+        return gathered(*_evaluate_chunk(*self._chunk_args(slots, fit_x, fit_y, scored)))
+
+    def chunk_lowered(self, archs: Sequence[Architecture], split: Split):
+        """The program `evaluate` runs on a chunk of `archs` (padded as it pads one) and `split`,
+        lowered from the arguments it passes: compiled, it is the compilation cache's entry for
+        that program (a profile reads which phase each of its ops belongs to)."""
+        chunk = list(archs[:self.chunk_size])
+        chunk += chunk[-1:] * (self.chunk_size - len(chunk))
+        args = self._chunk_args(self.stacked_slots(chunk), *self.fit_on_mesh(), self.device_split(split))
+        return _evaluate_chunk.trace(*args).lower()
 
     def score_fitted(self, slots, fits, heads, scored) -> np.ndarray:
         """Correct predictions of already fitted networks (`published_fits`-shaped `fits`,
@@ -767,10 +784,9 @@ class PopulationEvaluator:
                                     self.grouped_layout, banks, *per_genotype, *scored)
         return traced.lower(lowering_platforms=(platform,))
 
-    def evaluate_lowered(self, slots, scored, mesh: Mesh, platform: str | None, carry: int):
+    def evaluate_lowered(self, slots, scored, mesh: Mesh, platform: str, carry: int):
         """`run_chunk`'s program (the whole protocol of a chunk: fit pass, heads, scoring), lowered
-        as `score_lowered` lowers the scoring's (`platform` None: for the default backend, the
-        program `run_chunk` runs there)."""
+        as `score_lowered` lowers the scoring's."""
         slots = jax.tree_util.tree_map(spec_on_mesh(mesh, True), tuple(slots))
         shared = (self.banks, np.asarray(self.evaluator.fit_images), np.asarray(self.evaluator.fit_labels),
                   *scored)
@@ -778,7 +794,7 @@ class PopulationEvaluator:
         traced = _evaluate_chunk.trace(self.layout, self.protocol, self.evaluator.num_classes,
                                        self.group_of(len(slots[0])), carry, mesh, self.grouped_layout, banks, slots,
                                        fit_x, fit_y, *scored)
-        return traced.lower(lowering_platforms=None if platform is None else (platform,))
+        return traced.lower(lowering_platforms=(platform,))
 
     def evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         """Evaluations of many networks (same order), chunk by chunk.
@@ -794,8 +810,7 @@ class PopulationEvaluator:
 
     def _evaluate(self, archs: Sequence[Architecture], split: Split) -> list[Evaluation]:
         slots = [self.slots(a) for a in archs]
-        fit_x = on_mesh(self.mesh, np.asarray(self.evaluator.fit_images), False)
-        fit_y = on_mesh(self.mesh, np.asarray(self.evaluator.fit_labels), False)
+        fit_x, fit_y = self.fit_on_mesh()
         scored = self.device_split(split)
         correct = np.zeros(len(archs), np.int64)
         start = 0

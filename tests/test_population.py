@@ -443,6 +443,34 @@ def test_out_of_memory_splits_the_chunk(tiny_kb, tiny_dataset):
         pe.evaluate(archs, val)
 
 
+def test_a_chunk_lowered_is_the_program_evaluate_ran(tiny_kb, tiny_dataset):
+    """`chunk_lowered` lowers what `evaluate` passes its chunk program: compiled after an
+    evaluation, the executable comes from JAX's in-memory cache, which holds only that very
+    program (no request reaches the persistent cache, nothing is compiled): what a device
+    profile reads its ops' phases from, for free."""
+    space, fit, archs, val = population_setup(tiny_kb, tiny_dataset, protocol=QUICK, n=2)
+    jax.clear_caches()  # so that only what this test runs is in memory (the control below)
+    pe = PopulationEvaluator(space, QUICK, fit, chunk_size=4)
+    pe.evaluate(archs[:3], val)  # one chunk, padded to 4
+    seen = [[]]  # compilation-cache and compile events, per compile below
+
+    def listener(event, *args, **kwargs):
+        if "compilation_cache" in event or "backend_compile" in event:
+            seen[-1].append(event)
+
+    jax.monitoring.register_event_listener(listener)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        text = pe.chunk_lowered(archs[:3], val).compile().as_text()
+        seen.append([])  # a control: a program evaluate did not run (a chunk of 2)
+        other = PopulationEvaluator(space, QUICK, fit, chunk_size=2).chunk_lowered(archs[:3], val).compile()
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert seen[0] == [] and "/jax/compilation_cache/compile_requests_use_cache" in seen[1], seen
+    assert "jit__evaluate_chunk" in text and other.as_text() != text
+
+
 @pytest.fixture(scope="module")
 def one_device_counts(tiny_kb, tiny_dataset) -> str:
     """Correct counts of the multi-device tests' networks on this process's single device."""
