@@ -18,13 +18,14 @@ path as a GPU does unless `--strategy` says otherwise.
 
 The fused JAX path is timed once per `--groups` size (`population.by_group`: by default the chunk
 as one vmap, which ran fastest on an H200; `--groups 0 1 8` adds one and eight genotypes at a
-time) up to `--groups-until` (64), and above it only in
-the group that ran fastest there (per workload and dtype: the 256 points are the slowest to
-compile and run); at `--profile-population` each of its rows is traced with `jax.profiler` and
-summarised by op kind (`profile_summary.py`; the traces stay beside the cache, the summary goes
-into the report), W2's also by the protocol's phase (its ops' named scopes). Beside them, W1 and W2 time the fused program in the grouped layout (W2 fitting in it too)
-(`jax-grouped`, traced too), and W1 two speed references: the naive vmap probe and the
-grouped-layout probe (`grouped_probe.py`, traced at the profile population too).
+time) up to `--groups-until` (64), and above it only in the group that ran fastest there (per
+workload and dtype: the 256 points are the slowest to compile and run); at `--profile-population`
+each of its rows is traced with `jax.profiler` and summarised by op kind (`profile_summary.py`;
+the traces stay beside the cache, the summary goes into the report), W2's also by the protocol's
+phase (its ops' named scopes, read from the executable that ran: op names are part of the
+compile cache's key). Beside them, W1 and W2 time the fused program in the grouped layout (W2
+fitting in it too) (`jax-grouped`, traced too), and W1 two speed references: the naive vmap probe
+and the grouped-layout probe (`grouped_probe.py`, traced at the profile population too).
 Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).
 
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
@@ -132,6 +133,9 @@ def run_parsed(args):
 
     jax.config.update("jax_compilation_cache_dir", str((cache / "jax").resolve()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # W2's profile reads each op's phase from the executable that ran: without op names in the
+    # key, a program cached before its named scopes changed comes back with the old ones
+    jax.config.update("jax_compilation_cache_include_metadata_in_key", True)
     log = _Tee(out / "speed.log")
     t0 = time.time()
     kb, dataset = load_kb(args.kb), load_dataset(args.data)

@@ -3,6 +3,7 @@ evaluate the very same networks (same correct counts), and the report must say w
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -42,11 +43,18 @@ def fused_run(tiny_kb, tiny_dataset, tmp_path_factory):
     it against the per-module path, `test_above_groups_until_only_the_fastest_group_runs` times it.)"""
     protocol = Protocol(fit_images=128, stitch_images=64, batch_size=32, head_steps=20)
     checkpoints = []
-    report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
-                            dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
-                            strategy="fused", phase_population=2, groups=(None,), paired=2, paired_rounds=1,
-                            profile_population=2, trace_dir=tmp_path_factory.mktemp("traces"), log=lambda m: None,
-                            checkpoint=checkpoints.append)
+    # W2's profile reads its ops' phases from the program that ran: as the device session does, op
+    # names in the persistent cache's key, so that no program cached before they changed comes back
+    keyed = jax.config.jax_compilation_cache_include_metadata_in_key
+    jax.config.update("jax_compilation_cache_include_metadata_in_key", True)
+    try:
+        report = throughput.run(tiny_kb, tiny_dataset, protocol, granularity="block", val_size=32, populations=(2,),
+                                dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
+                                strategy="fused", phase_population=2, groups=(None,), paired=2, paired_rounds=1,
+                                profile_population=2, trace_dir=tmp_path_factory.mktemp("traces"),
+                                log=lambda m: None, checkpoint=checkpoints.append)
+    finally:
+        jax.config.update("jax_compilation_cache_include_metadata_in_key", keyed)
     return report, checkpoints
 
 
