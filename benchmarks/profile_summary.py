@@ -144,7 +144,7 @@ def markdown(summaries: dict[str, dict]) -> str:
             total = sum(s["phases"].values())
             split = ", ".join(f"{phase.replace('_', ' ')} {1e3 * t:.3f} ms ({t / total:.0%})"
                               for phase, t in s["phases"].items())
-            lines += ["", f"By the protocol's phase (each op's in the compiled program, `population.PHASES`; other: "
-                          f"ops outside them, or that XLA made without an op name): {split}."]
+            lines += ["", f"By the protocol's phase (each op's phase in the program that ran, `population.PHASES`; "
+                          f"other: ops outside them, or that XLA made without an op name): {split}."]
         lines.append("")
     return "\n".join(lines)

@@ -754,8 +754,8 @@ class PopulationEvaluator:
 
     def chunk_lowered(self, archs: Sequence[Architecture], split: Split):
         """The program `evaluate` runs on a chunk of `archs` (padded as it pads one) and `split`,
-        lowered from the arguments it passes: compiled, it is the compilation cache's entry for
-        that program (a profile reads which phase each of its ops belongs to)."""
+        lowered from the arguments it passes: compiled after `evaluate` ran it, JAX's in-memory cache
+        gives back the executable that ran (a profile reads which phase each of its ops is in)."""
         chunk = list(archs[:self.chunk_size])
         chunk += chunk[-1:] * (self.chunk_size - len(chunk))
         args = self._chunk_args(self.stacked_slots(chunk), *self.fit_on_mesh(), self.device_split(split))

@@ -462,13 +462,13 @@ def test_a_chunk_lowered_is_the_program_evaluate_ran(tiny_kb, tiny_dataset):
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         text = pe.chunk_lowered(archs[:3], val).compile().as_text()
-        seen.append([])  # a control: a program evaluate did not run (a chunk of 2)
-        other = PopulationEvaluator(space, QUICK, fit, chunk_size=2).chunk_lowered(archs[:3], val).compile()
+        seen.append([])  # a control: any program not run since the caches were cleared
+        jax.jit(lambda x: x * 3 + 1).lower(np.float32(1)).compile()
     finally:
         jax.monitoring.unregister_event_listener(listener)
         jax.monitoring.unregister_event_duration_listener(listener)
     assert seen[0] == [] and "/jax/compilation_cache/compile_requests_use_cache" in seen[1], seen
-    assert "jit__evaluate_chunk" in text and other.as_text() != text
+    assert "jit__evaluate_chunk" in text
 
 
 @pytest.fixture(scope="module")
