@@ -258,14 +258,15 @@ def instruction_phases(hlo: str, phases) -> tuple[str, dict[str, str]]:
     own name and its callee's."""
     comps, entry = computations(hlo)
     module = re.match(r"HloModule ([^\s,]+)", hlo.lstrip())
-    found, inside = {}, collections.defaultdict(set)
+    found, inside, calls = {}, collections.defaultdict(set), {}
     for comp, m, _, phase in instructions(comps, entry, phases, every_branch=True):
         found[m.group(1)] = phase
         inside[comp].add(phase)
-    for comp, m, _, _ in instructions(comps, entry, phases, every_branch=True):
-        callee = re.search(r"to_apply=%([\w.\-]+)", m.string) if m.group(3) == "call" else None
-        if callee and len(inside[callee.group(1)]) == 1:
-            found[m.group(1)] = found[callee.group(1)] = next(iter(inside[callee.group(1)]))
+        if m.group(3) == "call":
+            calls[m.group(1)] = re.search(r"to_apply=%([\w.\-]+)", m.string).group(1)
+    for call, callee in calls.items():
+        if len(inside[callee]) == 1:
+            found[call] = found[callee] = next(iter(inside[callee]))
     return (module.group(1) if module else ""), found
 
 

@@ -509,6 +509,11 @@ def gathered(*arrays) -> tuple:
     return tuple(np.asarray(jax.device_get(a)) for a in arrays)
 
 
+def padded(chunk: list, size: int) -> list:
+    """`chunk` with its last item repeated up to `size`: every chunk program has one shape."""
+    return chunk + chunk[-1:] * (size - len(chunk))
+
+
 def balanced_chunk(n: int, limit: int, multiple: int = 1) -> int:
     """The chunk size for `n` genotypes when at most `limit` fit in one call: the fewest chunks
     of equal size (a multiple of `multiple`: the devices times the group) within `limit`, so the
@@ -756,8 +761,7 @@ class PopulationEvaluator:
         """The program `evaluate` runs on a chunk of `archs` (padded as it pads one) and `split`,
         lowered from the arguments it passes: compiled after `evaluate` ran it, JAX's in-memory cache
         gives back the executable that ran (a profile reads which phase each of its ops is in)."""
-        chunk = list(archs[:self.chunk_size])
-        chunk += chunk[-1:] * (self.chunk_size - len(chunk))
+        chunk = padded(list(archs[:self.chunk_size]), self.chunk_size)
         args = self._chunk_args(self.stacked_slots(chunk), *self.fit_on_mesh(), self.device_split(split))
         return _evaluate_chunk.trace(*args).lower()
 
@@ -817,7 +821,7 @@ class PopulationEvaluator:
         while start < len(archs):
             chunk = slots[start:start + self.chunk_size]
             pad = self.chunk_size - len(chunk)
-            chunk = chunk + [chunk[-1]] * pad
+            chunk = padded(chunk, self.chunk_size)
             stacked = tuple(np.stack([c[j] for c in chunk]) for j in range(3))
             try:
                 c, ok = self.run_chunk(stacked, fit_x, fit_y, scored)
