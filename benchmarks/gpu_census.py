@@ -19,7 +19,7 @@ The census lists every kernel the program launches per call (`census`: each inst
 entry and of what its loops and conditionals call, times the loops' trip counts; a
 conditional's true branch, the slot run and its stitch applied, so every slot counts a stitch:
 more than W1's networks have, which stitch at junctions only; a loop whose trip count XLA does
-not know, such as L-BFGS's line search, once) and the bytes it reads and writes, its operands and
+not know, such as L-BFGS's line search, once, its condition twice) and the bytes it reads and writes, its operands and
 outputs as the program types them, except where a fusion slices an operand (it reads the slice)
 or updates one in place (it writes the update: `fusion_traffic`). `summary`'s `hbm_bound` divides
 those bytes by the card's bandwidth: the rate at which the program would run if every kernel moved
@@ -184,10 +184,13 @@ def phase_of(line: str, phases, outer: str) -> str:
 def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branch: bool = False):
     """Every instruction the entry runs, through its loops, conditionals and calls, as (computation,
     its `_INSTRUCTION` match, times per call, phase). Loops count their body `known_trip_count`
-    times (once where XLA does not know it), a conditional its true branch (`true_computation`, or
-    the second of two `branch_computations`, as `lax.cond` lowers; else every branch), calls their
-    callee; `every_branch` also walks every branch and each loop's condition (the phase of every
-    instruction that can run). A phase is `phase_of` the instruction, "other" outside them all."""
+    times; where XLA does not know it, the body once and the condition twice (true, then false: a
+    GPU evaluates it, copies it to the host and waits, every iteration; with a known count it runs
+    the body that often and never the condition). A conditional counts its true branch
+    (`true_computation`, or the second of two `branch_computations`, as `lax.cond` lowers; else
+    every branch), a call its callee; `every_branch` also walks every branch and every loop's
+    condition (the phase of every instruction that can run). A phase is `phase_of` the
+    instruction, "other" outside them all."""
     def visit(comp: str, times: int, outer: str):
         for line in comps[comp]:
             m = _INSTRUCTION.match(line)
@@ -200,8 +203,8 @@ def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branc
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
                 yield from visit(re.search(r"body=%([\w.\-]+)", line).group(1),
                                  times * (int(trip.group(1)) if trip else 1), phase)
-                if every_branch:
-                    yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1), times, phase)
+                if every_branch or not trip:  # a GPU runs the condition only to find an unknown trip count
+                    yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1), times * 2, phase)
             elif op == "conditional":
                 true = re.search(r"true_computation=%([\w.\-]+)", line)
                 false = re.search(r"false_computation=%([\w.\-]+)", line)

@@ -70,12 +70,18 @@ def test_a_slice_moves_what_it_keeps_and_an_in_place_update_what_it_writes():
     assert rows["fusion:loop_dynamic_update_slice_fusion"] == 4 * 4 + 4 + 4 * 4  # update and index in, update out
 
 
-def test_a_loop_body_counts_its_trip_count_times_and_a_conditional_its_true_branch():
+def test_a_loop_counts_its_body_trip_count_times_its_condition_where_unknown_and_a_conditional_its_true_branch():
     x = jnp.zeros(1000)
     looped = jax.jit(lambda x: lax.fori_loop(0, 5, lambda i, x: jnp.sin(x) * 2, x)).lower(x).compile().as_text()
     rows = {r["kernel"]: r for r in gpu_census.census(looped)}
     body = [r for r in rows.values() if r["bytes"] == 5 * 2 * 4000]  # f32[1000] in and out, five times
     assert len(body) == 1 and body[0]["runs"] == 5, rows
+    assert not any("compare" in k for k in rows), rows  # the trip count is known: no condition runs
+    searched = jax.jit(lambda x: lax.while_loop(lambda x: x.sum() < 10.0, lambda x: x + 1, x))
+    searched = searched.lower(x).compile().as_text()
+    rows = gpu_census.census(searched)
+    condition = [r for r in rows if r["runs"] == 2]  # x summed and compared: once true, once false
+    assert sum(r["bytes"] for r in condition) >= 2 * 4000 and {r["runs"] for r in rows} == {1, 2}, rows
     branched = jax.jit(lambda p, x: lax.cond(p, lambda x: jnp.sin(x) * 3, lambda x: jnp.cos(x[:10]).sum() * x,
                                              x)).lower(True, x).compile().as_text()
     rows = gpu_census.census(branched)
