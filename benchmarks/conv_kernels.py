@@ -16,6 +16,10 @@ convolutions (`--population`; 1 on a CPU by default, where the grouped forms are
   makes it one grouped convolution between transposes);
 - `xla-grouped`: the grouped layout, `[batch, h, w, P·C]`, one convolution of P groups
   (`grouped.to_grouped`, `grouped.grouped_params`);
+- `xla-packed2`, `xla-packed4`: the grouped layout with 2 or 4 neighbouring genotypes per
+  convolution group, their kernels block-diagonal in it (`layers.block_diagonal`): as many times
+  the multiplications, in groups as many times as wide (where P is a multiple; TFLOP/s count the
+  genotypes' own multiplications);
 - `xla-shared`: the best case of gathering a chunk by module, every genotype at this slot using
   one module: one dense convolution over P·batch images;
 - `torch-dense`, `torch-grouped`: `F.conv2d` per genotype and with `groups=P`, channels-last,
@@ -55,7 +59,9 @@ SHAPES = ((3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32
 JAX_DTYPES = {"bf16": jnp.bfloat16, "fp32-tf32": jnp.float32, "fp32-strict": jnp.float32}
 LAYER_NUMERICS = {"bf16": "bfloat16", "fp32-tf32": "tensorfloat32", "fp32-strict": "float32"}
 CHECKED_IMAGES = 16  # outputs compared: these first images of `checked_genotypes`, not gigabytes of them
-IMPLS = ("xla-dense", "xla-vmap", "xla-grouped", "xla-shared", "torch-dense", "torch-grouped")
+PACKS = (2, 4)  # genotypes per convolution group of the `xla-packedN` rows
+IMPLS = ("xla-dense", "xla-vmap", "xla-grouped", *(f"xla-packed{n}" for n in PACKS), "xla-shared", "torch-dense",
+         "torch-grouped")
 
 
 def checked_genotypes(P: int) -> list[int]:
@@ -124,8 +130,9 @@ def _jax_impls(shape, P: int, numerics: str):
         "xla-dense": (jax.jit(lambda xs, ks: tuple(map(conv, xs, ks))),  # separate buffers, as the fused program's
                       lambda xs, ks: (tuple(xs), tuple(ks)), jnp.stack),   # groups of one hold them
         "xla-vmap": (jax.jit(jax.vmap(conv)), lambda xs, ks: (xs, ks), lambda y: y),
-        "xla-grouped": (jax.jit(functools.partial(conv, groups=P)),
-                        lambda xs, ks: (grouped.to_grouped(xs), grouped.grouped_params(ks)), per_genotype),
+        **{impl: (jax.jit(functools.partial(conv, groups=P, pack=n)),
+                  lambda xs, ks: (grouped.to_grouped(xs), grouped.grouped_params(ks)), per_genotype)
+           for impl, n in (("xla-grouped", 1), *((f"xla-packed{n}", n) for n in PACKS)) if P % n == 0},
         "xla-shared": (jax.jit(conv), lambda xs, ks: (xs.reshape((-1,) + xs.shape[2:]), ks[0]),
                        lambda y: y.reshape((P, -1) + y.shape[1:])),
     }

@@ -89,21 +89,22 @@ def missing(ops) -> list[str]:
     return sorted({name for name, _ in ops} - set(GROUPED_OPS))
 
 
-def run(op: tuple, params, x, groups: int, calibrate=False):
-    """The registered op itself run with `groups` on params stacked over the group (`calibrate`:
+def run(op: tuple, params, x, groups: int, calibrate=False, pack: int = 1):
+    """The registered op itself run with `groups` (its convolutions `pack` genotypes per
+    convolution group: `layers.block_diagonal`) on params stacked over the group (`calibrate`:
     a bool, or one flag per genotype): `(y, params used, stacked)`."""
     name, static = op
-    y, used = run_op((name, tuple(sorted({**dict(static), "groups": groups}.items()))), grouped_params(params), x,
-                     calibrate)
+    static = {**dict(static), "groups": groups, **({"pack": pack} if pack > 1 else {})}
+    y, used = run_op((name, tuple(sorted(static.items()))), grouped_params(params), x, calibrate)
     return y, stacked_params(used, groups)
 
 
-def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=False):
+def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=False, pack: int = 1):
     """`protocol.run_masked` for the group: `run` on `x_in`, `x` given back for the genotypes
     where `active` (`[P]`) is False, by the op's zeroed residual (each genotype's params) where
     it declares one, else by a select."""
     zeroed = None if active is None else jax.vmap(functools.partial(zeroed_residual, op[0]))(params, active)
-    y, used = run(op, params if zeroed is None else zeroed, x_in, groups, calibrate)
+    y, used = run(op, params if zeroed is None else zeroed, x_in, groups, calibrate, pack)
     return (y if zeroed is not None or active is None else where_genotype(active, y, x, groups)), used
 
 
@@ -128,11 +129,11 @@ def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, 
     return y, core.ModuleFit(used, stitch)
 
 
-def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None, *, gate=None):
+def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None, *, gate=None, pack: int = 1):
     """`protocol.apply_fitted` for the group (`x` a batch or a tuple of batches): stitch (at
     each genotype's junction, under the fused program's `gate`), the registered op itself run
-    with `groups`, and where `active` (`[P]`) is False the input passed through."""
+    with `groups` (and `pack`: `run`), and where `active` (`[P]`) is False the input passed through."""
     xs = x if isinstance(x, tuple) else (x,)
     xs_in = core.gated(gate, lambda: tuple(stitched(fit.stitch, b, junction, groups) for b in xs), lambda: xs)
-    ys = tuple(run_masked(op, fit.params, b_in, b, groups, active)[0] for b_in, b in zip(xs_in, xs))
+    ys = tuple(run_masked(op, fit.params, b_in, b, groups, active, pack=pack)[0] for b_in, b in zip(xs_in, xs))
     return ys if isinstance(x, tuple) else ys[0]

@@ -11,14 +11,14 @@ SMALL = ((4, 8, 8, 1), (4, 8, 8, 2))  # both strides, tiny
 
 @pytest.fixture(scope="module")
 def rows():
-    return ck.measure(batch=2, repeats=1, population=3, numerics=("fp32-strict", "bf16"), shapes=SMALL)
+    return ck.measure(batch=2, repeats=1, population=4, numerics=("fp32-strict", "bf16"), shapes=SMALL)
 
 
 def test_every_implementation_computes_the_dense_convolutions(rows):
     assert {(r["numerics"], tuple(r["shape"]), r["impl"]) for r in rows} == {
         (n, s, i) for n in ("fp32-strict", "bf16") for s in SMALL for i in ck.IMPLS}
     for r in rows:
-        assert r["population"] == 3 and r["batch"] == 2 and r["ms"] > 0 and r["tflops"] > 0
+        assert r["population"] == 4 and r["batch"] == 2 and r["ms"] > 0 and r["tflops"] > 0
         if r["impl"] == "xla-shared":  # one genotype's kernel for all: nothing to compare
             assert r["max_diff"] is None
         elif r["numerics"] == "fp32-strict":
@@ -51,12 +51,12 @@ def test_network_counts_and_roofline():
 
 def test_markdown_has_every_row_and_the_ceiling(rows):
     counts = dict.fromkeys(SMALL, 1)
-    report = {"device": "CPU", "jax": "x", "torch": "y", "batch": 2, "repeats": 1, "calls": 1, "population": 3,
+    report = {"device": "CPU", "jax": "x", "torch": "y", "batch": 2, "repeats": 1, "calls": 1, "population": 4,
               "blocks": 1, "rows": rows, "ceiling": ck.ceiling(rows, counts), "roofline": []}
     text = ck.markdown(report)
     assert text.count("| fp32-strict | 4→8 |") == 2 * len(ck.IMPLS)
     assert len(report["ceiling"]) == 2 * len(ck.IMPLS)
-    assert "| bf16 | torch-grouped | 3 |" in text
+    assert "| bf16 | torch-grouped | 4 |" in text
 
 
 @pytest.mark.skipif(jax.devices()[0].platform != "cpu", reason="a GPU has TF32")
