@@ -17,7 +17,7 @@ convolutions (`--population`; 1 on a CPU by default, where the grouped forms are
 - `xla-grouped`: the grouped layout, `[batch, h, w, P·C]`, one convolution of P groups
   (`grouped.to_grouped`, `grouped.grouped_params`);
 - `xla-packed2`, `xla-packed4`: the grouped layout with 2 or 4 neighbouring genotypes per
-  convolution group, their kernels block-diagonal in it (`layers.block_diagonal`): as many times
+  convolution group, their kernels block-diagonal in it (`layers.packing`): as many times
   the multiplications, in groups as many times as wide (where P is a multiple; TFLOP/s count the
   genotypes' own multiplications);
 - `xla-shared`: the best case of gathering a chunk by module, every genotype at this slot using
@@ -130,7 +130,7 @@ def _jax_impls(shape, P: int, numerics: str):
         "xla-dense": (jax.jit(lambda xs, ks: tuple(map(conv, xs, ks))),  # separate buffers, as the fused program's
                       lambda xs, ks: (tuple(xs), tuple(ks)), jnp.stack),   # groups of one hold them
         "xla-vmap": (jax.jit(jax.vmap(conv)), lambda xs, ks: (xs, ks), lambda y: y),
-        **{impl: (jax.jit(functools.partial(conv, groups=P, pack=n)),
+        **{impl: (jax.jit(functools.partial(conv, groups=P, width=n * shape[1])),
                   lambda xs, ks: (grouped.to_grouped(xs), grouped.grouped_params(ks)), per_genotype)
            for impl, n in (("xla-grouped", 1), *((f"xla-packed{n}", n) for n in PACKS)) if P % n == 0},
         "xla-shared": (jax.jit(conv), lambda xs, ks: (xs.reshape((-1,) + xs.shape[2:]), ks[0]),

@@ -25,9 +25,10 @@ the traces stay beside the cache, the summary goes into the report), W2's also b
 phase (its ops' named scopes, read from the executable that ran: op names are part of the
 compile cache's key). Beside them, W1 and W2 time the fused program in the grouped layout (W2
 fitting in it too) (`jax-grouped`, traced too), and W1 two speed references: the naive vmap probe
-and the grouped-layout probe (`grouped_probe.py`, traced at the profile population too), the
-latter also with 2 and 4 genotypes per convolution group (`--probe-packs`: block-diagonal kernels,
-wider groups for the tensor cores).
+and the grouped-layout probe (`grouped_probe.py`, traced at the profile population too); the
+grouped rows and probe also with neighbouring genotypes' convolutions packed into groups of up to
+64 channels (`--group-widths`, `jax-grouped-w64`: block-diagonal kernels, 4 times the
+multiplications in the first stage, whose 16-channel groups may leave the tensor cores idle).
 Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).
 
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the
@@ -99,8 +100,9 @@ def main(argv=None):
                    "the fastest on an H200; `--groups 0 1 8` measures the others again)")
     p.add_argument("--groups-until", type=int, default=64,
                    help="above this population only the fastest group so far runs (per workload and dtype)")
-    p.add_argument("--probe-packs", nargs="*", type=int, default=[2, 4],
-                   help="the grouped probe also with N genotypes per convolution group (jax-probe-grouped-packN)")
+    p.add_argument("--group-widths", nargs="*", type=int, default=[64],
+                   help="the grouped layout's rows and probe also with convolution groups packed up to W channels "
+                   "(jax-grouped-wW, jax-probe-grouped-wW)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script on a CPU")
     p.add_argument("--merge", nargs="+", metavar="SPEED_JSON",
                    help="measure nothing: merge the speed.json of several sessions into OUT/speed.*")
@@ -162,7 +164,7 @@ def run_parsed(args):
                             torch_max_w2=2 if args.quick else args.torch_max_w2, strategy=args.strategy,
                             budget_s=budget, row_cap_s=row_cap, phase_population=phase_population,
                             groups=tuple(g or None for g in args.groups), groups_until=args.groups_until,
-                            profile_population=args.profile_population, probe_packs=tuple(args.probe_packs),
+                            profile_population=args.profile_population, group_widths=tuple(args.group_widths),
                             trace_dir=cache.parent / "traces", log=log,
                             checkpoint=lambda r: throughput.write_report(r, throughput.markdown(r), out, "speed"))
     throughput.save(report, out, "speed")

@@ -191,7 +191,7 @@ def _probe_chunk(layout, protocol, banks, idx, fits, heads, images, labels, vali
         return jax.vmap(one)(idx, fits, heads)
 
 
-_grouped_probe_chunk = jax.jit(grouped_probe_chunk, static_argnames=("layout", "protocol", "pack"))
+_grouped_probe_chunk = jax.jit(grouped_probe_chunk, static_argnames=("layout", "protocol", "width"))
 
 # W2's first two phases alone (the fused program's own functions, each its own program here).
 _fit_pass_chunk = jax.jit(fit_chunk, static_argnames=("layout", "protocol", "group"))
@@ -209,18 +209,19 @@ def paired_figures(t_jax, t_torch, images: int) -> dict:
             "ratio_median": float(np.median(ratio)), "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max())}
 
 
-def probe_impl(grouped: bool = False, pack: int = 1) -> str:
+def probe_impl(grouped: bool = False, width: int = 0) -> str:
     """A W1 probe row's name: `jax-probe` (vmapped), `jax-probe-grouped` (the grouped layout),
-    `jax-probe-grouped-packN` (N genotypes per convolution group)."""
-    return "jax-probe" + ("-grouped" if grouped else "") + (f"-pack{pack}" if pack > 1 else "")
+    `jax-probe-grouped-wW` (convolution groups packed up to W channels)."""
+    return "jax-probe" + ("-grouped" if grouped else "") + (f"-w{width}" if width > 1 else "")
 
 
-def fused_impl(group: int | None, grouped_layout: bool = False) -> str:
+def fused_impl(group: int | None, grouped_layout: bool | int = False) -> str:
     """The name of a fused JAX row: `jax-fused` runs a chunk as one vmap, `jax-fused-gN` N
     genotypes side by side at a time (`population.by_group`), `jax-grouped` the chunk at once
-    in the grouped layout (W2 fits and scores in it, W1 scores)."""
+    in the grouped layout (W2 fits and scores in it, W1 scores), `jax-grouped-wW` with its
+    convolution groups packed up to W channels (`PopulationEvaluator`'s `grouped_layout` W)."""
     if grouped_layout:
-        return "jax-grouped"
+        return "jax-grouped" + (f"-w{grouped_layout}" if grouped_layout > 1 else "")
     return "jax-fused" if group is None else f"jax-fused-g{group}"
 
 
@@ -389,19 +390,19 @@ class Bench:
                   self._w1_flops(archs))
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def w1_probe(self, archs, dtype, P, grouped: bool = False, pack: int = 1):
+    def w1_probe(self, archs, dtype, P, grouped: bool = False, width: int = 0):
         """`_probe_chunk` on W1's networks at full depth (`fused` strategy only): the reference
         the fused program's W1 rate is read against; `grouped`: `grouped_probe_chunk`, the same
-        networks with the genotypes inside the channel axis (`jax-probe-grouped`), `pack` of them
-        per convolution group (`jax-probe-grouped-packN`; its TFLOP/s count the networks' own
-        multiplications, not the zeros between them)."""
-        impl = probe_impl(grouped, pack)
+        networks with the genotypes inside the channel axis (`jax-probe-grouped`), convolution
+        groups packed up to `width` channels (`jax-probe-grouped-wW`; its TFLOP/s count the
+        networks' own multiplications, not the zeros between them)."""
+        impl = probe_impl(grouped, width)
         row = ("W1", impl, dtype)
         if self.strategy != "fused" or self.skip(row, f"W1 {impl} {dtype} P={P}"):
             return
         t_row = time.time()
         archs = archs[:P]
-        call = self._probe_call(archs, dtype, grouped, pack)
+        call = self._probe_call(archs, dtype, grouped, width)
         programs = jax_programs()
         t = time.time()
         call()
@@ -420,14 +421,14 @@ class Bench:
                   flops)
         self.row_time[row] = self.row_time.get(row, 0.0) + time.time() - t_row
 
-    def _probe_call(self, archs, dtype, grouped: bool, pack: int = 1) -> Callable:
+    def _probe_call(self, archs, dtype, grouped: bool, width: int = 0) -> Callable:
         """One call of a W1 probe on `archs` (`_probe_chunk`, or `grouped_probe_chunk` with
-        `pack`), its inputs made once: (correct counts, all finite) per network."""
+        `width`), its inputs made once: (correct counts, all finite) per network."""
         protocol = self._protocol(dtype)
         pe, (images, labels, valid) = self.w1_fused(dtype)
         slots, fits, heads = self.w1_fitted(pe, archs)
         idx = jnp.asarray(slots[0])
-        chunk = functools.partial(_grouped_probe_chunk, pack=pack) if grouped else _probe_chunk
+        chunk = functools.partial(_grouped_probe_chunk, width=width) if grouped else _probe_chunk
         return lambda: jax.block_until_ready(chunk(pe.layout, protocol, pe.banks, idx, fits, heads, images, labels,
                                                    valid))
 
@@ -706,7 +707,7 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
         torch_fold_modes=("eager", "compile"), torch_max_w1=64, torch_max_w2=16, torch_max_network=2,
         strategy="auto", budget_s=None,
         row_cap_s=None, seed=0, paired=0, paired_rounds=2, phase_population=None, groups=(None,),
-        groups_until=None, profile_population=None, trace_dir=None, probe_packs=(), log=print,
+        groups_until=None, profile_population=None, trace_dir=None, group_widths=(), log=print,
         checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Every measurement, population by population (small ones first: a budget that runs out
     costs the large points, not whole rows); returns the report. `torch_fold_modes`: the PyTorch
@@ -718,8 +719,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     so far (`fastest_group`, per workload and dtype: the large points, the slowest to
     compile and run, for the one curve that counts); `profile_population`: the population at
     which each fused row is also traced with the profiler (`Bench.profile`; traces under
-    `trace_dir`, summaries in the report); `probe_packs`: the grouped probe also timed with each
-    of these numbers of genotypes per convolution group (at the populations they divide);
+    `trace_dir`, summaries in the report); `group_widths`: the grouped probe and the fused program
+    in the grouped layout (W1 and W2) also timed with their convolution groups packed up to each
+    of these numbers of channels (`layers.packing`);
     `checkpoint(report)`: called with the report so far after each measurement (a session
     killed by its time limit keeps what it measured)."""
     bench = Bench(kb, dataset, protocol, granularity, val_size, fit_seed, strategy, budget_s, log,
@@ -744,11 +746,12 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                 for g in w1_groups:
                     bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
                 if grouped_rows:
-                    bench.attempt(("W1 jax grouped", dtype), bench.w1_jax, w1, dtype, P, None, True)
+                    for width in (1, *[w for w in group_widths if w > 1]):
+                        bench.attempt(("W1 jax grouped", dtype, width), bench.w1_jax, w1, dtype, P, None, width)
                 for in_channels in (False, True):  # the naive probe, the grouped-layout probe
                     bench.attempt(("W1 jax probe", dtype, in_channels), bench.w1_probe, w1, dtype, P, in_channels)
-                for pack in [n for n in probe_packs if grouped_rows and n > 1 and P % n == 0]:
-                    bench.attempt(("W1 jax probe", dtype, pack), bench.w1_probe, w1, dtype, P, True, pack)
+                for width in [w for w in group_widths if grouped_rows and w > 1]:
+                    bench.attempt(("W1 jax probe", dtype, width), bench.w1_probe, w1, dtype, P, True, width)
                 for num in numerics:
                     for mode in torch_modes:
                         most = torch_max_network if mode == "compile-network" else torch_max_w1
@@ -761,7 +764,8 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                     if P == phase_population:
                         bench.attempt(("W2 jax phases", dtype, g), bench.w2_jax_phases, w2, dtype, P, g)
                 if grouped_rows:
-                    bench.attempt(("W2 jax grouped", dtype), bench.w2_jax, w2, dtype, P, None, True)
+                    for width in (1, *[w for w in group_widths if w > 1]):
+                        bench.attempt(("W2 jax grouped", dtype, width), bench.w2_jax, w2, dtype, P, None, width)
                 for num in numerics:
                     for mode in [m for m in torch_modes if m in W2_TORCH_MODES]:
                         bench.attempt(("W2 torch", num, mode), bench.w2_torch, w2, num, P, mode, torch_max_w2)
@@ -959,10 +963,10 @@ def markdown(report: dict) -> str:
              "`jax-probe`: a naive vmap over the W1 networks' modules, BatchNorm folded, no stitch, no mask (a "
              "speed reference for `jax-fused`, not the protocol); `jax-probe-grouped`: the same networks with the "
              "genotypes inside the channel axis from stem to pooling, no transpose between convolutions "
-             "(`benchmarks/grouped_probe.py`); `jax-probe-grouped-packN`: that probe with N genotypes per "
-             "convolution group, their kernels block-diagonal in it (N times the multiplications in groups N "
-             "times as wide; TFLOP/s count the networks' own); `jax-grouped`: the fused program in that layout "
-             "(W1 scores its chunk in it, W2 also fits it), the protocol's counts.", "",
+             "(`benchmarks/grouped_probe.py`); `jax-grouped`: the fused program in that layout (W1 scores its "
+             "chunk in it, W2 also fits it), the protocol's counts; `-wW`: either with neighbouring genotypes' "
+             "convolutions packed into groups of up to W channels, their kernels block-diagonal (more "
+             "multiplications in wider groups; TFLOP/s count the networks' own).", "",
              "| workload | impl | numerics | population | networks timed | rate | unit | TFLOP/s | % of peak "
              "| compile s | compiled | again | mean correct |",
              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

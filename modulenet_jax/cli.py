@@ -501,7 +501,7 @@ def cmd_bench(args) -> int:
                                 seed=args.seed, paired=args.paired, paired_rounds=args.paired_rounds,
                                 phase_population=args.phase_population,
                                 groups=tuple(g or None for g in args.groups), groups_until=args.groups_until,
-                                probe_packs=tuple(args.probe_packs), log=log)
+                                group_widths=tuple(args.group_widths), log=log)
     stem = args.name or throughput.device_name().lower().replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
     out = throughput.save(report, args.out, stem)
     _emit(args, report, lambda: print(throughput.markdown(report) + f"\n\nwritten to {out}/{stem}.{{json,md,png}}"))
@@ -715,9 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--groups-until", type=POSITIVE, metavar="P",
                     help="above this population only the group that ran fastest so far (default: every group at "
                          "every population)")
-    bn.add_argument("--probe-packs", nargs="+", type=POSITIVE, default=[], metavar="N",
-                    help="fused path: the grouped-layout probe also with N genotypes per convolution group "
-                         "(jax-probe-grouped-packN: block-diagonal kernels, groups N times as wide)")
+    bn.add_argument("--group-widths", nargs="+", type=POSITIVE, default=[], metavar="W",
+                    help="fused path: the grouped layout's rows (and its probe) also with neighbouring genotypes' "
+                         "convolutions packed into groups of up to W channels (jax-grouped-wW: block-diagonal "
+                         "kernels, more multiplications in wider groups)")
     bn.add_argument("--seed", type=COUNT, default=0)
     bn.add_argument("--paired", type=COUNT, default=0, metavar="N",
                     help="also time W1 for N networks alternating JAX and PyTorch eager per network")

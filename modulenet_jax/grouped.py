@@ -66,17 +66,18 @@ def stacked_params(params, groups: int):
     return jax.tree_util.tree_map(one, params)
 
 
-def stitched(stitch, x, junction, groups: int):
+def stitched(stitch, x, junction, groups: int, width: int = 0):
     """`assemble.stitched` per genotype: `x` through its stitch where `junction` (`[P]`, or a
-    Python bool) holds, the identity stitch elsewhere where that is exact."""
+    Python bool) holds, the identity stitch elsewhere where that is exact (convolution groups
+    packed up to `width` channels: `layers.packing`)."""
     if stitch is None or junction is False:
         return x
     if junction is True:
-        return layers.grouped_pointwise(x, stitch)
+        return layers.grouped_pointwise(x, stitch, width)
     used = identity_where_unused(stitch, junction, x.dtype)
     if used is None:
-        return where_genotype(junction, layers.grouped_pointwise(x, stitch), x, groups)
-    return layers.grouped_pointwise(x, used)
+        return where_genotype(junction, layers.grouped_pointwise(x, stitch, width), x, groups)
+    return layers.grouped_pointwise(x, used, width)
 
 
 # Registered ops whose code also runs `groups` networks at once in the grouped layout (each with
@@ -89,51 +90,51 @@ def missing(ops) -> list[str]:
     return sorted({name for name, _ in ops} - set(GROUPED_OPS))
 
 
-def run(op: tuple, params, x, groups: int, calibrate=False, pack: int = 1):
-    """The registered op itself run with `groups` (its convolutions `pack` genotypes per
-    convolution group: `layers.block_diagonal`) on params stacked over the group (`calibrate`:
-    a bool, or one flag per genotype): `(y, params used, stacked)`."""
+def run(op: tuple, params, x, groups: int, calibrate=False, width: int = 0):
+    """The registered op itself run with `groups` (neighbouring genotypes' convolutions packed into
+    groups of up to `width` channels: `layers.packing`) on params stacked over the group
+    (`calibrate`: a bool, or one flag per genotype): `(y, params used, stacked)`."""
     name, static = op
-    static = {**dict(static), "groups": groups, **({"pack": pack} if pack > 1 else {})}
+    static = {**dict(static), "groups": groups, **({"width": width} if width > 1 else {})}
     y, used = run_op((name, tuple(sorted(static.items()))), grouped_params(params), x, calibrate)
     return y, stacked_params(used, groups)
 
 
-def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=False, pack: int = 1):
+def run_masked(op: tuple, params, x_in, x, groups: int, active=None, calibrate=False, width: int = 0):
     """`protocol.run_masked` for the group: `run` on `x_in`, `x` given back for the genotypes
     where `active` (`[P]`) is False, by the op's zeroed residual (each genotype's params) where
     it declares one, else by a select."""
     zeroed = None if active is None else jax.vmap(functools.partial(zeroed_residual, op[0]))(params, active)
-    y, used = run(op, params if zeroed is None else zeroed, x_in, groups, calibrate, pack)
+    y, used = run(op, params if zeroed is None else zeroed, x_in, groups, calibrate, width)
     return (y if zeroed is not None or active is None else where_genotype(active, y, x, groups)), used
 
 
 def fit_module(protocol: core.Protocol, op: tuple, params, x, target, junction, active=None, calibrate=False, *,
-               groups: int, gate=None):
+               groups: int, gate=None, width: int = 0):
     """`protocol.fit_module` for the group, in the layout: each genotype's stitch solved on its
     own channels towards its target (`target`: `[P, ...]`, under the fused program's `gate`),
-    the op run with `groups` (its BatchNorm statistics are per channel, so each genotype's own),
-    masks per genotype."""
+    the op run with `groups` (its BatchNorm statistics are per channel, so each genotype's own;
+    `width`: `run`), masks per genotype."""
     def make():
         solve = jax.vmap(functools.partial(core.solve_stitch, protocol), in_axes=(3, 0))
         stitch = solve(per_genotype(x, groups), target)
         if junction is not True:
             stitch = jax.vmap(core.unused_as_zeros)(stitch, junction, active)
-        return stitched(stitch, x, junction, groups), stitch
+        return stitched(stitch, x, junction, groups, width), stitch
 
     if protocol.stitch and junction is not False:
         x_in, stitch = core.gated(gate, make, lambda: (x, core.zeros_of(jax.eval_shape(make)[1])))
     else:
         x_in, stitch = x, None
-    y, used = run_masked(op, params, x_in, x, groups, active, calibrate)
+    y, used = run_masked(op, params, x_in, x, groups, active, calibrate, width)
     return y, core.ModuleFit(used, stitch)
 
 
-def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None, *, gate=None, pack: int = 1):
+def apply_fitted(op: tuple, fit, x, groups: int, junction=True, active=None, *, gate=None, width: int = 0):
     """`protocol.apply_fitted` for the group (`x` a batch or a tuple of batches): stitch (at
     each genotype's junction, under the fused program's `gate`), the registered op itself run
-    with `groups` (and `pack`: `run`), and where `active` (`[P]`) is False the input passed through."""
+    with `groups` (and `width`: `run`), and where `active` (`[P]`) is False the input passed through."""
     xs = x if isinstance(x, tuple) else (x,)
-    xs_in = core.gated(gate, lambda: tuple(stitched(fit.stitch, b, junction, groups) for b in xs), lambda: xs)
-    ys = tuple(run_masked(op, fit.params, b_in, b, groups, active, pack=pack)[0] for b_in, b in zip(xs_in, xs))
+    xs_in = core.gated(gate, lambda: tuple(stitched(fit.stitch, b, junction, groups, width) for b in xs), lambda: xs)
+    ys = tuple(run_masked(op, fit.params, b_in, b, groups, active, width=width)[0] for b_in, b in zip(xs_in, xs))
     return ys if isinstance(x, tuple) else ys[0]

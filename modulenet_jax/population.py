@@ -172,20 +172,22 @@ def when_reached(kind: str, present, run: Callable, skip: Callable):
     return jax.lax.cond(present[0], run, lambda: fill(skip()))
 
 
-def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None, groups: int | None = None):
+def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None, groups: int | None = None,
+                width: int = 0):
     """One genotype's modules through the protocol on the fit images, slot by slot: `(state,
     fits)`, the state after the last slot and the `ModuleFit` of every slot in
     `Layout.per_slot`'s structure. `slots` = (idx, active, junction), each a vector over the
     layout's slots; `present`: the chunk's `chunk_presence` (None: every slot runs in full).
     With `groups`, `slots` are stacked over a group of that many genotypes, fitted together in
-    the grouped layout (`grouped.fit_module`): the state in that layout, fits stacked."""
+    the grouped layout (`grouped.fit_module`, convolution groups packed up to `width` channels):
+    the state in that layout, fits stacked."""
     idx = slots[0]
     mean, std = banks["mean"][idx[..., 0]], banks["std"][idx[..., 0]]
     hooks, begin = {}, core.start
     if groups is not None:
-        hooks = {"fit": functools.partial(grouped.fit_module, groups=groups),
+        hooks = {"fit": functools.partial(grouped.fit_module, groups=groups, width=width),
                  "apply": lambda op, fit, x, junction, active, gate=None: grouped.apply_fitted(
-                     op, fit, x, groups, junction, active, gate=gate),
+                     op, fit, x, groups, junction, active, gate=gate, width=width),
                  "fold": lambda op, fit: jax.vmap(functools.partial(core.folded, op))(fit)}
         begin = functools.partial(core.start, prepare=group_inputs)
 
@@ -314,12 +316,12 @@ def group_head_logits(heads, x):
     return jax.vmap(core.head_logits)(heads, per_genotype_features(core.pool(x), P))
 
 
-def group_logits(layout: Layout, slots, fits, heads, xs, present):
+def group_logits(layout: Layout, slots, fits, heads, xs, present, width: int = 0):
     """`network_logits` of a whole group at once in the grouped layout (`grouped.py`): `slots`
     and `heads` stacked over the group, `fits` as `group_fits` gives them, `xs` a tuple of
     batches `[batch, h, w, P·C]` moving through the network together; logits
-    `[P, batch, classes]` per batch. The chunk's conditionals (`present`) are the group's, as
-    in the vmapped program."""
+    `[P, batch, classes]` per batch (convolution groups packed up to `width` channels). The
+    chunk's conditionals (`present`) are the group's, as in the vmapped program."""
     P = slots[0].shape[0]
 
     def visit(op, slot, data, xs):
@@ -327,7 +329,7 @@ def group_logits(layout: Layout, slots, fits, heads, xs, present):
         active, junction = slot_masks(slot[0], active, junction)
 
         def run():
-            return grouped.apply_fitted(op, fit, xs, P, junction, active, gate=slot_gate(slot[0], here))
+            return grouped.apply_fitted(op, fit, xs, P, junction, active, gate=slot_gate(slot[0], here), width=width)
 
         return when_reached(slot[0], here, run, lambda: xs), None
 
@@ -336,7 +338,7 @@ def group_logits(layout: Layout, slots, fits, heads, xs, present):
 
 
 def score_group(layout: Layout, protocol: Protocol, banks, slots, fits, heads, images, labels, valid, present=None,
-                carry: int = 1):
+                carry: int = 1, width: int = 0):
     """`score_network` for every genotype of a group at once, in the grouped layout: per
     genotype (correct predictions, all logits finite), `[P]` each."""
     mean, std = banks["mean"][slots[0][:, 0]], banks["std"][slots[0][:, 0]]
@@ -346,7 +348,8 @@ def score_group(layout: Layout, protocol: Protocol, banks, slots, fits, heads, i
     def together(batches):
         x, y, v = batches
         xs = tuple(group_inputs(protocol, x[j], mean, std) for j in range(k))
-        logits = jnp.stack(group_logits(layout, slots, fits, heads, xs, present), axis=1)  # [P, k, batch, classes]
+        logits = group_logits(layout, slots, fits, heads, xs, present, width)
+        logits = jnp.stack(logits, axis=1)  # [P, k, batch, classes]
         return jax.vmap(jax.vmap(core.score_logits), in_axes=(0, None, None))(logits, y, v)
 
     split = jax.tree_util.tree_map(lambda a: a.reshape((len(a) // k, k) + a.shape[1:]), (images, labels, valid))
@@ -400,17 +403,17 @@ def over_devices(mesh: Mesh, local: Callable, per_genotype, shared):
 PHASES = ("fit_pass", "heads", "tune", "score")
 
 
-def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images, grouped_layout: bool = False):
+def fit_chunk(layout: Layout, protocol: Protocol, group: int, banks, slots, images, grouped_layout: int = 0):
     """The first phase for every genotype of a chunk (`by_group`): `(fits, features)`, its
     modules fitted on the fit images and the head's pooled features of them (with
-    `grouped_layout`, a group's fitted together in the grouped layout)."""
+    `grouped_layout`, a group's fitted together in the grouped layout: `PopulationEvaluator`)."""
     def fit(slots, present):
         state, fits = fit_modules(layout, protocol, banks, slots, images, present)
         return fits, core.head_features(protocol, state, len(images))
 
     def fit_all(slots, present):
         P = slots[0].shape[0]
-        state, fits = fit_modules(layout, protocol, banks, slots, images, present, groups=P)
+        state, fits = fit_modules(layout, protocol, banks, slots, images, present, groups=P, width=grouped_layout)
         return other_slots_swapped(fits), per_genotype_features(core.head_features(protocol, state, len(images)), P)
     return by_group(protocol, group, fit, slots, many=fit_all if grouped_layout else None)
 
@@ -422,7 +425,7 @@ def fit_heads(protocol: Protocol, num_classes: int, features, labels):
 
 
 def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: int, banks, slots, fit_x, fit_y,
-                   images, labels, valid, carry: int = 1, grouped_layout: bool = False):
+                   images, labels, valid, carry: int = 1, grouped_layout: int = 0):
     """`(correct, finite)` of every genotype of a chunk (one device's share) through the whole
     protocol, phase by phase (each under its `PHASES` name): `fit_chunk`, `fit_heads`, the optional
     tuning and the scoring (`by_group`, `carry` batches at a time at most; with `grouped_layout`, a
@@ -445,7 +448,7 @@ def evaluate_chunk(layout: Layout, protocol: Protocol, num_classes: int, group: 
 
     def score_all(slots, fits, heads, present):
         correct, finite = score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present,
-                                      carry)
+                                      carry, grouped_layout)
         return correct, finite & jax.vmap(core.fit_is_finite)(fits, heads)
     with jax.named_scope(PHASES[3]):
         return by_group(protocol, group, score, slots, fits, heads, many=score_all if grouped_layout else None)
@@ -472,7 +475,8 @@ def _score_chunk(layout, protocol, group, carry, mesh, grouped_layout, banks, sl
             return score_network(layout, protocol, banks, slots, fits, head, images, labels, valid, present, carry)
 
         def many(slots, fits, heads, present):
-            return score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present, carry)
+            return score_group(layout, protocol, banks, slots, fits, heads, images, labels, valid, present, carry,
+                               grouped_layout)
         return by_group(protocol, group, one, *per_genotype, many=many if grouped_layout else None)
     return over_devices(mesh, local, (slots, fits, heads), (banks, images, labels, valid))
 
@@ -564,7 +568,11 @@ class PopulationEvaluator:
     scored batches move through a network `carry` at a time at most (None: `batch_carry`);
     `grouped_layout`: a group of several genotypes is fitted and scored in the grouped layout
     (`fit_modules` with `groups`, `score_group`; ops of `grouped.GROUPED_OPS` only) instead of
-    vmapped (the heads and any tuning stay vmapped: they run on pooled features and stitches).
+    vmapped (the heads and any tuning stay vmapped: they run on pooled features and stitches);
+    a number W > 1 instead of True besides packs neighbouring genotypes' convolutions into groups
+    of up to W channels (`layers.packing`: a group of 16-channel convolutions at W = 64 runs them
+    4 at a time, their kernels block-diagonal, 4 times the multiplications in groups 4 times as
+    wide; the same sums, to the summation order).
     `devices` defaults to `jax.devices()`. The per-module `Evaluator`
     it wraps supplies the stitch targets, the normalisation and the costs.
     """
@@ -572,7 +580,7 @@ class PopulationEvaluator:
     def __init__(self, space: SearchSpace, protocol: Protocol, fit: Split, chunk_size: int | None = None,
                  devices: Sequence[Any] | None = None, evaluator: Evaluator | None = None,
                  group: int | None = None, largest: int | None = None, carry: int | None = None,
-                 grouped_layout: bool = False):
+                 grouped_layout: bool | int = False):
         self.space = space
         self.kb = space.kb
         self.protocol = protocol
@@ -583,6 +591,9 @@ class PopulationEvaluator:
         if group is not None and group < 1:
             raise ValueError(f"group must be a positive number of genotypes, got {group}")
         self.group = group
+        if not isinstance(grouped_layout, int) or grouped_layout < 0:  # a bool is an int
+            raise ValueError(f"grouped_layout must be True, False or the channels a packed convolution group may "
+                             f"have, got {grouped_layout!r}")
         if grouped_layout and self.without_grouped_form():
             raise FusionError(f"grouped_layout: no grouped form of {self.without_grouped_form()} "
                               "(`grouped.GROUPED_OPS` has the CIFAR ResNet ops); score this space with "

@@ -192,6 +192,9 @@ FIELDS = (
     Field("evaluator.grouped_layout", FLAG, False,
           "fused path: fit and score each group with its genotypes inside the channel axis (no transposes between "
           "convolutions; CIFAR ResNet ops) instead of vmapped: the same counts; not yet measured faster"),
+    Field("evaluator.group_width", integer(0), 0,
+          "grouped layout: neighbouring genotypes' convolutions packed into groups of up to this many channels "
+          "(block-diagonal kernels: more multiplications, wider groups; 0: none): the same counts; not yet measured"),
     Field("evaluator.prefix_memory_mb", integer(0), PREFIX_MEMORY_MB,
           "module path: most memory kept for the states of module prefixes a generation shares (0: no sharing)"),
     Field("search.algorithm", one_of(*ALGORITHMS), REQUIRED, "`nsga2` or `random`"),

@@ -52,7 +52,7 @@ def fused_run(tiny_kb, tiny_dataset, tmp_path_factory):
                                 dtypes=("float32",), torch_modes=("eager",), torch_max_w1=2, torch_max_w2=2,
                                 strategy="fused", phase_population=2, groups=(None,), paired=2, paired_rounds=1,
                                 profile_population=2, trace_dir=tmp_path_factory.mktemp("traces"),
-                                probe_packs=(2, 4), log=lambda m: None, checkpoint=checkpoints.append)
+                                group_widths=(64,), log=lambda m: None, checkpoint=checkpoints.append)
     finally:
         jax.config.update("jax_compilation_cache_include_metadata_in_key", keyed)
     return report, checkpoints
@@ -85,10 +85,10 @@ def test_whole_networks_compiled_count_what_eager_counts_one_graph_each(report):
 @pytest.mark.parametrize("workload", ["W1", "W2"])
 def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, workload):
     """Each fused row (the chunk as one vmap, `jax-fused`, and in the grouped layout,
-    `jax-grouped`) counts what PyTorch counts, compiled once."""
+    `jax-grouped`, its convolutions packed too, `-w64`) counts what PyTorch counts, compiled once."""
     fused_report, checkpoints = fused_run
     torch_row, = _rows(fused_report, workload=workload, impl="torch-eager", numerics="fp32-strict", population=2)
-    for fused in ("jax-fused", "jax-grouped"):
+    for fused in ("jax-fused", "jax-grouped", "jax-grouped-w64"):  # w64: 16-channel convolutions 2 at a time
         jax_row, = _rows(fused_report, workload=workload, numerics="fp32-strict", population=2,
                          impl=fused if workload == "W1" else f"{fused}/2")
         assert jax_row["correct"] == torch_row["correct"]
@@ -97,10 +97,9 @@ def test_fused_path_counts_what_pytorch_counts_and_times_the_phases(fused_run, w
         probe, = _rows(fused_report, workload="W1", impl="jax-probe", numerics="fp32-strict", population=2)
         grouped, = _rows(fused_report, workload="W1", impl="jax-probe-grouped", numerics="fp32-strict", population=2)
         assert probe["rate"] > 0 and len(probe["correct"]) == 2 and grouped["correct"] == probe["correct"]
-        packed, = _rows(fused_report, workload="W1", impl="jax-probe-grouped-pack2", numerics="fp32-strict")
+        packed, = _rows(fused_report, workload="W1", impl="jax-probe-grouped-w64", numerics="fp32-strict")
         assert packed["correct"] == probe["correct"] and packed["tflops"] == pytest.approx(
             grouped["tflops"] * grouped["seconds"] / packed["seconds"])  # the networks' own FLOPs, not the zeros'
-        assert not _rows(fused_report, impl="jax-probe-grouped-pack4")  # 4 does not divide the population
         assert not [s for s in throughput.speedups(fused_report) if s["impl"].startswith("jax-probe")]
     if workload == "W2":
         phases = {(p["impl"], p["numerics"]): p["seconds"] for p in fused_report["phases"]}

@@ -89,11 +89,13 @@ def test_each_genotype_recalibrates_where_its_flag_says():
 
 
 def test_packed_genotypes_share_a_convolution_group_each_reading_its_own_channels():
-    """`pack`: neighbouring genotypes in one convolution group, their kernels on its diagonal
-    (`layers.block_diagonal`, zeros selected in: the kernels' values exactly), so each genotype's
-    outputs read only its own inputs: the op gives, genotype by genotype, what each genotype gives
-    alone, recalibrated statistics too, to fp32 rounding (the sums run over the zeros too); a pack
-    that does not divide the groups is refused."""
+    """Packing (`layers.packing`): neighbouring genotypes in one convolution group up to a width,
+    their kernels on its diagonal (`layers.block_diagonal`, zeros selected in: the kernels'
+    values exactly), so each genotype's outputs read only its own inputs: the op gives, genotype
+    by genotype, what each genotype gives alone, recalibrated statistics too, to fp32 rounding
+    (the sums run over the zeros too); a pack that does not divide the groups is refused."""
+    assert [layers.packing(64, 16, w) for w in (0, 1, 16, 31, 32, 64, 128)] == [1, 1, 1, 1, 2, 4, 8]
+    assert layers.packing(12, 16, 256) == 4 and layers.packing(3, 16, 64) == 1  # powers of two dividing the groups
     kernel = normal(5, (3, 3, 2, 4 * 5))  # 4 groups: 2 channels in, 5 out each
     packed = np.asarray(layers.block_diagonal(kernel, 4, 2))
     assert packed.shape == (3, 3, 4, 20)
@@ -102,19 +104,19 @@ def test_packed_genotypes_share_a_convolution_group_each_reading_its_own_channel
         assert np.array_equal(packed[:, :, rows, cols], np.asarray(kernel)[..., cols])
         assert not np.delete(packed[:, :, :, cols], np.arange(4)[rows], axis=2).any()
     with pytest.raises(ValueError, match="2 must divide 3"):
-        layers.conv2d(normal(6, (1, 4, 4, 6)), normal(7, (3, 3, 2, 6)), groups=3, pack=2)
+        layers.block_diagonal(normal(7, (3, 3, 2, 6)), 3, 2)
 
     groups, key = 4, jax.random.PRNGKey(3)
     model = get_model("cifar_resnet14")
-    for name in ("stem", "stage2.block0"):
+    for name in ("stem", "stage2.block0"):  # 16 outputs per genotype; 32, strided, padded shortcut
         spec = next(s for s in model.modules if s.name == name)
         x = normal(8, (groups, 3, 16, 16, spec.in_channels))
         params = [model.init(k)[name] for k in jax.random.split(key, groups)]
         own = [run_op((spec.op, spec.static), p, xi, True) for p, xi in zip(params, x)]
         bn = "bn" if spec.kind == "stem" else "bn2"
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
-        for pack in (2, 4):
-            out, used = grouped.run((spec.op, spec.static), stacked, grouped.to_grouped(x), groups, True, pack=pack)
+        for width in (64, 128):  # 2 or 4 genotypes per group at 32 channels, 4 at 16
+            out, used = grouped.run((spec.op, spec.static), stacked, grouped.to_grouped(x), groups, True, width=width)
             np.testing.assert_allclose(np.asarray(out).reshape(out.shape[:3] + (groups, -1)),
                                        np.moveaxis(np.stack([y for y, _ in own]), 0, 3), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(np.asarray(used[bn]["var"]), np.stack([u[bn]["var"] for _, u in own]),

@@ -83,8 +83,10 @@ CASES = {
                                                            carry=2, shallow=True),
     "tuned stitches, whole chunk, shallow": dict(variant="tuned-stitches+ridge+source", shallow=True),
     "tuned stitches, alone, shallow": dict(variant="tuned-stitches+ridge+source", group=1, shallow=True),
-    "from_junction, grouped layout, shallow": dict(variant="logistic+stitch+from_junction", grouped_layout=True,
-                                                   shallow=True),
+    # convolution groups packed up to 64 channels (the two genotypes' 16- and 32-channel convolutions
+    # as one group each); unpacked, the grouped layout counts what PyTorch counts (`tests/test_bench.py`)
+    "from_junction, grouped layout, packed, shallow": dict(variant="logistic+stitch+from_junction", grouped_layout=64,
+                                                           shallow=True),
 }
 
 
@@ -110,7 +112,7 @@ def test_population_equals_one_by_one(tiny_kb, tiny_dataset, case):
 
 def test_the_cases_cover_every_variant_and_way_of_running_a_chunk():
     assert {c["variant"] for c in CASES.values()} == set(VARIANTS)
-    for key, values in (("group", {None, 1, 2}), ("carry", {None, 2}), ("grouped_layout", {False, True})):
+    for key, values in (("group", {None, 1, 2}), ("carry", {None, 2}), ("grouped_layout", {False, 64})):
         assert {c.get(key, None if key != "grouped_layout" else False) for c in CASES.values()} == values, key
     assert {c.get("group") for c in CASES.values() if c.get("shallow")} == {None, 1}
 
@@ -312,6 +314,8 @@ def test_the_grouped_layout_needs_a_grouped_form_of_every_op(tiny_kb, tiny_datas
     monkeypatch.setattr(grouped, "GROUPED_OPS", grouped.GROUPED_OPS - {"cifar_resnet.basic_block"})
     with pytest.raises(FusionError, match=r"no grouped form of \['cifar_resnet.basic_block'\]"):
         PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2, grouped_layout=True)
+    with pytest.raises(ValueError, match="True, False or the channels a packed convolution group may have"):
+        PopulationEvaluator(space, PROTOCOL, fit, chunk_size=2, grouped_layout=-64)
 
 
 def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):

@@ -136,6 +136,15 @@ def test_the_grouped_layout_is_refused_where_an_op_has_no_grouped_form(tiny_kb, 
         small_run(tiny_kb, tiny_dataset, ["evaluator.strategy='fused'", "evaluator.grouped_layout=True"])
 
 
+def test_the_group_width_packs_the_grouped_layout_only(tiny_kb, tiny_dataset):
+    from modulenet_jax.errors import UserError
+
+    fused = ["evaluator.strategy='fused'", "evaluator.group_width=64"]
+    assert small_run(tiny_kb, tiny_dataset, fused + ["evaluator.grouped_layout=True"]).population.grouped_layout == 64
+    with pytest.raises(UserError, match="set evaluator.grouped_layout=True too, or evaluator.group_width=0"):
+        small_run(tiny_kb, tiny_dataset, fused)
+
+
 def test_dominated_by_names_the_sources_at_most_as_large_and_at_least_as_accurate():
     from modulenet_jax.search.runner import dominated_by
 

@@ -107,7 +107,8 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
     the per-module path. The fused program needs a staged space whose slot candidates share
     their shapes and ops: under `auto` another space falls back to the per-module path (the
     reason logged), under `fused` it is an error. `evaluator.grouped_layout` asks for its
-    fit pass and scoring in the grouped layout: an error where an op has no grouped form."""
+    fit pass and scoring in the grouped layout (an error where an op has no grouped form),
+    `evaluator.group_width` for its convolutions packed (`PopulationEvaluator`)."""
     strategy = config.evaluator.strategy
     if choose_strategy(strategy) != "fused":
         return None
@@ -127,7 +128,10 @@ def make_population(config, space, protocol: Protocol, fit, evaluator: Evaluator
         if lacking:
             raise UserError(f"evaluator.grouped_layout=True: no grouped form of {lacking} "
                             "(only the CIFAR ResNet ops have one); set it False")
-        population.grouped_layout = True
+        population.grouped_layout = setting(config, "evaluator.group_width") or True
+    elif setting(config, "evaluator.group_width"):
+        raise UserError("evaluator.group_width packs the grouped layout's convolutions: set "
+                        "evaluator.grouped_layout=True too, or evaluator.group_width=0")
     return population
 
 

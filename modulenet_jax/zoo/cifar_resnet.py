@@ -21,23 +21,23 @@ WIDTHS = (16, 32, 64)
 
 # Both ops also run `groups` networks at once, each in its own block of channels (`grouped.py`:
 # the fused program's grouped layout), with params in that form (`grouped.grouped_params`), their
-# convolutions `pack` networks per convolution group (`layers.block_diagonal`).
+# convolution groups packed up to `width` channels (`layers.packing`).
 
 @register_op("cifar_resnet.stem", folds=(("conv", "bn"),))
-def stem(params, x, calibrate=False, *, eps=BN_EPS, groups=1, pack=1):
-    h, bn = layers.conv_bn(params, "conv", "bn", x, eps, calibrate, stride=1, padding=1, groups=groups, pack=pack)
+def stem(params, x, calibrate=False, *, eps=BN_EPS, groups=1, width=0):
+    h, bn = layers.conv_bn(params, "conv", "bn", x, eps, calibrate, stride=1, padding=1, groups=groups, width=width)
     return layers.relu(h), {**params, **bn}
 
 
 @register_op("cifar_resnet.basic_block", folds=(("conv1", "bn1"), ("conv2", "bn2")), residual=("conv2", "bn2"))
-def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS, groups=1, pack=1):
+def basic_block(params, x, calibrate=False, *, stride=1, pad_channels=0, eps=BN_EPS, groups=1, width=0):
     """BasicBlock; `pad_channels` > 0 means the option-A shortcut (subsample, zero-pad each
     group's channels on both sides)."""
     h, bn1 = layers.conv_bn(params, "conv1", "bn1", x, eps, calibrate, stride=stride, padding=1, groups=groups,
-                            pack=pack)
+                            width=width)
     h = layers.relu(h)
     h, bn2 = layers.conv_bn(params, "conv2", "bn2", h, eps, calibrate, stride=1, padding=1, groups=groups,
-                            pack=pack)
+                            width=width)
     shortcut = x
     if stride > 1:
         shortcut = shortcut[:, ::stride, ::stride, :]

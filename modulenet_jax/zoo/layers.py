@@ -41,6 +41,16 @@ def exact_identity(dtype) -> bool:
     return dtype == jnp.bfloat16 or _precision(dtype) == lax.Precision.HIGHEST
 
 
+def packing(groups: int, out_channels: int, width: int) -> int:
+    """How many neighbouring groups of a grouped convolution (`out_channels` outputs each) run as
+    one (`block_diagonal`) to make groups of `width` output channels at most: the most, a power
+    of two dividing `groups` (1: none, as with a `width` under twice `out_channels`)."""
+    pack = 1
+    while groups % (2 * pack) == 0 and 2 * pack * out_channels <= width:
+        pack *= 2
+    return pack
+
+
 def block_diagonal(kernel, groups: int, pack: int):
     """A grouped convolution's kernel (`[k, k, C, groups·O]`) for `groups // pack` groups of
     `pack·C` input channels: each run of `pack` neighbouring groups as one, its kernels on the
@@ -50,19 +60,20 @@ def block_diagonal(kernel, groups: int, pack: int):
         raise ValueError(f"cannot pack {groups} groups {pack} at a time: {pack} must divide {groups}")
     k1, k2, c, out = kernel.shape
     w = kernel.reshape(k1, k2, 1, c, groups // pack, pack, out // groups)
-    own = jnp.eye(pack, dtype=bool).reshape(1, 1, pack, 1, 1, pack, 1)  # input group h feeds output group g iff h == g
+    own = jnp.eye(pack, dtype=bool).reshape(1, 1, pack, 1, 1, pack, 1)  # input group h feeds output g iff h == g
     return jnp.where(own, w, jnp.zeros((), kernel.dtype)).reshape(k1, k2, pack * c, out)
 
 
-def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1, pack: int = 1):
+def conv2d(x, kernel, stride: int = 1, padding: int = 0, groups: int = 1, width: int = 0):
     """2-D convolution with PyTorch's symmetric zero padding (never XLA "SAME"). The output is in
     `x`'s dtype straight from the convolution: a bf16 one accumulates in float32 and rounds once
     (XLA:CPU, cuDNN and the TPU all do), which is what an fp32 output rounded to bf16 gave,
     without writing that fp32 tensor and re-reading it (on an H200 the fusions that read W1's
-    bf16 convolutions' fp32 outputs took a fifth of its device time). `pack` > 1 runs `groups`
-    as `groups // pack` wider groups (`block_diagonal`): `pack` times the multiplications, in
-    groups of `pack·C` channels where narrow ones (16 channels: a CIFAR ResNet's first stage)
-    may leave the tensor cores idle; the same sums, to the summation order."""
+    bf16 convolutions' fp32 outputs took a fifth of its device time). With `width`, neighbouring
+    groups run as one up to `width` output channels (`packing`, `block_diagonal`): as many times
+    the multiplications, in wider groups where narrow ones (16 channels per genotype in a CIFAR
+    ResNet's first stage) may leave the tensor cores idle; the same sums, to the summation order."""
+    pack = packing(groups, kernel.shape[-1] // groups, width)
     if pack > 1:
         kernel, groups = block_diagonal(kernel, groups, pack), groups // pack
     return lax.conv_general_dilated(
@@ -100,14 +111,14 @@ def pointwise(x, params):
     return add_bias(y, params["bias"]) if "bias" in params else y
 
 
-def grouped_pointwise(x, params):
+def grouped_pointwise(x, params, width: int = 0):
     """`pointwise` of G groups at once on NHWC `x` holding the groups side by side in its
     channels (`[n, h, w, G·C]`): kernel `[G, C, D]`, bias `[G, D]`, each group through its own
-    kernel, as a 1x1 convolution with G groups, so that `x` and the output keep that layout (a
-    batched product would transpose one of them)."""
+    kernel, as a 1x1 convolution with G groups (packed to `width`: `conv2d`), so that `x` and the
+    output keep that layout (a batched product would transpose one of them)."""
     groups, c, d = params["kernel"].shape
     kernel = jnp.moveaxis(params["kernel"], 0, 1).reshape(1, 1, c, groups * d)
-    y = conv2d(x, kernel, groups=groups)
+    y = conv2d(x, kernel, groups=groups, width=width)
     return add_bias(y, params["bias"].reshape(-1)) if "bias" in params else y
 
 
@@ -238,9 +249,9 @@ def relu(x):
     return jax.nn.relu(x)
 
 
-def conv(params, x, stride: int = 1, padding: int = 0, groups: int = 1, pack: int = 1):
+def conv(params, x, stride: int = 1, padding: int = 0, groups: int = 1, width: int = 0):
     """`conv2d` with a params dict `{"kernel": HWIO, "bias": (O,)?}` (bias added if present)."""
-    y = conv2d(x, params["kernel"], stride=stride, padding=padding, groups=groups, pack=pack)
+    y = conv2d(x, params["kernel"], stride=stride, padding=padding, groups=groups, width=width)
     return add_bias(y, params["bias"]) if "bias" in params else y
 
 
