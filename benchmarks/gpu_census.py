@@ -375,6 +375,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def layout_setting(name: str) -> str:
+    """A `--layouts` name, checked: `vmapped`, `grouped` or `grouped-wW` (`grouped_value`)."""
+    if name in ("vmapped", "grouped") or re.fullmatch(r"grouped-w[1-9]\d*", name):
+        return name
+    raise argparse.ArgumentTypeError(f"{name!r}: a layout is vmapped, grouped or grouped-wW (W a number of channels)")
+
+
+def grouped_value(layout: str) -> bool | int:
+    """`PopulationEvaluator`'s `grouped_layout` for a `--layouts` name: False, True or the width."""
+    return int(layout[len("grouped-w"):]) if layout.startswith("grouped-w") else layout == "grouped"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kb", required=True, help="knowledge base .npz (prepare_device_bundle)")
@@ -383,7 +395,8 @@ def main(argv=None):
     p.add_argument("--population", type=int, default=64)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
-    p.add_argument("--layouts", nargs="+", default=["vmapped", "grouped"], choices=["vmapped", "grouped"])
+    p.add_argument("--layouts", nargs="+", default=["vmapped", "grouped"], type=layout_setting,
+                   help="vmapped, grouped, or grouped-wW (convolution groups packed up to W channels)")
     p.add_argument("--card", default="NVIDIA H200", choices=list(TARGETS))
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--name", default="nvidia-h200-census")
@@ -420,13 +433,13 @@ def run_parsed(args):
             for layout in args.layouts:
                 t = time.time()
                 if workload == "W1":
-                    pe, scored = bench.w1_fused(dtype, None, layout == "grouped")
+                    pe, scored = bench.w1_fused(dtype, None, grouped_value(layout))
                     slots, fits, heads = bench.w1_fitted(pe, w1)
                     lowered = pe.score_lowered(slots, fits, heads, scored, mesh, "cuda", carry)
                     units = args.population * len(bench.val)
                 else:
                     pe = PopulationEvaluator(bench.space, dataclasses.replace(protocol, dtype=dtype), bench.fit,
-                                             chunk_size=args.population, grouped_layout=layout == "grouped")
+                                             chunk_size=args.population, grouped_layout=grouped_value(layout))
                     lowered = pe.evaluate_lowered(pe.stacked_slots(w2), pe.device_split(bench.val), mesh, "cuda",
                                                   carry)
                     units = args.population

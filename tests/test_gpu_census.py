@@ -222,3 +222,11 @@ def test_without_the_cuda_plugin_it_says_what_to_install(monkeypatch, capsys, tm
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'jax[cuda12]==" in err[0], err
+
+
+def test_a_layout_is_vmapped_grouped_or_grouped_to_a_width(capsys, tmp_path):
+    assert [gpu_census.grouped_value(gpu_census.layout_setting(n)) for n in ("vmapped", "grouped", "grouped-w64")] \
+        == [False, True, 64]
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_census.main(["--kb", str(tmp_path / "kb.npz"), "--data", str(tmp_path / "d.npz"), "--layouts", "packed"])
+    assert exit_info.value.code == 2 and "a layout is vmapped, grouped or grouped-wW" in capsys.readouterr().err
