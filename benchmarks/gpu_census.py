@@ -350,7 +350,7 @@ def markdown(report: dict) -> str:
              "each kernel kind at that or, where slower, its convolutions' FLOPs at the dense peak of the dtype "
              "(TF32 off for float32): estimates from the program, not measurements. A conditional counts its true "
              "branch (a stitch at every slot); a loop whose trip count XLA does not know (L-BFGS's line search) "
-             "counts once.", "",
+             "counts its body once and its condition twice (a known count: its body that often, no condition).", "",
              "| workload | layout | dtype | kernels | GB per call | MB per unit | in cuDNN calls | convolutions "
              "(fused with bias+activation / plain) | TFLOP | HBM-bound | roofline | compile s |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
