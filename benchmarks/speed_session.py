@@ -26,9 +26,9 @@ phase (its ops' named scopes, read from the executable that ran: op names are pa
 compile cache's key). Beside them, W1 and W2 time the fused program in the grouped layout (W2
 fitting in it too) (`jax-grouped`, traced too), and W1 two speed references: the naive vmap probe
 and the grouped-layout probe (`grouped_probe.py`, traced at the profile population too); the
-grouped rows and probe also with neighbouring genotypes' convolutions packed into groups of up to
-64 channels (`--group-widths`, `jax-grouped-w64`: block-diagonal kernels, 4 times the
-multiplications in the first stage, whose 16-channel groups may leave the tensor cores idle).
+grouped rows (traced too) and probe also with neighbouring genotypes' convolutions packed into
+groups of up to 64 channels (`--group-widths`, `jax-grouped-w64`: block-diagonal kernels, 4 times
+the multiplications in the first stage, whose 16-channel groups may leave the tensor cores idle).
 Numerics: bf16, TF32 and strict fp32, in that order (`--dtypes`).
 
 Results: OUT/speed.{json,md,png} (the report, its tables, the curves) and OUT/speed.log; the

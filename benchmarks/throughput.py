@@ -775,9 +775,9 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                         for g in jax_groups:
                             bench.attempt(("profile", workload, dtype, g), bench.profile, archs, dtype, P, g,
                                           workload, trace_dir)
-                        if grouped_rows:
-                            bench.attempt(("profile grouped", workload, dtype), bench.profile, archs, dtype, P, None,
-                                          workload, trace_dir, True)
+                        for width in (1, *[w for w in group_widths if w > 1]) if grouped_rows else ():
+                            bench.attempt(("profile grouped", workload, dtype, width), bench.profile, archs, dtype,
+                                          P, None, workload, trace_dir, width)
                 if "W1" in workloads:
                     bench.attempt(("profile", "W1 grouped probe", dtype), bench.profile_grouped_probe, w1, dtype, P,
                                   trace_dir)

@@ -258,12 +258,12 @@ def test_paired_w1_on_the_fused_path(fused_run):
 
 
 def test_fused_rows_are_profiled(fused_run):
-    """At the profile population every fused row's call (the grouped layout's too), and the
-    grouped probe's, is traced and summarised by op kind."""
+    """At the profile population every fused row's call (the grouped layout's too, packed or
+    not), and the grouped probe's, is traced and summarised by op kind."""
     fused_report, _ = fused_run
     titles = sorted(fused_report["profiles"])
     assert titles == sorted([f"{w} {impl} fp32-strict P=2" for w in ("W1", "W2")
-                             for impl in ("jax-fused", "jax-grouped")]
+                             for impl in ("jax-fused", "jax-grouped", "jax-grouped-w64")]
                             + ["W1 jax-probe-grouped fp32-strict P=2"])
     for summary in fused_report["profiles"].values():
         assert summary["device_seconds"] > 0 and summary["kinds"] and summary["calls"] == 1
