@@ -734,6 +734,8 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
     # the fused program scored in the grouped layout, where every op of the knowledge base has a grouped form
     grouped_rows = bench.strategy == "fused" and not grouped.missing(op_of(r.spec) for r in kb.records
                                                                      if r.spec.kind != "head")
+    # its rows: unpacked (1), then packed to each width asked
+    layout_widths = (1, *[w for w in group_widths if w > 1]) if grouped_rows else ()
     for P in sorted(populations):
         for dtype in dtypes:
             numerics = bench.torch_numerics(dtype) if torch_modes else []
@@ -745,12 +747,11 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
             if "W1" in workloads:
                 for g in w1_groups:
                     bench.attempt(("W1 jax", dtype, g), bench.w1_jax, w1, dtype, P, g)
-                if grouped_rows:
-                    for width in (1, *[w for w in group_widths if w > 1]):
-                        bench.attempt(("W1 jax grouped", dtype, width), bench.w1_jax, w1, dtype, P, None, width)
+                for width in layout_widths:
+                    bench.attempt(("W1 jax grouped", dtype, width), bench.w1_jax, w1, dtype, P, None, width)
                 for in_channels in (False, True):  # the naive probe, the grouped-layout probe
                     bench.attempt(("W1 jax probe", dtype, in_channels), bench.w1_probe, w1, dtype, P, in_channels)
-                for width in [w for w in group_widths if grouped_rows and w > 1]:
+                for width in layout_widths[1:]:
                     bench.attempt(("W1 jax probe", dtype, width), bench.w1_probe, w1, dtype, P, True, width)
                 for num in numerics:
                     for mode in torch_modes:
@@ -763,9 +764,8 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                     bench.attempt(("W2 jax", dtype, g), bench.w2_jax, w2, dtype, P, g)
                     if P == phase_population:
                         bench.attempt(("W2 jax phases", dtype, g), bench.w2_jax_phases, w2, dtype, P, g)
-                if grouped_rows:
-                    for width in (1, *[w for w in group_widths if w > 1]):
-                        bench.attempt(("W2 jax grouped", dtype, width), bench.w2_jax, w2, dtype, P, None, width)
+                for width in layout_widths:
+                    bench.attempt(("W2 jax grouped", dtype, width), bench.w2_jax, w2, dtype, P, None, width)
                 for num in numerics:
                     for mode in [m for m in torch_modes if m in W2_TORCH_MODES]:
                         bench.attempt(("W2 torch", num, mode), bench.w2_torch, w2, num, P, mode, torch_max_w2)
@@ -775,7 +775,7 @@ def run(kb, dataset, protocol, *, granularity="run", val_size=None, fit_seed=0, 
                         for g in jax_groups:
                             bench.attempt(("profile", workload, dtype, g), bench.profile, archs, dtype, P, g,
                                           workload, trace_dir)
-                        for width in (1, *[w for w in group_widths if w > 1]) if grouped_rows else ():
+                        for width in layout_widths:
                             bench.attempt(("profile grouped", workload, dtype, width), bench.profile, archs, dtype,
                                           P, None, workload, trace_dir, width)
                 if "W1" in workloads:
