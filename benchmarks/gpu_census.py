@@ -16,16 +16,17 @@ fuses into one kernel, which it hands to cuDNN with their bias, residual and ReL
 left as passes of their own over the activations is decided before that, and is what this reads.
 
 The census lists every kernel the program launches per call (`census`: each instruction of the
-entry and of what its loops and conditionals call, times the loops' trip counts; a
-conditional's true branch, the slot run and its stitch applied, so every slot counts a stitch:
-more than W1's networks have, which stitch at junctions only; a loop whose trip count XLA does
-not know, such as L-BFGS's line search, once, its condition twice) and the bytes it reads and writes, its operands and
-outputs as the program types them, except where a fusion slices an operand (it reads the slice)
-or updates one in place (it writes the update: `fusion_traffic`). `summary`'s `hbm_bound` divides
-those bytes by the card's bandwidth: the rate at which the program would run if every kernel moved
-its operands and outputs through HBM once at full speed, an estimate to compare programs by, not a
-measurement (caches can beat it, launch gaps and slow kernels fall short of it); its `roofline`
-also holds each kind of convolution call to its FLOPs at the dtype's dense peak.
+entry and of what its loops and conditionals call, times the loops' trip counts; a conditional's
+true branch, the slot run and its stitch applied, so every slot counts a stitch: more than W1's
+networks have, which stitch at junctions only; a loop whose trip count XLA does not know, such as
+L-BFGS's line search, once, its condition twice, except W2's loops over the slots its chunk
+reaches, counted as often as the chunk's networks reach them) and the bytes it reads and writes,
+its operands and outputs as the program types them, except where a fusion slices an operand (it
+reads the slice) or updates one in place (it writes the update: `fusion_traffic`). `summary`'s
+`hbm_bound` divides those bytes by the card's bandwidth: the rate at which the program would run if
+every kernel moved its operands and outputs through HBM once at full speed, an estimate to compare
+programs by, not a measurement (caches can beat it, launch gaps and slow kernels fall short of it);
+its `roofline` also holds each kind of convolution call to its FLOPs at the dtype's dense peak.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def phase_of(line: str, phases, outer: str) -> str:
     return next((p for p in phases if p in parts), outer)
 
 
-def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branch: bool = False):
+def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branch: bool = False, trips=None):
     """Every instruction the entry runs, through its loops, conditionals and calls, as (computation,
     its `_INSTRUCTION` match, times per call, phase). Loops count their body `known_trip_count`
     times; where XLA does not know it, the body once and the condition twice (true, then false: a
@@ -190,7 +191,9 @@ def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branc
     (`true_computation`, or the second of two `branch_computations`, as `lax.cond` lowers; else
     every branch), a call its callee; `every_branch` also walks every branch and every loop's
     condition (the phase of every instruction that can run). A phase is `phase_of` the
-    instruction, "other" outside them all."""
+    instruction, "other" outside them all. `trips` (named scope -> iterations) gives the trip count
+    of a loop XLA does not know whose op name holds that scope (the fused program's loops over the
+    slots a chunk reaches, `population.reached_slots`; its condition then runs once more)."""
     def visit(comp: str, times: int, outer: str):
         for line in comps[comp]:
             m = _INSTRUCTION.match(line)
@@ -201,10 +204,13 @@ def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branc
             yield comp, m, times, phase
             if op == "while":
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                yield from visit(re.search(r"body=%([\w.\-]+)", line).group(1),
-                                 times * (int(trip.group(1)) if trip else 1), phase)
+                told = next((n for scope, n in (trips or {}).items()
+                             if not trip and re.search(rf"[/(]{re.escape(scope)}[)/]", line)), None)  # vmap(scope)
+                trip_count = int(trip.group(1)) if trip else 1 if told is None else told
+                yield from visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * trip_count, phase)
                 if every_branch or not trip:  # a GPU runs the condition only to find an unknown trip count
-                    yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1), times * 2, phase)
+                    yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1),
+                                     times * (2 if told is None else told + 1), phase)
             elif op == "conditional":
                 true = re.search(r"true_computation=%([\w.\-]+)", line)
                 false = re.search(r"false_computation=%([\w.\-]+)", line)
@@ -222,17 +228,17 @@ def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branc
 CONTROL_FLOW = ("while", "conditional", "call")
 
 
-def census(hlo: str, phases=()) -> list[dict]:
+def census(hlo: str, phases=(), trips=None) -> list[dict]:
     """Per kernel kind of an optimized module (`compiled.as_text()`): how many run per call, the
     bytes they read and write, largest first, the convolutions' FLOPs and the bytes per phase
     (`phase_of`: the first of the named scopes `phases` in the kernel's op name or around it;
-    "other" outside them), counted as `instructions` walks the module."""
+    "other" outside them), counted as `instructions` walks the module (`trips`: there)."""
     comps, entry = computations(hlo)
     types = {(c, m.group(1)): m.group(2) for c, lines in comps.items() for m in map(_INSTRUCTION.match, lines) if m}
     traffic = {c: fusion_traffic(lines) for c, lines in comps.items()}
     runs, moved, flops = collections.Counter(), collections.Counter(), collections.Counter()
     by_phase = collections.defaultdict(collections.Counter)
-    for comp, m, times, phase in instructions(comps, entry, phases):
+    for comp, m, times, phase in instructions(comps, entry, phases, trips=trips):
         name, out_type, op, rest = m.groups()
         if op in CONTROL_FLOW:
             continue
@@ -350,7 +356,9 @@ def markdown(report: dict) -> str:
              "each kernel kind at that or, where slower, its convolutions' FLOPs at the dense peak of the dtype "
              "(TF32 off for float32): estimates from the program, not measurements. A conditional counts its true "
              "branch (a stitch at every slot); a loop whose trip count XLA does not know (L-BFGS's line search) "
-             "counts its body once and its condition twice (a known count: its body that often, no condition).", "",
+             "counts its body once and its condition twice (a known count: its body that often, no condition; W2's "
+             "fit pass over the slots its chunk reaches: as many as its networks reach, its condition once more).",
+             "",
              "| workload | layout | dtype | kernels | GB per call | MB per unit | in cuDNN calls | convolutions "
              "(fused with bias+activation / plain) | TFLOP | HBM-bound | roofline | compile s |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -413,7 +421,7 @@ def run_parsed(args):
     from .throughput import NUMERICS, peak_bandwidth, peak_flops
     from .prepare_device_bundle import load_kb
     from modulenet_jax.data import load_dataset
-    from modulenet_jax.population import PHASES, PopulationEvaluator, batch_carry
+    from modulenet_jax.population import PHASES, PopulationEvaluator, batch_carry, reached_slots
     from modulenet_jax.protocol import Protocol
 
     if args.population < 1 or args.val_size < 1:
@@ -436,14 +444,14 @@ def run_parsed(args):
                     pe, scored = bench.w1_fused(dtype, None, grouped_value(layout))
                     slots, fits, heads = bench.w1_fitted(pe, w1)
                     lowered = pe.score_lowered(slots, fits, heads, scored, mesh, "cuda", carry)
-                    units = args.population * len(bench.val)
+                    units, trips = args.population * len(bench.val), {}
                 else:
                     pe = PopulationEvaluator(bench.space, dataclasses.replace(protocol, dtype=dtype), bench.fit,
                                              chunk_size=args.population, grouped_layout=grouped_value(layout))
-                    lowered = pe.evaluate_lowered(pe.stacked_slots(w2), pe.device_split(bench.val), mesh, "cuda",
-                                                  carry)
-                    units = args.population
-                rows = census(lowered.compile().as_text(), PHASES)
+                    slots = pe.stacked_slots(w2)
+                    lowered = pe.evaluate_lowered(slots, pe.device_split(bench.val), mesh, "cuda", carry)
+                    units, trips = args.population, reached_slots(pe.layout, pe.protocol, slots)  # one group: the chunk
+                rows = census(lowered.compile().as_text(), PHASES, trips)
                 done = summary(rows, units, peak_bandwidth(args.card), peak_flops(args.card, NUMERICS[dtype]))
                 report["variants"].append({"workload": workload, "layout": layout, "dtype": dtype,
                                            "compile_s": time.time() - t, "rows": rows, "summary": done})

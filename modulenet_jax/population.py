@@ -1,23 +1,24 @@
 """The fused driver of the evaluation protocol: a whole population chunk as one program.
 
-Every network of a staged space has the same skeleton: a stem, then per stage a first slot
-and up to D-1 further slots. Candidate modules of one slot share their shapes, so their
-params are stacked into a *bank* and each genotype gathers its module by index. Slots past a
-network's depth pass their input through (`active`), and a stitch is used only at a junction
-(`junction`); both are exact masks, so one program serves every genotype of the space. A
-chunk runs in groups (`by_group`): the genotypes of a group side by side (`vmap`, whose
-convolutions become grouped ones), the groups one after another (`lax.map`); a group of one
-runs plain convolutions; with `grouped_layout` a group is fitted and scored with its genotypes
-inside the channel axis instead of vmapped (`fit_modules` with `groups`, `score_group`,
-`grouped.py`: no transposes around each convolution). What no genotype of a group needs is
-not computed: a conditional on the group (`chunk_presence`, outside the vmap) skips a slot
-none reaches and a stitch where none has a junction, and populations are chunked by structure
-so that chunks share depths and junctions. Scoring runs each fitted module in its inference form, BatchNorm
-folded into the convolution (`protocol.folded`), and on a GPU moves several batches through a
-slot together (`batch_carry`: each conditional there waits for the device). Chunks have a
-fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs its
-share of a chunk (`over_devices`); a chunk that runs out of device memory is split in half and
-retried.
+Every network of a staged space has the same skeleton: a stem, then per stage a first slot and
+up to D-1 further slots. Candidate modules of one slot share their shapes, so their params are
+stacked into a *bank* and each genotype gathers its module by index. Slots past a network's
+depth pass their input through (`active`), and a stitch is used only at a junction (`junction`);
+both are exact masks, so one program serves every genotype of the space. A chunk runs in groups
+(`by_group`): the genotypes of a group side by side (`vmap`, whose convolutions become grouped
+ones), the groups one after another (`lax.map`); a group of one runs plain convolutions; with
+`grouped_layout` a group is fitted and scored with its genotypes inside the channel axis instead
+of vmapped (`fit_modules` with `groups`, `score_group`, `grouped.py`: no transposes around each
+convolution). What no genotype of a group needs is not computed (`chunk_presence`, outside the
+vmap): the fit pass runs a stage's slots in a loop over those the group reaches (`walk`'s
+`reached`), the scoring skips a slot none reaches by a conditional on the group, and a
+conditional skips a stitch where none has a junction; populations are chunked by structure so
+that chunks share depths and junctions. Scoring runs each fitted module in its inference form,
+BatchNorm folded into the convolution (`protocol.folded`), and on a GPU moves several batches
+through a slot together (`batch_carry`: each conditional there waits for the device). Chunks
+have a fixed size (the last one padded), so a search compiles once. Each of `jax.devices()` runs
+its share of a chunk (`over_devices`); a chunk that runs out of device memory is split in half
+and retried.
 
 The protocol itself (stitch solves, BatchNorm statistics, head, tuning, scoring) is
 `protocol.py`'s, scanned over the slots here; `evaluate.Evaluator` is the per-module driver
@@ -106,11 +107,17 @@ def _take(bank, i):
     return jax.tree_util.tree_map(lambda a: a[i], bank)
 
 
-def walk(layout: Layout, per_slot: dict, carry, visit: Callable):
+def walk(layout: Layout, per_slot: dict, carry, visit: Callable, reached: Callable | None = None):
     """`visit(op, slot, data, carry) -> (carry, out)` over every slot in forward order: the
     stem, then per stage its first slot and a `lax.scan` over the others. `slot` names the
     slot kind ("stem", "first", "other") with its stage; `per_slot` holds each slot's data in
-    `Layout.per_slot`'s structure, and the outputs come back in that structure."""
+    `Layout.per_slot`'s structure, and the outputs come back in that structure.
+
+    With `reached(stage, like) -> (count, outputs)`, a stage's other slots run in a loop over
+    the first `count` only (those the chunk reaches: a prefix, as a network's depth makes it), the
+    rest keeping `outputs` (every slot's, stacked; `like`: their shapes). No conditional per slot
+    then: on a GPU a conditional's result is a buffer of its own, copied into the loop's carry on
+    every slot (the fit pass's activations, 120 GB per W2 call on an H200, `gpu_census.py`)."""
     carry, stem = visit(layout.stem_op, ("stem", 0), per_slot["stem"], carry)
     stages = []
     for s, depth in enumerate(layout.depths):
@@ -121,9 +128,33 @@ def walk(layout: Layout, per_slot: dict, carry, visit: Callable):
             def body(c, d, s=s):
                 return visit(layout.other_ops[s], ("other", s), d, c)
 
-            carry, stage["other"] = jax.lax.scan(body, carry, data["other"])
+            if reached is None:
+                carry, stage["other"] = jax.lax.scan(body, carry, data["other"])
+            else:
+                count, outputs = reached(s, jax.eval_shape(lambda c: jax.lax.scan(body, c, data["other"])[1], carry))
+
+                def one(j, state, body=body, data=data["other"]):
+                    c, outs = state
+                    c, out = body(c, jax.tree_util.tree_map(lambda a: a[j], data))
+                    return c, jax.tree_util.tree_map(lambda o, v: o.at[j].set(v), outs, out)
+
+                with jax.named_scope(reached_scope(s)):
+                    carry, stage["other"] = jax.lax.fori_loop(0, count, one, (carry, outputs))
         stages.append(stage)
     return carry, {"stem": stem, "stages": stages}
+
+
+def reached_scope(stage: int) -> str:
+    """The named scope of a stage's loop over its reached slots (`walk`), in the compiled program's op
+    names: XLA does not know its trip count, `benchmarks/gpu_census.py` is told it (`reached_slots`)."""
+    return f"reached_slots_stage{stage}"
+
+
+def reached_slots(layout: Layout, protocol: Protocol, slots) -> dict[str, int]:
+    """How many of each stage's other slots the chunk `slots` (stacked) reaches, by `reached_scope`."""
+    some_active = np.asarray(chunk_presence(protocol, slots)[0])
+    stages = layout.per_slot(some_active)["stages"]
+    return {reached_scope(s): int(np.sum(stage["other"])) for s, stage in enumerate(stages) if "other" in stage}
 
 
 def _bank(banks, kind: str, stage: int):
@@ -139,8 +170,9 @@ def slot_masks(kind: str, active, junction):
 def chunk_presence(protocol: Protocol, slots):
     """What the chunk needs, per slot: `(some_active, some_junction)`, boolean vectors over the
     layout's slots (`slots` stacked over the chunk; `some_junction` None without stitches).
-    Computed outside the vmap, they are the chunk's, not a genotype's: `when_reached` skips a
-    slot no genotype reaches, and the slot's `slot_gate` a stitch where none has a junction."""
+    Computed outside the vmap, they are the chunk's, not a genotype's: `when_reached` (and in the
+    fit pass `walk`'s `reached`) skips a slot no genotype reaches, and the slot's `slot_gate` a
+    stitch where none has a junction."""
     _, active, junction = slots
     return jnp.any(active, axis=0), (jnp.any(junction, axis=0) if protocol.stitch else None)
 
@@ -159,17 +191,18 @@ def when_reached(kind: str, present, run: Callable, skip: Callable):
     always reached."""
     if present is None or kind != "other":
         return run()
-    full = jax.eval_shape(run)
+    return jax.lax.cond(present[0], run, lambda: filled(skip(), jax.eval_shape(run)))
 
-    def fill(out):
-        def one(o, like):
-            if o is None:
-                return core.zeros_of(like)
-            return jnp.broadcast_to(jnp.asarray(o, like.dtype), like.shape)
 
-        return jax.tree_util.tree_map(one, out, full, is_leaf=lambda n: n is None)
+def filled(out, like):
+    """What a skipped slot gives (`out`) in the shapes and dtypes of what running it gives
+    (`like`): a stitch it does not make (None) as zeros, as a masked unused stitch holds."""
+    def one(o, shape):
+        if o is None:
+            return core.zeros_of(shape)
+        return jnp.broadcast_to(jnp.asarray(o, shape.dtype), shape.shape)
 
-    return jax.lax.cond(present[0], run, lambda: fill(skip()))
+    return jax.tree_util.tree_map(one, out, like, is_leaf=lambda n: n is None)
 
 
 def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, present=None, groups: int | None = None,
@@ -177,7 +210,8 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
     """One genotype's modules through the protocol on the fit images, slot by slot: `(state,
     fits)`, the state after the last slot and the `ModuleFit` of every slot in
     `Layout.per_slot`'s structure. `slots` = (idx, active, junction), each a vector over the
-    layout's slots; `present`: the chunk's `chunk_presence` (None: every slot runs in full).
+    layout's slots; `present`: the chunk's `chunk_presence` (a stage's further slots then run in
+    a loop over those the chunk reaches, `walk`'s `reached`; None: every slot runs in full).
     With `groups`, `slots` are stacked over a group of that many genotypes, fitted together in
     the grouped layout (`grouped.fit_module`, convolution groups packed up to `width` channels):
     the state in that layout, fits stacked."""
@@ -198,14 +232,17 @@ def fit_modules(layout: Layout, protocol: Protocol, banks, slots, images, presen
         target = None if bank["targets"] is None else bank["targets"][i]
         params = _take(bank["params"], i)
 
-        def run():
-            return core.step(protocol, op, params, state, target, junction, active, gate=slot_gate(slot[0], here),
-                             **hooks)
-
-        return when_reached(slot[0], here, run, lambda: (state, ModuleFit(params, None)))
+        return core.step(protocol, op, params, state, target, junction, active, gate=slot_gate(slot[0], here),
+                         **hooks)
 
     per_slot = layout.per_slot((tuple(jnp.moveaxis(jnp.asarray(m), -1, 0) for m in slots), present))
-    return walk(layout, per_slot, begin(protocol, images, mean, std), visit)
+
+    def reached(stage, like):
+        (i, _, _), here = per_slot["stages"][stage]["other"]
+        skipped = ModuleFit(_take(banks["stages"][stage]["other"]["params"], i), None)  # published, no stitch
+        return jnp.sum(here[0], dtype=jnp.int32), filled(skipped, like)
+
+    return walk(layout, per_slot, begin(protocol, images, mean, std), visit, None if present is None else reached)
 
 
 def tune_network(layout: Layout, protocol: Protocol, banks, slots, fits, head, images, labels, present=None):

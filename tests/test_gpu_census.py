@@ -13,7 +13,7 @@ from jax import lax
 
 from modulenet_jax.benchmarks import gpu_census, throughput
 from modulenet_jax.data import fit_split, protocol_split
-from modulenet_jax.population import PHASES, PopulationEvaluator, on_mesh
+from modulenet_jax.population import PHASES, PopulationEvaluator, on_mesh, reached_scope
 from modulenet_jax.protocol import Protocol
 from modulenet_jax.space import SearchSpace
 
@@ -87,6 +87,24 @@ def test_a_loop_counts_its_body_trip_count_times_its_condition_where_unknown_and
     rows = gpu_census.census(branched)
     assert any(r["bytes"] == 2 * 4000 for r in rows), rows  # the true branch: x in, sin(x) * 3 out
     assert not any("reduce" in r["kernel"] for r in rows), rows  # the false branch's sum is not counted
+
+
+def test_a_loop_over_the_slots_a_chunk_reaches_counts_the_trips_it_is_told():
+    """XLA does not know how many slots a chunk reaches (`population.walk`'s loop, under its
+    `reached_scope`): the census counts its body as often as `trips` says, other loops as before."""
+    def reached(x, n):
+        with jax.named_scope(reached_scope(1)):
+            return lax.fori_loop(0, n, lambda i, x: jnp.sin(x) * 2, x)
+
+    for program, x in ((reached, jnp.zeros(1000)), (jax.vmap(reached, in_axes=(0, None)), jnp.zeros((1, 1000)))):
+        text = jax.jit(program).lower(x, 3).compile().as_text()
+
+        def body_runs(trips, text=text):
+            rows = gpu_census.census(text, trips=trips)
+            return [r["runs"] for r in rows if r["runs"] and r["bytes"] == r["runs"] * 2 * 4000]  # f32[1000] in, out
+
+        assert body_runs(None) == [1] and body_runs({reached_scope(0): 9}) == [1]
+        assert body_runs({reached_scope(1): 7}) == [7] and body_runs({reached_scope(1): 0}) == []
 
 
 def test_every_instruction_that_can_run_has_the_phase_of_its_scope_or_of_what_runs_it():

@@ -18,8 +18,8 @@ from modulenet_jax.data import protocol_split
 from modulenet_jax.evaluate import Evaluator
 from modulenet_jax.protocol import Protocol, gated, numerics
 from modulenet_jax.population import (PopulationEvaluator, batch_carry, by_group, chunk_presence, fit_modules,
-                                      group_fits, group_logits, inference_fits, network_logits, structure_order,
-                                      slot_gate, when_reached)
+                                      group_fits, group_logits, inference_fits, network_logits, reached_slots,
+                                      structure_order, slot_gate, when_reached)
 from modulenet_jax.space import Architecture, SearchSpace
 from modulenet_jax.zoo.layers import divisor_at_most
 
@@ -327,6 +327,39 @@ def test_population_equals_one_by_one_with_resized_inputs(tiny_dataset):
     fused, one_by_one, _ = _both_paths(kb, tiny_dataset, Protocol(**{**QUICK.__dict__, "input_size": 40}))
     assert fused == one_by_one
     assert kb.record(kb.modules_of("cifar_resnet8")[0].id).input_resolution == 40
+
+
+def test_the_fit_pass_runs_the_slots_its_chunk_reaches_and_no_further(tiny_dataset):
+    """Three slots a stage (ResNet-20's): the fit pass runs a stage's further slots in a loop over the
+    prefix its chunk reaches (`walk`'s `reached`), none, one of two or both, and counts what the
+    per-module path counts; the slots past it keep the published params and no stitch."""
+    from modulenet_jax.knowledge import KnowledgeBase
+    from tests.conftest import random_models
+
+    kb = KnowledgeBase.build(random_models((8, 20)))
+    r8, r20 = "cifar_resnet8/", "cifar_resnet20/"
+    blocks = [[f"stage{s}.block{i}" for i in range(3)] for s in (1, 2, 3)]
+    two_deep = Architecture((r20 + "stem", *(r20 + b for stage in blocks for b in stage[:2])))
+    mixed = Architecture((r8 + "stem", r20 + blocks[0][0], r20 + blocks[0][1], r8 + blocks[1][0],
+                          *(r20 + b for b in blocks[2])))
+    archs = [Architecture.of_source(kb, "cifar_resnet8"), two_deep, mixed, Architecture.of_source(kb, "cifar_resnet20")]
+    space, fit, _, val = population_setup(kb, tiny_dataset, protocol=QUICK, n=0)
+    loop = Evaluator(kb, QUICK, fit)
+    pe = PopulationEvaluator(space, QUICK, fit, chunk_size=2, evaluator=loop)
+    slots = [pe.slots(a) for a in archs]
+    chunks = [[slots[i] for i in structure_order(slots)[k:k + 2]] for k in (0, 2)]
+    reached = [reached_slots(pe.layout, QUICK, tuple(np.stack(m) for m in zip(*c))) for c in chunks]
+    assert [list(r.values()) for r in reached] == [[1, 0, 2], [2, 2, 2]], reached  # of 2 per stage
+    assert pe.evaluate(archs, val) == [loop.evaluate(a, val) for a in archs]
+    first = tuple(np.stack(m) for m in zip(*chunks[0]))
+    present, images = chunk_presence(QUICK, first), jnp.asarray(pe.evaluator.fit_images)
+    _, fitted = jax.jit(jax.vmap(lambda s: fit_modules(pe.layout, QUICK, pe.banks, s, images, present)))(first)
+    last = fitted["stages"][0]["other"]  # [genotype, slot]: the second further slot, reached by none
+    idx = pe.layout.per_slot(first[0].T)["stages"][0]["other"][1]  # its module, per genotype
+    published = jax.tree_util.tree_map(lambda a: a[idx], pe.banks["stages"][0]["other"]["params"])
+    assert all(np.array_equal(a[:, 1], b) for a, b in zip(jax.tree_util.tree_leaves(last.params),
+                                                          jax.tree_util.tree_leaves(published)))
+    assert not any(np.any(a[:, 1]) for a in jax.tree_util.tree_leaves(last.stitch))
 
 
 def test_population_in_bfloat16_stays_close_to_one_by_one(tiny_kb, tiny_dataset):
