@@ -204,9 +204,12 @@ def instructions(comps: dict[str, list[str]], entry: str, phases=(), every_branc
             yield comp, m, times, phase
             if op == "while":
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                told = next((n for scope, n in (trips or {}).items()
-                             if not trip and re.search(rf"[/(]{re.escape(scope)}[)/]", line)), None)  # vmap(scope)
-                trip_count = int(trip.group(1)) if trip else 1 if told is None else told
+                told = None if trip else next((n for scope, n in (trips or {}).items()
+                                               if re.search(rf"[/(]{re.escape(scope)}[)/]", line)), None)  # vmap(scope)
+                if trip:
+                    trip_count = int(trip.group(1))
+                else:
+                    trip_count = 1 if told is None else told
                 yield from visit(re.search(r"body=%([\w.\-]+)", line).group(1), times * trip_count, phase)
                 if every_branch or not trip:  # a GPU runs the condition only to find an unknown trip count
                     yield from visit(re.search(r"condition=%([\w.\-]+)", line).group(1),
